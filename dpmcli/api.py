@@ -1,0 +1,74 @@
+"""The Python API: a scheduler-shaped object over a plan, stepped like a diffusers scheduler.
+
+    solver = DPMSolver(algo="sde-dpmsolver++", order=2, steps=20, seed=0)
+    x = solver.initial_latents((4, 2))
+    for t in solver.timesteps:
+        x = solver.step(model(x, t), t, x)
+
+This object owns the loop state an API user needs between calls (the history and the step
+index); the update itself is ``solvers.step``, the same one the command line runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import solvers
+from .config import SolverConfig
+from .errors import ConfigError
+from .noise import GaussianNoise, initial_latents
+from .plan import Plan, build_plan
+
+
+class DPMSolver:
+    """A DPM-Solver family sampler; keyword arguments are the command-line flags' names."""
+
+    def __init__(self, *, seed: int = 0, **options):
+        unknown = sorted(set(options) - set(SolverConfig.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"DPMSolver: unknown option(s): {', '.join(unknown)}")
+        if "sigmas" in options and options["sigmas"] is not None:
+            options["sigmas"] = tuple(float(s) for s in options["sigmas"])
+        self.plan: Plan = build_plan(SolverConfig(**options))
+        self.seed = seed
+        self.timesteps = self.plan.timestep_values
+        self.sigmas = self.plan.sigmas
+        self.reset()
+
+    @property
+    def config(self) -> SolverConfig:
+        return self.plan.config
+
+    def reset(self) -> None:
+        """Forget the history and start again from the first step (same noise stream)."""
+        self._index = 0
+        self._history: tuple[torch.Tensor, ...] = ()
+        self._noise = GaussianNoise(self.seed)
+
+    def initial_latents(self, shape, device="cpu", dtype=torch.float32) -> torch.Tensor:
+        """x_T ~ N(0, I) from the seed."""
+        return initial_latents(self.seed, tuple(shape), device, dtype)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, noise: torch.Tensor | None = None):
+        """Advance ``sample`` from ``timestep`` to the next grid point; returns the new sample.
+
+        ``noise`` (standard normal, shaped like ``sample``) overrides the seeded draw of SDE steps.
+        """
+        index = self._index
+        if index >= len(self.timesteps):
+            raise ConfigError("DPMSolver.step: all steps are done; call reset() to sample again")
+        expected = self.timesteps[index]
+        if timestep is not expected and float(timestep) != expected:
+            raise ConfigError(
+                f"DPMSolver.step: got timestep {float(timestep):g}, but step {index} is at timestep {expected}"
+            )
+        row = self.plan.rows[index]
+        if row.c != 0.0 and noise is None:
+            noise = self._noise(index, sample)
+        cfg = self.plan.config
+        x_next, self._history = solvers.step(
+            row, sample, model_output, self._history, noise if row.c != 0.0 else None,
+            cfg.dynamic_thresholding_ratio, cfg.sample_max_value,
+        )
+        self._index = index + 1
+        return x_next

@@ -1,0 +1,130 @@
+"""The weights of every multistep update, computed once per step in float64.
+
+Every update of the family has the same linear shape (docs/mathematics.md derives it)::
+
+    x_next = a * x + sum_j b_j * m_j + c * z
+
+where m_j are the last model outputs in the form the algorithm integrates (x0 for the
+++ algorithms, eps otherwise), most recent first, and z is standard Gaussian noise.
+``b_j = S * integral_0^h exp(-kappa (h - u)) L_j(u) du`` with L_j the Lagrange basis through
+the history nodes in lambda. The four algorithms differ only in (kappa, S, a, c).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+_TAYLOR_RADIUS = 1.0
+_TAYLOR_TERMS = 30
+
+
+def phi_functions(z: float, count: int) -> list[float]:
+    """[phi_1(z), ..., phi_count(z)] with phi_k(z) = sum_m z^m / (m + k)!, stable near z = 0."""
+    if abs(z) < _TAYLOR_RADIUS:
+        out = []
+        for k in range(1, count + 1):
+            term = 1.0 / math.factorial(k)
+            total = term
+            for m in range(1, _TAYLOR_TERMS):
+                term *= z / (m + k)
+                total += term
+            out.append(total)
+        return out
+    # phi_{k+1}(z) = (phi_k(z) - 1/k!) / z loses nothing once |z| >= 1.
+    out = [math.expm1(z) / z]
+    for k in range(1, count):
+        out.append((out[-1] - 1.0 / math.factorial(k)) / z)
+    return out
+
+
+def kernel_moments(kappa: float, h: float, count: int) -> list[float]:
+    """I_n = integral_0^1 exp(-kappa h (1 - v)) v^n dv = n! phi_{n+1}(-kappa h), n = 0..count-1."""
+    phis = phi_functions(-kappa * h, count)
+    return [math.factorial(n) * p for n, p in enumerate(phis)]
+
+
+@dataclass(frozen=True)
+class AlgoForm:
+    """How one algorithm turns (alpha, sigma, h) into the pieces of the linear update."""
+
+    name: str
+    kappa: float  # the exponential kernel exp(-kappa (lambda_t - lambda))
+    data: bool  # integrates x0 (True) or eps (False)
+    sde: bool
+
+    def scale(self, alpha_t: float, sigma_t: float) -> float:
+        factor = 2.0 if self.sde else 1.0
+        return factor * alpha_t if self.data else -factor * sigma_t
+
+    def a(self, alpha_s: float, sigma_s: float, alpha_t: float, sigma_t: float, h: float) -> float:
+        if self.data:
+            ratio = sigma_t / sigma_s
+            return ratio * math.exp(-h) if self.sde else ratio
+        return alpha_t / alpha_s
+
+    def c(self, sigma_t: float, h: float) -> float:
+        if not self.sde:
+            return 0.0
+        return sigma_t * math.sqrt(-math.expm1(-2.0 * h)) if self.data else sigma_t * math.sqrt(math.expm1(2.0 * h))
+
+
+FORMS = {
+    "dpmsolver++": AlgoForm("dpmsolver++", 1.0, True, False),
+    "dpmsolver": AlgoForm("dpmsolver", -1.0, False, False),
+    "sde-dpmsolver++": AlgoForm("sde-dpmsolver++", 2.0, True, True),
+    "sde-dpmsolver": AlgoForm("sde-dpmsolver", -1.0, False, True),
+}
+
+
+def lagrange_basis(nodes: np.ndarray) -> np.ndarray:
+    """B[j, n]: coefficient of v^n in the Lagrange polynomial that is 1 at nodes[j], 0 at the others."""
+    k = len(nodes)
+    basis = np.zeros((k, k))
+    for j in range(k):
+        others = np.delete(nodes, j)
+        poly = np.poly(others) if k > 1 else np.array([1.0])  # highest power first
+        poly = poly / np.prod(nodes[j] - others)
+        basis[j] = poly[::-1]
+    return basis
+
+
+def exact_weights(form: AlgoForm, h: float, scale: float, ratios: list[float]) -> list[float]:
+    """Lagrange weights b_j, exact for a prediction that is a polynomial of degree len(ratios) in lambda.
+
+    ``ratios[j] = (lambda_{i-j} - lambda_{i-j-1}) / h``: the earlier step sizes relative to h.
+    """
+    nodes = -np.concatenate([[0.0], np.cumsum(ratios)])  # history positions in units of h
+    moments = np.array(kernel_moments(form.kappa, h, len(nodes)))
+    basis = lagrange_basis(nodes)
+    return list(scale * h * (basis @ moments))
+
+
+def difference_weights(form: AlgoForm, h: float, scale: float, order: int, coefficients: str, solver_type: str):
+    """(W0, W1, W2): weights on D0, D1, D2 of the published / exact difference-form updates.
+
+    D1 approximates h x0' and D2 approximates h^2 x0''/2 (docs/mathematics.md), so the exact
+    weights are S h I_n. The published second order with ``midpoint`` uses W0/2 for D1, and
+    the published third order weights D2 by half of its exact value.
+    """
+    moments = kernel_moments(form.kappa, h, 3)
+    exact = [scale * h * m for m in moments]
+    w1 = exact[1]
+    if order == 2 and coefficients == "published" and solver_type == "midpoint":
+        w1 = 0.5 * exact[0]
+    w2 = exact[2] if coefficients == "exact" else 0.5 * exact[2]
+    return exact[0], w1, w2
+
+
+def differences_to_linear(order: int, w0: float, w1: float, w2: float, r0: float, r1: float) -> list[float]:
+    """Expand W0 D0 + W1 D1 + W2 D2 into weights on m0, m1, m2 (DPM-Solver's D1, D2 definitions)."""
+    if order == 1:
+        return [w0]
+    if order == 2:
+        return [w0 + w1 / r0, -w1 / r0]
+    s = r0 + r1
+    on_d10 = w1 * (1.0 + r0 / s) + w2 / s  # weight on D1_0 = (m0 - m1) / r0
+    on_d11 = -w1 * r0 / s - w2 / s  # weight on D1_1 = (m1 - m2) / r1
+    return [w0 + on_d10 / r0, -on_d10 / r0 + on_d11 / r1, -on_d11 / r1]

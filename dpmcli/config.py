@@ -1,0 +1,183 @@
+"""The solver configuration: every option that shapes the plan, with its validation.
+
+Field names follow the command-line flags (``--beta-schedule`` -> ``beta_schedule``) and,
+where diffusers has a word for the same thing, diffusers' vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from .errors import ConfigError, bad_choice
+
+ALGOS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
+MAX_ORDER = 3
+SOLVER_TYPES = ("midpoint", "heun")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+COEFFICIENTS = ("published", "exact")
+COMPAT = ("none", "diffusers")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SPACINGS = (
+    "linspace",
+    "leading",
+    "trailing",
+    "time-uniform",
+    "logsnr",
+    "time-quadratic",
+    "karras",
+    "exponential",
+    "beta",
+    "custom",
+)
+# Spacings that diffusers' DPMSolverMultistepScheduler can produce (logsnr is its use_lu_lambdas).
+DIFFUSERS_SPACINGS = ("linspace", "leading", "trailing", "karras", "exponential", "beta", "logsnr")
+FINAL_SIGMAS = ("zero", "sigma-min")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Everything the plan depends on. Build one, call :meth:`validated`, then ``build_plan``."""
+
+    algo: str = "dpmsolver++"
+    order: int = 2
+    steps: int = 20
+    solver_type: str = "midpoint"
+    coefficients: str = "published"
+    compat: str = "none"
+    lower_order_final: bool = True
+    euler_at_final: bool = False
+    prediction_type: str = "epsilon"
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    train_steps: int = 1000
+    trained_betas: tuple[float, ...] | None = field(default=None, repr=False)
+    rescale_zero_snr: bool = False
+    lambda_min_clipped: float = -math.inf
+    spacing: str = "linspace"
+    steps_offset: int = 0
+    rho: float = 7.0
+    sigmas: tuple[float, ...] | None = None
+    final_sigma: str = "zero"
+
+    @property
+    def is_sde(self) -> bool:
+        return self.algo.startswith("sde-")
+
+    @property
+    def predicts_data(self) -> bool:
+        """True for the ++ algorithms, which integrate the x0 prediction."""
+        return self.algo.endswith("++")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        if self.trained_betas is not None:
+            out["trained_betas"] = f"<{len(self.trained_betas)} values>"
+        if self.sigmas is not None:
+            out["sigmas"] = list(self.sigmas)
+        return out
+
+    def with_options(self, **changes) -> "SolverConfig":
+        return replace(self, **changes)
+
+    def validated(self) -> "SolverConfig":
+        """Check every option; return the config with custom grids resolved, or raise ConfigError."""
+        cfg = self
+        _choice("--algo", cfg.algo, ALGOS)
+        _choice("--solver-type", cfg.solver_type, SOLVER_TYPES)
+        _choice("--coefficients", cfg.coefficients, COEFFICIENTS)
+        _choice("--compat", cfg.compat, COMPAT)
+        _choice("--prediction-type", cfg.prediction_type, PREDICTION_TYPES)
+        _choice("--final-sigma", cfg.final_sigma, FINAL_SIGMAS)
+        _choice("--spacing", cfg.spacing, SPACINGS)
+        if cfg.trained_betas is None:
+            _choice("--beta-schedule", cfg.beta_schedule, BETA_SCHEDULES)
+        if not isinstance(cfg.order, int) or not 1 <= cfg.order <= MAX_ORDER:
+            raise ConfigError(f"--order: {cfg.order!r} is not allowed; choose an integer from 1 to {MAX_ORDER}")
+        if not isinstance(cfg.train_steps, int) or cfg.train_steps < 2:
+            raise ConfigError(f"--train-steps: {cfg.train_steps!r} is not allowed; it must be an integer >= 2")
+        if cfg.trained_betas is not None:
+            if len(cfg.trained_betas) < 2:
+                raise ConfigError("--trained-betas: the file must hold at least 2 betas")
+            cfg = replace(cfg, train_steps=len(cfg.trained_betas), beta_schedule="trained")
+            if not all(0.0 < b < 1.0 for b in cfg.trained_betas):
+                raise ConfigError("--trained-betas: every beta must lie strictly between 0 and 1")
+        elif not (0.0 < cfg.beta_start <= cfg.beta_end < 1.0):
+            raise ConfigError(
+                f"--beta-start/--beta-end: {cfg.beta_start!r}, {cfg.beta_end!r} are not allowed; "
+                "they must satisfy 0 < beta-start <= beta-end < 1"
+            )
+        if cfg.sigmas is not None:
+            cfg = replace(cfg, spacing="custom")
+            _check_custom_sigmas(cfg.sigmas)
+            cfg = replace(cfg, steps=len(cfg.sigmas) - 1, final_sigma="zero" if cfg.sigmas[-1] == 0 else "custom")
+        elif cfg.spacing == "custom":
+            raise ConfigError("--spacing: 'custom' needs the grid itself: pass --sigmas 14.6,7.0,...,0 or a file")
+        if not isinstance(cfg.steps, int) or not 1 <= cfg.steps <= cfg.train_steps:
+            raise ConfigError(
+                f"--steps: {cfg.steps!r} is not allowed; choose an integer from 1 to --train-steps ({cfg.train_steps})"
+            )
+        if not 0.0 < cfg.dynamic_thresholding_ratio <= 1.0:
+            raise ConfigError(
+                f"--dynamic-thresholding-ratio: {cfg.dynamic_thresholding_ratio!r} is not allowed; it must lie in (0, 1]"
+            )
+        if not cfg.sample_max_value >= 1.0:
+            raise ConfigError(f"--sample-max-value: {cfg.sample_max_value!r} is not allowed; it must be >= 1")
+        if not (cfg.rho > 0 and math.isfinite(cfg.rho)):
+            raise ConfigError(f"--rho: {cfg.rho!r} is not allowed; it must be a positive number")
+        if not isinstance(cfg.steps_offset, int) or not 0 <= cfg.steps_offset < cfg.train_steps:
+            raise ConfigError(
+                f"--steps-offset: {cfg.steps_offset!r} is not allowed; choose an integer from 0 to {cfg.train_steps - 1}"
+            )
+        if math.isnan(cfg.lambda_min_clipped):
+            raise ConfigError("--lambda-min-clipped: NaN is not allowed")
+        if cfg.compat == "diffusers":
+            _check_diffusers_compat(cfg)
+        return cfg
+
+
+def _choice(option: str, value, allowed) -> None:
+    if value not in allowed:
+        raise bad_choice(option, value, allowed)
+
+
+def _check_custom_sigmas(sigmas) -> None:
+    values = list(sigmas)
+    if len(values) < 2:
+        raise ConfigError("--sigmas: give at least two values: the grid from the first sigma down to the final one")
+    if not all(math.isfinite(s) for s in values):
+        raise ConfigError("--sigmas: every value must be a finite number")
+    if any(s <= 0 for s in values[:-1]) or values[-1] < 0:
+        raise ConfigError("--sigmas: values must be positive (only the last one may be 0)")
+    for i in range(len(values) - 1):
+        if values[i + 1] > values[i]:
+            raise ConfigError(
+                f"--sigmas: the grid must decrease, but value {i + 1} ({values[i + 1]}) "
+                f"is larger than value {i} ({values[i]})"
+            )
+
+
+def _check_diffusers_compat(cfg: SolverConfig) -> None:
+    if cfg.spacing not in DIFFUSERS_SPACINGS:
+        raise ConfigError(
+            f"--compat diffusers: --spacing {cfg.spacing!r} does not exist in diffusers; "
+            f"choose one of: {', '.join(DIFFUSERS_SPACINGS)}"
+        )
+    if cfg.coefficients != "published":
+        raise ConfigError("--compat diffusers: uses diffusers' own weights; drop --coefficients exact")
+    if not cfg.predicts_data and cfg.final_sigma == "zero":
+        raise ConfigError(
+            f"--compat diffusers: diffusers refuses --algo {cfg.algo} with --final-sigma zero; use --final-sigma sigma-min"
+        )
+    if cfg.algo == "sde-dpmsolver" and cfg.order == 3:
+        raise ConfigError("--compat diffusers: diffusers has no third-order sde-dpmsolver; use --order 1 or 2")
+    if cfg.rho != 7.0 and cfg.spacing == "karras":
+        raise ConfigError("--compat diffusers: diffusers fixes rho at 7 for karras sigmas; drop --rho")
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(SolverConfig)]

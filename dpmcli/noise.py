@@ -1,0 +1,59 @@
+"""Where SDE noise comes from. Noise is drawn by the loop and handed to the update, never inside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+
+def derived_seed(seed: int, stream: int) -> int:
+    """An independent 63-bit seed for one stream (x_T, SDE noise, ...) of a user seed."""
+    return int(np.random.SeedSequence([int(seed), stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class GaussianNoise:
+    """Seeded standard normal noise, one draw per step, in step order.
+
+    Draws happen on the CPU in float32 and are then moved, so the same seed gives the same
+    noise on every device.
+    """
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(derived_seed(seed, 1))
+
+    def __call__(self, step: int, like: torch.Tensor) -> torch.Tensor:
+        z = torch.randn(like.shape, generator=self.generator, dtype=torch.float32)
+        return z if like.device.type == "cpu" and like.dtype == torch.float32 else z.to(like.device, like.dtype)
+
+
+class ArrayNoise:
+    """Noise supplied by the user: an array of shape (steps, batch, *dims), one slice per step."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = np.asarray(array)
+
+    @classmethod
+    def load(cls, path: str | Path, steps: int, shape: tuple[int, ...]) -> "ArrayNoise":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--noise: cannot read {path} as a .npy array ({exc})") from None
+        want = (steps, *shape)
+        if array.shape != want:
+            raise ConfigError(f"--noise: {path} has shape {array.shape}; this run needs {want} (steps x batch x dims)")
+        if not np.all(np.isfinite(array)):
+            raise ConfigError(f"--noise: {path} contains NaN or Inf")
+        return cls(array)
+
+    def __call__(self, step: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.array[step])).to(like.device, like.dtype)
+
+
+def initial_latents(seed: int, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+    """x_T ~ N(0, I), drawn in float64 on the CPU from the seed, then moved and cast."""
+    generator = torch.Generator().manual_seed(derived_seed(seed, 0))
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)

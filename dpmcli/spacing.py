@@ -1,0 +1,226 @@
+"""Step grids: where the N model evaluations sit, and the final sigma the run ends on.
+
+A grid is ``timesteps`` (N values, possibly fractional) and ``sigmas`` (N+1 values in
+diffusers' convention sigma = sqrt((1 - alpha_bar) / alpha_bar), the last one the final
+sigma). Two families:
+
+* timestep grids (linspace, leading, trailing, time-uniform, logsnr, time-quadratic) place
+  N+1 points from the top timestep down to timestep 0 and evaluate the model at the first N;
+  the last point is the final sigma (``sigma-min``) or is replaced by 0 (``zero``).
+* sigma grids (karras, exponential, beta) place N evaluation points from sigma_max down to
+  sigma_min, then append 0 (``zero``); with ``sigma-min`` they place N+1 points so that the
+  last step does not have zero length.
+
+``compat="diffusers"`` reproduces diffusers' DPMSolverMultistepScheduler.set_timesteps
+instead, quirks included (integer timesteps, float32 sigmas, N sigma points then the final one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .config import SolverConfig
+from .errors import ConfigError
+from .schedule import Schedule
+
+BETA_SPACING_SHAPE = (0.6, 0.6)
+
+
+@dataclass
+class Grid:
+    timesteps: np.ndarray  # (N,) float64, the timestep each model evaluation uses
+    sigmas: np.ndarray  # (N+1,) float64, diffusers' sigma, last = final sigma
+    warnings: list[str] = field(default_factory=list)
+
+
+def top_timestep(schedule: Schedule, cfg: SolverConfig, lambdas: np.ndarray | None = None) -> int:
+    """Number of training timesteps kept after --lambda-min-clipped (diffusers' ``last_timestep``)."""
+    lam = schedule.lambdas if lambdas is None else lambdas
+    clipped = int(np.searchsorted(lam[::-1], cfg.lambda_min_clipped, side="left"))
+    last = schedule.train_steps - clipped
+    if last < 2:
+        raise ConfigError(
+            f"--lambda-min-clipped: {cfg.lambda_min_clipped} clips away (almost) the whole schedule; use a smaller value"
+        )
+    return last
+
+
+def integer_timesteps(cfg: SolverConfig, last_timestep: int) -> np.ndarray:
+    """diffusers' linspace / leading / trailing timesteps (integers, decreasing)."""
+    n = cfg.steps
+    if cfg.spacing == "linspace":
+        t = np.linspace(0, last_timestep - 1, n + 1).round()[::-1][:-1]
+    elif cfg.spacing == "leading":
+        ratio = last_timestep // (n + 1)
+        t = (np.arange(0, n + 1) * ratio).round()[::-1][:-1] + cfg.steps_offset
+    elif cfg.spacing == "trailing":
+        ratio = cfg.train_steps / n
+        t = np.arange(last_timestep, 0, -ratio).round() - 1
+    else:  # pragma: no cover - guarded by the caller
+        raise ValueError(cfg.spacing)
+    return t.astype(np.int64)
+
+
+def _sigma_ramp(kind: str, sigma_max: float, sigma_min: float, count: int, rho: float) -> np.ndarray:
+    ramp = np.linspace(0.0, 1.0, count)
+    if kind == "karras":
+        lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+        return (hi + ramp * (lo - hi)) ** rho
+    if kind == "exponential":
+        return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), count))
+    if kind == "beta":
+        from scipy.stats import beta as beta_dist
+
+        ppf = beta_dist.ppf(1.0 - ramp, *BETA_SPACING_SHAPE)
+        return sigma_min + ppf * (sigma_max - sigma_min)
+    raise ValueError(kind)  # pragma: no cover
+
+
+def make_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
+    grid = _diffusers_grid(schedule, cfg) if cfg.compat == "diffusers" else _own_grid(schedule, cfg)
+    _check_grid(schedule, cfg, grid)
+    return grid
+
+
+def _own_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
+    n = cfg.steps
+    last = top_timestep(schedule, cfg)
+    top = float(last - 1)
+    sigma_of = schedule.sigmas
+    sigma_max, sigma_min = float(np.exp(-schedule.lambda_at(top))), float(sigma_of[0])
+    final = 0.0 if cfg.final_sigma == "zero" else sigma_min
+    warnings: list[str] = []
+
+    if cfg.spacing in ("linspace", "leading", "trailing"):
+        t = integer_timesteps(cfg, last)
+        if np.any(t > schedule.train_steps - 1) or np.any(t < 0):
+            raise ConfigError(
+                f"--steps-offset: {cfg.steps_offset} pushes timesteps outside 0..{schedule.train_steps - 1}; use a smaller offset"
+            )
+        if len(t) != n:
+            warnings.append(f"grid: {cfg.spacing} spacing gives {len(t)} timesteps for --steps {n}; running {len(t)}")
+        timesteps = t.astype(np.float64)
+        sigmas = np.concatenate([np.exp(-schedule.lambda_at(timesteps)), [final]])
+    elif cfg.spacing in ("time-uniform", "logsnr", "time-quadratic"):
+        if cfg.spacing == "time-uniform":
+            points = np.linspace(top, 0.0, n + 1)
+        elif cfg.spacing == "logsnr":
+            lam = np.linspace(float(schedule.lambda_at(top)), float(schedule.lambda_at(0.0)), n + 1)
+            points = schedule.timestep_at(lam)
+            points[0], points[-1] = top, 0.0
+        else:
+            # DPM-Solver's quadratic grid in continuous time t = (timestep + 1) / N_train.
+            t_top, t_end = (top + 1.0) / schedule.train_steps, 1.0 / schedule.train_steps
+            t = np.linspace(np.sqrt(t_top), np.sqrt(t_end), n + 1) ** 2
+            points = np.clip(t * schedule.train_steps - 1.0, 0.0, top)
+        timesteps = points[:-1].copy()
+        sigmas = np.concatenate([np.exp(-schedule.lambda_at(timesteps)), [final]])
+    elif cfg.spacing in ("karras", "exponential", "beta"):
+        count = n if cfg.final_sigma == "zero" else n + 1
+        ramp = _sigma_ramp(cfg.spacing, sigma_max, sigma_min, count, cfg.rho)
+        ramp[0], ramp[-1] = sigma_max, sigma_min  # pin the ends against round-off
+        evals = ramp[:n]
+        sigmas = np.concatenate([evals, [final]])
+        timesteps = schedule.timestep_at(-np.log(evals))
+    elif cfg.spacing == "custom":
+        sigmas = np.asarray(cfg.sigmas, dtype=np.float64)
+        full_max = float(sigma_of[-1])
+        lo, hi = sigma_min * (1 - 1e-9), full_max * (1 + 1e-9)
+        bad = [float(s) for s in sigmas[:-1] if not lo <= s <= hi]
+        if bad:
+            raise ConfigError(
+                f"--sigmas: {bad[0]} lies outside the schedule's range [{sigma_min:.6g}, {full_max:.6g}]; "
+                "the model cannot be evaluated there"
+            )
+        timesteps = schedule.timestep_at(-np.log(sigmas[:-1]))
+    else:  # pragma: no cover - guarded by validation
+        raise ConfigError(f"--spacing: unknown spacing {cfg.spacing!r}")
+    return Grid(timesteps=np.asarray(timesteps, dtype=np.float64), sigmas=np.asarray(sigmas, dtype=np.float64), warnings=warnings)
+
+
+def _diffusers_sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Timestep of each sigma by linear interpolation in log sigma, clamped to the table (as diffusers)."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    low = np.clip(np.searchsorted(log_sigmas, log_sigma, side="right") - 1, 0, len(log_sigmas) - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = np.clip((lo - log_sigma) / (lo - hi), 0.0, 1.0)
+    return (1.0 - w) * low + w * (low + 1)
+
+
+def _diffusers_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
+    n = cfg.steps
+    abar = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
+    train_sigmas = (((1 - abar) / abar) ** 0.5).numpy()
+    lambda32 = (torch.log(torch.sqrt(abar)) - torch.log(torch.sqrt(1 - abar))).double().numpy()
+    last = top_timestep(schedule, cfg, lambdas=lambda32)
+    log_sigmas = np.log(train_sigmas)
+    warnings: list[str] = []
+    rounds = cfg.beta_schedule != "squaredcos_cap_v2"
+    if cfg.spacing in ("linspace", "leading", "trailing"):
+        timesteps = integer_timesteps(cfg, last)
+        if np.any(timesteps > schedule.train_steps - 1):
+            raise ConfigError(
+                f"--steps-offset: {cfg.steps_offset} pushes timesteps above {schedule.train_steps - 1}; use a smaller offset"
+            )
+        sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
+    elif cfg.spacing == "logsnr":
+        # diffusers' use_lu_lambdas: uniform in log sigma over N points.
+        ramp = np.linspace(0.0, 1.0, n)
+        hi, lo = float(log_sigmas[-1]), float(log_sigmas[0])
+        sigmas = np.exp(hi + ramp * (lo - hi))
+        timesteps = _diffusers_sigma_to_t(sigmas, log_sigmas)
+        timesteps = timesteps.round() if rounds else timesteps
+    else:
+        sigma_max, sigma_min = float(train_sigmas[-1]), float(train_sigmas[0])
+        sigmas = _sigma_ramp(cfg.spacing, sigma_max, sigma_min, n, 7.0)
+        timesteps = _diffusers_sigma_to_t(sigmas, log_sigmas)
+        if cfg.spacing == "karras" and rounds:
+            timesteps = timesteps.round()
+    final = 0.0 if cfg.final_sigma == "zero" else float(train_sigmas[0])
+    sigmas = np.concatenate([sigmas, [final]]).astype(np.float32).astype(np.float64)
+    # diffusers stores timesteps as int64: fractional ones are truncated, not rounded.
+    timesteps = np.asarray(timesteps).astype(np.int64).astype(np.float64)
+    return Grid(timesteps=timesteps, sigmas=sigmas, warnings=warnings)
+
+
+def _check_grid(schedule: Schedule, cfg: SolverConfig, grid: Grid) -> None:
+    """Zero-length steps and repeated timesteps are fixed (own grids) or reported (compat), never silent."""
+    sig, ts = grid.sigmas, grid.timesteps
+    if not np.all(np.isfinite(sig)) or not np.all(np.isfinite(ts)):
+        raise ConfigError("grid: the step grid contains non-finite values; check the schedule options")
+    rising = np.nonzero(sig[1:] > sig[:-1])[0]
+    if len(rising):
+        i = int(rising[0])
+        raise ConfigError(f"grid: sigma rises from step {i} to {i + 1} ({sig[i]:.6g} -> {sig[i + 1]:.6g}); check the grid options")
+    same = np.nonzero(sig[1:] == sig[:-1])[0]
+    if len(same):
+        if cfg.compat == "diffusers":
+            grid.warnings.append(
+                f"grid: {len(same)} zero-length step(s) (repeated sigma at step {int(same[0])}); "
+                "kept as diffusers would run them"
+            )
+        else:
+            keep = np.ones(len(sig), dtype=bool)
+            keep[same + 1] = False
+            keep[-1] = True
+            if sig[-2] == sig[-1]:
+                keep[-2] = False
+            new_sig = sig[keep]
+            new_ts = ts[keep[:-1]]
+            grid.warnings.append(
+                f"grid: removed {len(sig) - len(new_sig)} zero-length step(s) (repeated sigma); "
+                f"running {len(new_ts)} steps instead of {len(ts)}"
+            )
+            grid.sigmas, grid.timesteps = new_sig, new_ts
+            ts = new_ts
+    dup = np.nonzero(ts[1:] == ts[:-1])[0]
+    if len(dup):
+        grid.warnings.append(
+            f"grid: timestep {ts[int(dup[0])]:g} is used by {len(dup) + 1} consecutive steps "
+            "(the model sees the same timestep at different sigmas)"
+        )
+    if len(grid.timesteps) == 0:
+        raise ConfigError("grid: no steps left after removing zero-length steps; use fewer --steps")

@@ -1,0 +1,46 @@
+"""Per-step statistics of latents and predictions, and summaries of final samples."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+STAT_KEYS = ("mean", "std", "min", "max", "norm")
+
+
+def tensor_stats(t: torch.Tensor) -> dict:
+    """mean, std, min, max over all entries; norm = mean per-sample L2 norm; nonfinite = count of NaN/Inf."""
+    flat = t.detach().reshape(t.shape[0], -1).double()
+    finite = torch.isfinite(flat)
+    nonfinite = int((~finite).sum().item())
+    if nonfinite:
+        flat = torch.where(finite, flat, torch.zeros((), dtype=flat.dtype, device=flat.device))
+    std = flat.std().item() if flat.numel() > 1 else 0.0
+    return {
+        "mean": flat.mean().item(),
+        "std": std,
+        "min": flat.min().item(),
+        "max": flat.max().item(),
+        "norm": flat.norm(dim=1).mean().item(),
+        "nonfinite": nonfinite,
+    }
+
+
+def mixture_summary(mixture, samples: torch.Tensor, reference_count: int = 200_000, seed: int = 12345) -> dict:
+    """How well final samples match the exact mixture: log-likelihood and share per component."""
+    x = samples.detach().double().cpu()
+    log_p = mixture.log_prob(x)
+    generator = torch.Generator().manual_seed(seed)
+    ref = mixture.log_prob(mixture.sample(reference_count, generator))
+    counts = torch.bincount(mixture.component_of(x), minlength=mixture.components).double()
+    shares = (counts / counts.sum()).tolist()
+    weights = [float(w) for w in mixture.weights]
+    return {
+        "mean_log_likelihood": log_p.mean().item(),
+        "expected_log_likelihood": ref.mean().item(),
+        "expected_log_likelihood_stderr": (ref.std() / math.sqrt(reference_count)).item(),
+        "component_shares": shares,
+        "component_weights": weights,
+        "share_total_variation": 0.5 * sum(abs(s - w) for s, w in zip(shares, weights)),
+    }
