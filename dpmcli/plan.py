@@ -8,6 +8,7 @@ time (``solvers.step``) only combines tensors with these numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -75,7 +76,7 @@ class Plan:
     def history_length(self) -> int:
         return max(1, int(self.orders.max()))
 
-    @property
+    @cached_property
     def timestep_values(self) -> list:
         """Timesteps as Python numbers: ints where integral (what a network expects), floats otherwise."""
         return [int(t) if float(t).is_integer() else float(t) for t in self.timesteps]
@@ -98,21 +99,21 @@ class Plan:
             )
         return f"order {cfg.order} with {cfg.coefficients} weights: converges at order {cfg.order}"
 
+    def step_row(self, i: int) -> dict:
+        """The columns of ``dpmcli schedule`` for step i."""
+        return {
+            "step": i,
+            "timestep": self.timestep_values[i],
+            "sigma": float(self.sigmas[i]),
+            "alpha_t": float(self.alpha_t[i]),
+            "sigma_t": float(self.sigma_t[i]),
+            "lambda": float(self.lambdas[i]),
+            "h": float(self.h[i]),
+            "order": int(self.orders[i]),
+        }
+
     def step_table(self) -> list[dict]:
-        """One dict per step: the columns of ``dpmcli schedule``."""
-        return [
-            {
-                "step": i,
-                "timestep": self.timestep_values[i],
-                "sigma": float(self.sigmas[i]),
-                "alpha_t": float(self.alpha_t[i]),
-                "sigma_t": float(self.sigma_t[i]),
-                "lambda": float(self.lambdas[i]),
-                "h": float(self.h[i]),
-                "order": int(self.orders[i]),
-            }
-            for i in range(self.steps)
-        ]
+        return [self.step_row(i) for i in range(self.steps)]
 
     def summary(self) -> dict:
         return {

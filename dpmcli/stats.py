@@ -44,3 +44,24 @@ def mixture_summary(mixture, samples: torch.Tensor, reference_count: int = 200_0
         "component_weights": weights,
         "share_total_variation": 0.5 * sum(abs(s - w) for s, w in zip(shares, weights)),
     }
+
+
+class StepStatistics:
+    """A sampler callback: one row per step with the plan's columns and statistics of x and x0.
+
+    The latent statistics describe x at the step's noise level (the input the model saw).
+    """
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def __call__(self, event) -> None:
+        plan, i = event.plan, event.index
+        row = plan.step_row(i)
+        latent = tensor_stats(event.x)
+        x0 = tensor_stats(event.x0())
+        row.update({k: latent[k] for k in STAT_KEYS})
+        row.update({f"x0_{k}": x0[k] for k in STAT_KEYS})
+        row["nonfinite"] = latent["nonfinite"] + x0["nonfinite"]
+        self.rows.append(row)
+

@@ -1,0 +1,5 @@
+"""``python -m dpmcli``."""
+
+from .cli.main import main
+
+main()

@@ -1,0 +1,264 @@
+"""Command-line options shared by the commands, and their conversion into a SolverConfig."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import os
+import typing
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from ..config import (
+    ALGOS,
+    BETA_SCHEDULES,
+    COEFFICIENTS,
+    FINAL_SIGMAS,
+    PREDICTION_TYPES,
+    SOLVER_TYPES,
+    SPACINGS,
+    SolverConfig,
+)
+from ..errors import ConfigError
+
+SOLVER = "Solver"
+GRID = "Schedule and grid"
+OUTPUT = "Output"
+RUN = "Model and run"
+
+
+def _choices(values) -> str:
+    return ", ".join(values)
+
+
+Algo = Annotated[
+    str,
+    typer.Option(
+        "--algo",
+        help=f"Algorithm: {_choices(ALGOS)}. The ++ forms integrate the data (x0) prediction, the others the noise; "
+        "sde- forms add fresh noise each step.",
+        rich_help_panel=SOLVER,
+    ),
+]
+Order = Annotated[
+    int,
+    typer.Option(
+        "--order",
+        help="Multistep order 1, 2 or 3. Order 3 with published weights converges at order 2 "
+        "(see --coefficients).",
+        rich_help_panel=SOLVER,
+    ),
+]
+Steps = Annotated[
+    Optional[int],
+    typer.Option("--steps", help="Number of steps (model evaluations).  [default: 20]", show_default=False, rich_help_panel=SOLVER),
+]
+SolverType = Annotated[
+    str,
+    typer.Option("--solver-type", help=f"Second-order form: {_choices(SOLVER_TYPES)} (heun is exact for linear predictions).", rich_help_panel=SOLVER),
+]
+Coefficients = Annotated[
+    str,
+    typer.Option(
+        "--coefficients",
+        help=f"{_choices(COEFFICIENTS)}: 'published' are the weights of the papers, diffusers and k-diffusion; "
+        "'exact' integrates the interpolating polynomial exactly (order k converges at order k).",
+        rich_help_panel=SOLVER,
+    ),
+]
+Compat = Annotated[
+    str,
+    typer.Option("--compat", help="none, or diffusers: reproduce DPMSolverMultistepScheduler's arithmetic step for step.", rich_help_panel=SOLVER),
+]
+LowerOrderFinal = Annotated[
+    bool,
+    typer.Option("--lower-order-final/--no-lower-order-final", help="Lower the order of the last two steps when there are fewer than 15.", rich_help_panel=SOLVER),
+]
+EulerAtFinal = Annotated[bool, typer.Option("--euler-at-final", help="Take the last step with first order.", rich_help_panel=SOLVER)]
+PredictionType = Annotated[
+    str,
+    typer.Option("--prediction-type", help=f"What the model predicts: {_choices(PREDICTION_TYPES)}.", rich_help_panel=SOLVER),
+]
+Thresholding = Annotated[bool, typer.Option("--thresholding", help="Dynamic thresholding of the x0 prediction (Imagen).", rich_help_panel=SOLVER)]
+ThresholdRatio = Annotated[float, typer.Option("--dynamic-thresholding-ratio", help="Quantile of |x0| used by --thresholding.", rich_help_panel=SOLVER)]
+SampleMax = Annotated[float, typer.Option("--sample-max-value", help="Largest threshold --thresholding may use.", rich_help_panel=SOLVER)]
+
+BetaSchedule = Annotated[
+    str,
+    typer.Option("--beta-schedule", help=f"Training betas: {_choices(BETA_SCHEDULES)}.", rich_help_panel=GRID),
+]
+BetaStart = Annotated[float, typer.Option("--beta-start", help="First beta of linear / scaled_linear.", rich_help_panel=GRID)]
+BetaEnd = Annotated[float, typer.Option("--beta-end", help="Last beta of linear / scaled_linear.", rich_help_panel=GRID)]
+TrainSteps = Annotated[int, typer.Option("--train-steps", help="Number of training timesteps.", rich_help_panel=GRID)]
+TrainedBetas = Annotated[
+    Optional[Path],
+    typer.Option("--trained-betas", help="Betas from a .npy or text file (overrides --beta-schedule).", rich_help_panel=GRID),
+]
+RescaleZeroSnr = Annotated[bool, typer.Option("--rescale-zero-snr", help="Rescale the betas to zero terminal SNR.", rich_help_panel=GRID)]
+LambdaMinClipped = Annotated[
+    float,
+    typer.Option("--lambda-min-clipped", help="Drop the noisiest timesteps whose lambda is below this (cosine schedules).", rich_help_panel=GRID),
+]
+Spacing = Annotated[
+    str,
+    typer.Option("--spacing", help=f"Step grid: {_choices(SPACINGS[:-1])} (custom: see --sigmas).", rich_help_panel=GRID),
+]
+StepsOffset = Annotated[int, typer.Option("--steps-offset", help="Offset added to 'leading' timesteps.", rich_help_panel=GRID)]
+Rho = Annotated[float, typer.Option("--rho", help="Exponent of the karras grid.", rich_help_panel=GRID)]
+Sigmas = Annotated[
+    Optional[str],
+    typer.Option(
+        "--sigmas",
+        help="A custom grid: comma list '14.6,7.0,...,0' or a .npy/text file; N+1 decreasing values, the last the final sigma.",
+        rich_help_panel=GRID,
+    ),
+]
+FinalSigma = Annotated[
+    str,
+    typer.Option("--final-sigma", help=f"Where the last step lands: {_choices(FINAL_SIGMAS)}.", rich_help_panel=GRID),
+]
+
+
+def read_numbers(option: str, value: str) -> tuple[float, ...]:
+    """A comma list, or a .npy / whitespace-separated text file of numbers."""
+    if os.path.exists(value):
+        try:
+            array = np.load(value, allow_pickle=False) if value.endswith(".npy") else np.loadtxt(value, delimiter=None, ndmin=1)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{option}: cannot read numbers from {value} ({exc})") from None
+        numbers = np.asarray(array, dtype=np.float64).reshape(-1)
+    else:
+        try:
+            numbers = np.array([float(part) for part in value.split(",") if part.strip()], dtype=np.float64)
+        except ValueError:
+            raise ConfigError(f"{option}: {value!r} is neither a file nor a comma list of numbers") from None
+    if len(numbers) == 0:
+        raise ConfigError(f"{option}: {value!r} holds no numbers")
+    return tuple(float(v) for v in numbers)
+
+
+def solver_config(
+    *,
+    algo: str,
+    order: int,
+    steps: int | None,
+    solver_type: str,
+    coefficients: str,
+    compat: str,
+    lower_order_final: bool,
+    euler_at_final: bool,
+    prediction_type: str,
+    thresholding: bool,
+    dynamic_thresholding_ratio: float,
+    sample_max_value: float,
+    beta_schedule: str,
+    beta_start: float,
+    beta_end: float,
+    train_steps: int,
+    trained_betas: Path | None,
+    rescale_zero_snr: bool,
+    lambda_min_clipped: float,
+    spacing: str,
+    steps_offset: int,
+    rho: float,
+    sigmas: str | None,
+    final_sigma: str,
+) -> SolverConfig:
+    custom = read_numbers("--sigmas", sigmas) if sigmas is not None else None
+    if custom is not None and steps is not None and steps != len(custom) - 1:
+        raise ConfigError(f"--steps: {steps} conflicts with --sigmas, which gives {len(custom) - 1} steps; drop one of them")
+    betas = read_numbers("--trained-betas", str(trained_betas)) if trained_betas is not None else None
+    if trained_betas is not None and not os.path.exists(str(trained_betas)):
+        raise ConfigError(f"--trained-betas: {trained_betas} does not exist")
+    return SolverConfig(
+        algo=algo,
+        order=order,
+        steps=20 if steps is None else steps,
+        solver_type=solver_type,
+        coefficients=coefficients,
+        compat=compat,
+        lower_order_final=lower_order_final,
+        euler_at_final=euler_at_final,
+        prediction_type=prediction_type,
+        thresholding=thresholding,
+        dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+        sample_max_value=sample_max_value,
+        beta_schedule=beta_schedule,
+        beta_start=beta_start,
+        beta_end=beta_end,
+        train_steps=train_steps,
+        trained_betas=betas,
+        rescale_zero_snr=rescale_zero_snr,
+        lambda_min_clipped=-math.inf if lambda_min_clipped is None else lambda_min_clipped,
+        spacing=spacing,
+        steps_offset=steps_offset,
+        rho=rho,
+        sigmas=custom,
+        final_sigma=final_sigma,
+    )
+
+
+# Every shared option: (parameter name, annotated type); defaults come from SolverConfig.
+SHARED_OPTIONS = (
+    ("algo", Algo),
+    ("order", Order),
+    ("steps", Steps),
+    ("solver_type", SolverType),
+    ("coefficients", Coefficients),
+    ("compat", Compat),
+    ("lower_order_final", LowerOrderFinal),
+    ("euler_at_final", EulerAtFinal),
+    ("prediction_type", PredictionType),
+    ("thresholding", Thresholding),
+    ("dynamic_thresholding_ratio", ThresholdRatio),
+    ("sample_max_value", SampleMax),
+    ("beta_schedule", BetaSchedule),
+    ("beta_start", BetaStart),
+    ("beta_end", BetaEnd),
+    ("train_steps", TrainSteps),
+    ("trained_betas", TrainedBetas),
+    ("rescale_zero_snr", RescaleZeroSnr),
+    ("lambda_min_clipped", LambdaMinClipped),
+    ("spacing", Spacing),
+    ("steps_offset", StepsOffset),
+    ("rho", Rho),
+    ("sigmas", Sigmas),
+    ("final_sigma", FinalSigma),
+)
+_DEFAULTS = SolverConfig()
+_NONE_DEFAULT = {"steps", "trained_betas", "sigmas"}
+
+
+def with_solver_options(command):
+    """Add every shared solver/schedule option to ``command``; it receives them as ``solver``.
+
+    ``solver`` is a zero-argument function that builds the SolverConfig, so that errors in the
+    options are raised inside the command's error handling.
+    """
+    signature = inspect.signature(command)
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "solver"]
+    shared = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None if name in _NONE_DEFAULT else getattr(_DEFAULTS, name),
+            annotation=annotation,
+        )
+        for name, annotation in SHARED_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        values = {name: kwargs.pop(name) for name, _ in SHARED_OPTIONS}
+        return command(solver=lambda: solver_config(**values), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own + shared)
+    annotations = {p.name: p.annotation for p in own}
+    annotations.update({name: annotation for name, annotation in SHARED_OPTIONS})
+    wrapper.__annotations__ = annotations
+    return wrapper

@@ -1,0 +1,117 @@
+"""Rich tables for the terminal."""
+
+from __future__ import annotations
+
+import math
+
+from rich.table import Table
+from rich.text import Text
+
+
+def num(value, digits: int = 5) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}g}"
+
+
+def _config_line(cfg) -> str:
+    parts = [
+        f"{cfg.algo}",
+        f"order {cfg.order}",
+        f"{cfg.solver_type}" if cfg.order == 2 and cfg.coefficients == "published" else None,
+        f"{cfg.coefficients} weights",
+        f"{cfg.spacing} spacing",
+        f"{cfg.beta_schedule} betas",
+        f"final sigma {cfg.final_sigma}",
+        f"{cfg.prediction_type} prediction",
+        "compat diffusers" if cfg.compat == "diffusers" else None,
+    ]
+    return " · ".join(p for p in parts if p)
+
+
+def schedule_table(plan) -> Table:
+    table = Table(
+        title=f"Plan: {plan.steps} steps, NFE {plan.nfe}",
+        caption=f"{_config_line(plan.config)}\n{plan.order_note}\nfinal sigma = {num(float(plan.sigmas[-1]))}",
+        header_style="bold",
+    )
+    for name in ("step", "timestep", "sigma", "alpha_t", "sigma_t", "lambda", "h", "order"):
+        table.add_column(name, justify="right")
+    for row in plan.step_table():
+        table.add_row(
+            str(row["step"]),
+            num(row["timestep"], 7),
+            num(row["sigma"]),
+            num(row["alpha_t"]),
+            num(row["sigma_t"]),
+            num(row["lambda"]),
+            num(row["h"]),
+            str(row["order"]),
+        )
+    return table
+
+
+def sample_tables(report) -> list:
+    plan = report.prepared.plan
+    steps = Table(
+        title=f"Per-step statistics: latent x (at the step's sigma) and the x0 prediction",
+        caption=f"{_config_line(plan.config)}\n{plan.order_note}",
+        header_style="bold",
+    )
+    columns = [
+        ("step", "step"),
+        ("timestep", "t"),
+        ("sigma", "sigma"),
+        ("lambda", "lambda"),
+        ("order", "ord"),
+        ("mean", "mean"),
+        ("std", "std"),
+        ("min", "min"),
+        ("max", "max"),
+        ("norm", "norm"),
+        ("x0_mean", "x0 mean"),
+        ("x0_std", "x0 std"),
+        ("x0_min", "x0 min"),
+        ("x0_max", "x0 max"),
+        ("x0_norm", "x0 norm"),
+        ("nonfinite", "nan/inf"),
+    ]
+    for _, label in columns:
+        steps.add_column(label, justify="right")
+    for row in report.steps:
+        steps.add_row(*[num(row[key], 4) if not isinstance(row[key], int) else str(row[key]) for key, _ in columns])
+
+    final = report.final
+    mixture = report.mixture
+    summary = Table(title="Final samples", show_header=False, header_style="bold")
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    summary.add_row("NFE", str(report.result.nfe))
+    summary.add_row("seconds", f"{report.result.seconds:.3f}")
+    summary.add_row("samples", f"{report.result.samples.shape[0]} x {report.result.samples.shape[1]}")
+    summary.add_row("mean / std", f"{num(final['mean'])} / {num(final['std'])}")
+    summary.add_row("min / max", f"{num(final['min'])} / {num(final['max'])}")
+    summary.add_row("mean L2 norm", num(final["norm"]))
+    gap = mixture["mean_log_likelihood"] - mixture["expected_log_likelihood"]
+    summary.add_row(
+        "mean log-likelihood under the mixture",
+        f"{num(mixture['mean_log_likelihood'])} (exact expectation {num(mixture['expected_log_likelihood'])} "
+        f"± {num(mixture['expected_log_likelihood_stderr'], 2)}; gap {num(gap, 3)})",
+    )
+    summary.add_row("share per component vs weight (total variation)", num(mixture["share_total_variation"], 3))
+
+    shares = Table(title="Samples per mixture component", header_style="bold")
+    shares.add_column("component", justify="right")
+    shares.add_column("share", justify="right")
+    shares.add_column("weight", justify="right")
+    shares.add_column("", justify="left")
+    for k, (share, weight) in enumerate(zip(mixture["component_shares"], mixture["component_weights"])):
+        bar = Text("█" * int(round(40 * share)), style="cyan")
+        shares.add_row(str(k), f"{share:.3f}", f"{weight:.3f}", bar)
+    return [steps, summary, shares]

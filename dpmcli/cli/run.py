@@ -1,0 +1,54 @@
+"""``dpmcli sample``: prepare, run with a progress bar, render, then write files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def check_writable(option: str, path: Path, suffix: str | None = None) -> None:
+    """Fail before any work if an output file could not be written."""
+    if suffix is not None and path.suffix != suffix:
+        raise ConfigError(f"{option}: {path} must end in {suffix}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{option}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{option}: folder {parent} is not writable")
+    if path.is_dir():
+        raise ConfigError(f"{option}: {path} is a folder")
+
+
+def run_sample(*, config, model_name, batch, seed, device_name, dtype_name, x_init, noise_path, save, fmt, quiet, progress, progress_enabled):
+    import torch
+
+    from .. import experiment
+    from ..report import dumps_json, save_npy
+    from .console import stdout_console, warn
+
+    if save is not None:
+        check_writable("--save", save, ".npy")
+    spec = experiment.RunSpec(model_name, batch, seed, device_name, dtype_name, x_init, noise_path)
+    prepared = experiment.prepare(config, spec)
+    warn(prepared.warnings, quiet)
+    with progress(prepared.plan.steps, f"{config.algo} order {config.order}", progress_enabled) as advance:
+        report = experiment.run(prepared, on_step=advance)
+    if save is not None:
+        samples = report.result.samples.detach().cpu()
+        if samples.dtype not in (torch.float32, torch.float64):  # numpy has no bfloat16
+            samples = samples.float()
+        save_npy(save, samples.numpy())
+    if fmt == "json":
+        sys.stdout.write(dumps_json(report.document()))
+        return
+    from .render import sample_tables
+
+    console = stdout_console()
+    for renderable in sample_tables(report):
+        console.print(renderable)
+    if save is not None and not quiet:
+        print(f"wrote {save}", file=sys.stderr)
+
