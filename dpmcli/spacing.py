@@ -48,8 +48,12 @@ def top_timestep(schedule: Schedule, cfg: SolverConfig, lambdas: np.ndarray | No
     return last
 
 
-def integer_timesteps(cfg: SolverConfig, last_timestep: int) -> np.ndarray:
-    """diffusers' linspace / leading / trailing timesteps (integers, decreasing)."""
+def integer_timesteps(cfg: SolverConfig, last_timestep: int, exact_count: bool = True) -> np.ndarray:
+    """diffusers' linspace / leading / trailing timesteps (integers, decreasing).
+
+    diffusers builds ``trailing`` with a float-step ``arange`` that can yield one point too many
+    (998 steps give 999 timesteps, the last -1); ``exact_count`` takes exactly N points instead.
+    """
     n = cfg.steps
     if cfg.spacing == "linspace":
         t = np.linspace(0, last_timestep - 1, n + 1).round()[::-1][:-1]
@@ -58,10 +62,22 @@ def integer_timesteps(cfg: SolverConfig, last_timestep: int) -> np.ndarray:
         t = (np.arange(0, n + 1) * ratio).round()[::-1][:-1] + cfg.steps_offset
     elif cfg.spacing == "trailing":
         ratio = cfg.train_steps / n
-        t = np.arange(last_timestep, 0, -ratio).round() - 1
+        if exact_count:
+            t = (last_timestep - np.arange(n) * ratio).round() - 1
+        else:
+            t = np.arange(last_timestep, 0, -ratio).round() - 1
     else:  # pragma: no cover - guarded by the caller
         raise ValueError(cfg.spacing)
     return t.astype(np.int64)
+
+
+def _check_timestep_range(t: np.ndarray, schedule: Schedule, cfg: SolverConfig) -> None:
+    top = schedule.train_steps - 1
+    if np.all((t >= 0) & (t <= top)):
+        return
+    bad = int(t[(t < 0) | (t > top)][0])
+    hint = "use a smaller --steps-offset" if cfg.steps_offset and bad > top else "use fewer --steps or another --spacing"
+    raise ConfigError(f"grid: {cfg.spacing} spacing puts timestep {bad} outside 0..{top} with --steps {cfg.steps}; {hint}")
 
 
 def _sigma_ramp(kind: str, sigma_max: float, sigma_min: float, count: int, rho: float) -> np.ndarray:
@@ -96,10 +112,7 @@ def _own_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
 
     if cfg.spacing in ("linspace", "leading", "trailing"):
         t = integer_timesteps(cfg, last)
-        if np.any(t > schedule.train_steps - 1) or np.any(t < 0):
-            raise ConfigError(
-                f"--steps-offset: {cfg.steps_offset} pushes timesteps outside 0..{schedule.train_steps - 1}; use a smaller offset"
-            )
+        _check_timestep_range(t, schedule, cfg)
         if len(t) != n:
             warnings.append(f"grid: {cfg.spacing} spacing gives {len(t)} timesteps for --steps {n}; running {len(t)}")
         timesteps = t.astype(np.float64)
@@ -160,11 +173,8 @@ def _diffusers_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
     warnings: list[str] = []
     rounds = cfg.beta_schedule != "squaredcos_cap_v2"
     if cfg.spacing in ("linspace", "leading", "trailing"):
-        timesteps = integer_timesteps(cfg, last)
-        if np.any(timesteps > schedule.train_steps - 1):
-            raise ConfigError(
-                f"--steps-offset: {cfg.steps_offset} pushes timesteps above {schedule.train_steps - 1}; use a smaller offset"
-            )
+        timesteps = integer_timesteps(cfg, last, exact_count=False)
+        _check_timestep_range(timesteps, schedule, cfg)
         sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
     elif cfg.spacing == "logsnr":
         # diffusers' use_lu_lambdas: uniform in log sigma over N points.
@@ -194,7 +204,13 @@ def _check_grid(schedule: Schedule, cfg: SolverConfig, grid: Grid) -> None:
     rising = np.nonzero(sig[1:] > sig[:-1])[0]
     if len(rising):
         i = int(rising[0])
-        raise ConfigError(f"grid: sigma rises from step {i} to {i + 1} ({sig[i]:.6g} -> {sig[i + 1]:.6g}); check the grid options")
+        if cfg.compat == "diffusers":
+            grid.warnings.append(
+                f"grid: sigma rises from step {i} to {i + 1} ({sig[i]:.9g} -> {sig[i + 1]:.9g}), "
+                "as diffusers computes this grid; kept in compat mode"
+            )
+        else:
+            raise ConfigError(f"grid: sigma rises from step {i} to {i + 1} ({sig[i]:.6g} -> {sig[i + 1]:.6g}); check the grid options")
     same = np.nonzero(sig[1:] == sig[:-1])[0]
     if len(same):
         if cfg.compat == "diffusers":
