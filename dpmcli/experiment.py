@@ -71,7 +71,12 @@ class SampleReport:
     def document(self) -> dict:
         """The JSON document of ``dpmcli sample --format json``."""
         plan, spec = self.prepared.plan, self.prepared.spec
-        config = {**plan.config.to_dict(), **spec.to_dict(), "resolved_device": str(self.prepared.device)}
+        config = {
+            **plan.config.to_dict(),
+            **spec.to_dict(),
+            "batch": int(self.prepared.x_init.shape[0]),
+            "resolved_device": str(self.prepared.device),
+        }
         return {
             "config": config,
             "sigmas": plan.sigmas.tolist(),

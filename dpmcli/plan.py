@@ -117,7 +117,6 @@ class Plan:
 
     def summary(self) -> dict:
         return {
-            "steps": self.steps,
             "nfe": self.nfe,
             "convergence_order": self.convergence_order,
             "order_note": self.order_note,
