@@ -63,12 +63,12 @@ class DPMSolver:
                 f"DPMSolver.step: got timestep {float(timestep):g}, but step {index} is at timestep {expected}"
             )
         row = self.plan.rows[index]
-        if row.c != 0.0 and noise is None:
-            noise = self._noise(index, sample)
+        noise_term = None
+        if row.c != 0.0:
+            noise_term = self._noise(index, sample, row.c) if noise is None else noise * row.c
         cfg = self.plan.config
         x_next, self._history = solvers.step(
-            row, sample, model_output, self._history, noise if row.c != 0.0 else None,
-            cfg.dynamic_thresholding_ratio, cfg.sample_max_value,
+            row, sample, model_output, self._history, noise_term, cfg.dynamic_thresholding_ratio, cfg.sample_max_value
         )
         self._index = index + 1
         return x_next

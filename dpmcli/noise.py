@@ -16,17 +16,23 @@ def derived_seed(seed: int, stream: int) -> int:
 
 
 class GaussianNoise:
-    """Seeded standard normal noise, one draw per step, in step order.
+    """Seeded Gaussian noise, one draw per step, in step order: ``noise(step, like, scale)`` is scale * z.
 
     Draws happen on the CPU in float32 and are then moved, so the same seed gives the same
-    noise on every device.
+    noise on every device. The returned tensor is valid until the next draw: the update
+    consumes it at once, and reusing its memory saves an allocation per step.
     """
 
     def __init__(self, seed: int):
         self.generator = torch.Generator().manual_seed(derived_seed(seed, 1))
+        self._buffer: torch.Tensor | None = None
 
-    def __call__(self, step: int, like: torch.Tensor) -> torch.Tensor:
-        z = torch.randn(like.shape, generator=self.generator, dtype=torch.float32)
+    def __call__(self, step: int, like: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        buffer = self._buffer
+        if buffer is None or buffer.shape != like.shape:
+            buffer = self._buffer = torch.empty(like.shape, dtype=torch.float32)
+        # normal_(0, scale) draws the same numbers as randn() * scale, in one pass.
+        z = buffer.normal_(0.0, scale, generator=self.generator)
         return z if like.device.type == "cpu" and like.dtype == torch.float32 else z.to(like.device, like.dtype)
 
 
@@ -49,8 +55,9 @@ class ArrayNoise:
             raise ConfigError(f"--noise: {path} contains NaN or Inf")
         return cls(array)
 
-    def __call__(self, step: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.array[step])).to(like.device, like.dtype)
+    def __call__(self, step: int, like: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        z = torch.from_numpy(np.ascontiguousarray(self.array[step])).to(like.device, like.dtype)
+        return z * scale
 
 
 def initial_latents(seed: int, shape: tuple[int, ...], device, dtype) -> torch.Tensor:

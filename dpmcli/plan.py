@@ -35,7 +35,7 @@ class StepCoefficients:
     x0_q: float
     a: float
     b: tuple[float, ...]  # weights on m0, m1, ... (most recent first)
-    c: float  # weight on the step's Gaussian noise (0 for ODE steps)
+    c: float  # standard deviation of the step's noise term c * z (0 for ODE steps)
     alpha_s: float
     sigma_s: float
     thresholding: bool
@@ -234,12 +234,14 @@ def _make_row(cfg, i, order, a, b, c, alpha_s, sigma_s, keep, history_after, pre
         coefs = {SRC_X: a + b[0] * p, SRC_OUT: b[0] * q}
     for j in range(1, order):
         coefs[SRC_HISTORY + j - 1] = b[j] * previous[i - j].store_scale
-    if c != 0.0:
-        coefs[SRC_NOISE] = c
     coefs = {k: v for k, v in coefs.items() if v != 0.0}
+    if c != 0.0:
+        # The noise arrives already scaled by c (drawn as N(0, c^2) in one pass): weight 1,
+        # and as the pivot it spares the final multiplication.
+        coefs[SRC_NOISE] = 1.0
     if not coefs:  # pragma: no cover - a step always moves x
         coefs = {SRC_X: 0.0}
-    pivot = max(coefs, key=lambda k: abs(coefs[k]))
+    pivot = SRC_NOISE if SRC_NOISE in coefs else max(coefs, key=lambda k: abs(coefs[k]))
     pivot_coef = coefs.pop(pivot)
     terms = tuple((k, v / pivot_coef) for k, v in coefs.items()) if pivot_coef != 0.0 else ()
     return StepCoefficients(

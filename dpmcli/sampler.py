@@ -58,7 +58,7 @@ def sample(
     callbacks: tuple[Callable[[StepEvent], None], ...] = (),
     check_finite: bool = True,
 ) -> RunResult:
-    """Run every step of ``plan`` from ``x`` (x_T). ``noise(step, like)`` feeds the SDE steps."""
+    """Run every step of ``plan`` from ``x`` (x_T). ``noise(step, like, scale)`` feeds the SDE steps."""
     cfg = plan.config
     timesteps = plan.timestep_values
     history: tuple[torch.Tensor, ...] = ()
@@ -71,7 +71,7 @@ def sample(
         if row.c != 0.0:
             if noise is None:
                 raise ValueError("an SDE plan needs a noise source")
-            z = noise(row.index, x)
+            z = noise(row.index, x, row.c)
         x_next, history = solvers.step(
             row, x, out, history, z, cfg.dynamic_thresholding_ratio, cfg.sample_max_value
         )

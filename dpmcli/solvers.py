@@ -36,28 +36,24 @@ def step(
     x: torch.Tensor,
     out: torch.Tensor,
     history: tuple[torch.Tensor, ...],
-    noise: torch.Tensor | None = None,
+    noise_term: torch.Tensor | None = None,
     threshold_ratio: float = 0.995,
     threshold_max: float = 1.0,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """One multistep update. Returns (x_next, history_next); history is most recent first.
 
     ``history`` holds what the plan says earlier steps stored (their m0 up to a scale the
-    plan already folded into this step's weights). ``noise`` is required when ``row.c != 0``.
+    plan already folded into this step's weights). ``noise_term`` is the step's noise already
+    scaled, ``row.c * z`` with z standard normal; it is required when ``row.c != 0``.
     """
     dtype = x.dtype
     if dtype in _UPCAST:
         x, out = x.float(), out.float()
+    stored = None
     if row.thresholding:
         out = integrated_output(row, x, out, threshold_ratio, threshold_max)
         stored = out
-    elif not row.keep:
-        stored = None
-    elif row.store_ratio is None:
-        stored = out
-    else:
-        stored = torch.add(x, out, alpha=row.store_ratio)
-    sources = (x, out, noise) + history
+    sources = (x, out, noise_term) + history
     terms = row.terms
     if terms:
         first, ratio = terms[0]
@@ -68,6 +64,16 @@ def step(
             x_next.mul_(row.pivot_coef)
     else:
         x_next = sources[row.pivot] * row.pivot_coef
+    if row.keep and stored is None:
+        if row.store_ratio is None:
+            stored = out
+        else:
+            # The history entry about to fall off was made here too: reuse its memory.
+            spare = history[row.history_after - 1] if len(history) >= row.history_after else None
+            if spare is not None and spare.shape == x.shape and spare.dtype == x.dtype and spare.device == x.device:
+                stored = torch.add(x, out, alpha=row.store_ratio, out=spare)
+            else:
+                stored = torch.add(x, out, alpha=row.store_ratio)
     if stored is not None:
         history = (stored,) + history
     history = history[: row.history_after]

@@ -64,7 +64,7 @@ def run_polynomial(algo, order, prediction_type, degree):
     poly, coefs = polynomial(degree)
     x = torch.linspace(-1.0, 1.0, 2 * DIMS, dtype=torch.float64).reshape(2, DIMS)
     states = [x]
-    sample(plan, PolynomialModel(plan, poly), x, noise=lambda i, like: torch.zeros_like(like), callbacks=(lambda e: states.append(e.x_next),))
+    sample(plan, PolynomialModel(plan, poly), x, noise=lambda i, like, scale: torch.zeros_like(like), callbacks=(lambda e: states.append(e.x_next),))
     return plan, states, coefs
 
 
