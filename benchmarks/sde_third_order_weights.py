@@ -7,7 +7,7 @@ lower-order-final, float64, 512 samples) and differ only in the weight on D2 of 
 step: exact, published (half of exact), or diffusers' (published - alpha_t). Prints the median
 L2 error for 50..800 steps and the slope over 200-800 steps (docs/mathematics.md, section 4.5).
 
-    python benchmarks/sde_third_order_weights.py          # about two minutes
+    python benchmarks/sde_third_order_weights.py          # a few seconds
     python benchmarks/sde_third_order_weights.py gmm64
 """
 
