@@ -129,10 +129,10 @@ def prepare(config: SolverConfig, spec: RunSpec) -> Prepared:
     return Prepared(plan, model, x, noise, spec, device, dtype, warnings)
 
 
-def run(prepared: Prepared, on_step: Callable | None = None) -> SampleReport:
+def run(prepared: Prepared, on_step: Callable | None = None, extra: tuple[Callable, ...] = ()) -> SampleReport:
     """Run the loop with per-step statistics; NumericalError on the first NaN/Inf."""
     recorder = StepStatistics()
-    callbacks = (recorder,) if on_step is None else (recorder, on_step)
+    callbacks = (recorder, *extra) + (() if on_step is None else (on_step,))
     result = sample(prepared.plan, prepared.model, prepared.x_init, prepared.noise, callbacks)
     final = tensor_stats(result.samples)
     summary = mixture_summary(prepared.model.mixture, result.samples)

@@ -29,6 +29,7 @@ app = typer.Typer(
 
 Format = Annotated[str, typer.Option("--format", "-f", help="table, json or csv.", rich_help_panel=OUTPUT)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings.", rich_help_panel=OUTPUT)]
+Dpi = Annotated[int, typer.Option("--dpi", help="Resolution of .png figures.", rich_help_panel=OUTPUT)]
 
 
 def _check_format(value: str, allowed: tuple[str, ...]) -> str:
@@ -95,6 +96,20 @@ def sample(
         typer.Option("--noise", help="SDE noise from a .npy of shape (steps, batch, dims) instead of the seed.", rich_help_panel=RUN),
     ] = None,
     save: Annotated[Optional[Path], typer.Option("--save", help="Write the final samples to this .npy file.", rich_help_panel=OUTPUT)] = None,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", help="Draw the per-step statistics of x and x0 (.png, .svg or .pdf).", rich_help_panel=OUTPUT),
+    ] = None,
+    plot_samples: Annotated[
+        Optional[Path],
+        typer.Option("--plot-samples", help="2-D models: final samples over the density, with trajectories.", rich_help_panel=OUTPUT),
+    ] = None,
+    trace: Annotated[
+        Optional[Path],
+        typer.Option("--trace", help="Save every intermediate latent and x0 prediction to this .npz file.", rich_help_panel=OUTPUT),
+    ] = None,
+    trace_stride: Annotated[int, typer.Option("--trace-stride", help="Keep every N-th step in --trace (the last always).", rich_help_panel=OUTPUT)] = 1,
+    dpi: Dpi = 150,
     format: Annotated[str, typer.Option("--format", "-f", help="table or json.", rich_help_panel=OUTPUT)] = "table",
     quiet: Quiet = False,
 ):
@@ -119,11 +134,51 @@ def sample(
         x_init=x_init,
         noise_path=noise,
         save=save,
+        plot=plot,
+        plot_samples=plot_samples,
+        trace=trace,
+        trace_stride=trace_stride,
+        dpi=dpi,
         fmt=fmt,
         quiet=quiet,
         progress=progress_bar,
         progress_enabled=show_progress(quiet),
     )
+
+
+@app.command("plot-schedule", epilog=EXIT_CODES_HELP)
+@handle_errors
+@with_solver_options(exclude=("spacing", "beta_schedule", "steps"))
+def plot_schedule(
+    solver,
+    spacing: Annotated[
+        Optional[list[str]],
+        typer.Option("--spacing", help="Step grid(s); repeat or give a comma list to overlay several.  [default: linspace]", show_default=False, rich_help_panel="Schedule and grid"),
+    ] = None,
+    beta_schedule: Annotated[
+        Optional[list[str]],
+        typer.Option("--beta-schedule", help="Training betas; repeat or comma list.  [default: scaled_linear]", show_default=False, rich_help_panel="Schedule and grid"),
+    ] = None,
+    steps: Annotated[
+        Optional[list[str]],
+        typer.Option("--steps", help="Number of steps; repeat or comma list.  [default: 20]", show_default=False, rich_help_panel="Solver"),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Figure file: .png, .svg or .pdf.", rich_help_panel=OUTPUT)] = Path("schedule.png"),
+    dpi: Dpi = 150,
+    title: Annotated[Optional[str], typer.Option("--title", help="Figure title.", rich_help_panel=OUTPUT)] = None,
+    quiet: Quiet = False,
+):
+    """Draw sigma, lambda, alpha_t / sigma_t and the step size h of one or more step grids.
+
+    Every combination of the values given to [bold]--spacing[/bold], [bold]--beta-schedule[/bold] and
+    [bold]--steps[/bold] is one curve; the continuous schedule is drawn faintly behind each grid's
+    points, and zero-length steps or repeated timesteps are marked in red. Prints the path written.
+
+    Example: [bold]dpmcli plot-schedule --spacing linspace,karras,logsnr --steps 10 --out grids.png[/bold]
+    """
+    from .plotting import plot_schedule_command
+
+    plot_schedule_command(solver, spacing, beta_schedule, steps, out, dpi, title, quiet)
 
 
 def main() -> None:

@@ -233,12 +233,16 @@ _DEFAULTS = SolverConfig()
 _NONE_DEFAULT = {"steps", "trained_betas", "sigmas"}
 
 
-def with_solver_options(command):
+def with_solver_options(command=None, *, exclude: tuple[str, ...] = ()):
     """Add every shared solver/schedule option to ``command``; it receives them as ``solver``.
 
-    ``solver`` is a zero-argument function that builds the SolverConfig, so that errors in the
-    options are raised inside the command's error handling.
+    ``solver(**overrides)`` builds the SolverConfig, so that errors in the options are raised
+    inside the command's error handling; options in ``exclude`` are the command's own (it
+    declares them itself and passes them as overrides).
     """
+    if command is None:
+        return functools.partial(with_solver_options, exclude=exclude)
+    chosen = [(name, annotation) for name, annotation in SHARED_OPTIONS if name not in exclude]
     signature = inspect.signature(command)
     hints = typing.get_type_hints(command, include_extras=True)
     own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "solver"]
@@ -249,16 +253,33 @@ def with_solver_options(command):
             default=None if name in _NONE_DEFAULT else getattr(_DEFAULTS, name),
             annotation=annotation,
         )
-        for name, annotation in SHARED_OPTIONS
+        for name, annotation in chosen
     ]
+
+    defaults = {name: None if name in _NONE_DEFAULT else getattr(_DEFAULTS, name) for name in exclude}
 
     @functools.wraps(command)
     def wrapper(**kwargs):
-        values = {name: kwargs.pop(name) for name, _ in SHARED_OPTIONS}
-        return command(solver=lambda: solver_config(**values), **kwargs)
+        values = {**defaults, **{name: kwargs.pop(name) for name, _ in chosen}}
+        return command(solver=lambda **overrides: solver_config(**{**values, **overrides}), **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=own + shared)
     annotations = {p.name: p.annotation for p in own}
-    annotations.update({name: annotation for name, annotation in SHARED_OPTIONS})
+    annotations.update(dict(chosen))
     wrapper.__annotations__ = annotations
     return wrapper
+
+
+def split_list(option: str, values: list[str] | None, convert=str) -> list:
+    """Values of a repeatable option that also takes comma lists: ['a,b', 'c'] -> [a, b, c]."""
+    out = []
+    for value in values or []:
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(convert(part))
+            except ValueError:
+                raise ConfigError(f"{option}: {part!r} is not a valid value") from None
+    return out

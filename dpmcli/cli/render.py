@@ -20,7 +20,7 @@ def num(value, digits: int = 5) -> str:
     return f"{value:.{digits}g}"
 
 
-def _config_line(cfg) -> str:
+def config_line(cfg) -> str:
     parts = [
         f"{cfg.algo}",
         f"order {cfg.order}",
@@ -38,7 +38,7 @@ def _config_line(cfg) -> str:
 def schedule_table(plan) -> Table:
     table = Table(
         title=f"Plan: {plan.steps} steps, NFE {plan.nfe}",
-        caption=f"{_config_line(plan.config)}\n{plan.order_note}\nfinal sigma = {num(float(plan.sigmas[-1]))}",
+        caption=f"{config_line(plan.config)}\n{plan.order_note}\nfinal sigma = {num(float(plan.sigmas[-1]))}",
         header_style="bold",
     )
     for name in ("step", "timestep", "sigma", "alpha_t", "sigma_t", "lambda", "h", "order"):
@@ -61,7 +61,7 @@ def sample_tables(report) -> list:
     plan = report.prepared.plan
     steps = Table(
         title=f"Per-step statistics: latent x (at the step's sigma) and the x0 prediction",
-        caption=f"{_config_line(plan.config)}\n{plan.order_note}",
+        caption=f"{config_line(plan.config)}\n{plan.order_note}",
         header_style="bold",
     )
     columns = [

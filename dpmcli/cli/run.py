@@ -22,33 +22,49 @@ def check_writable(option: str, path: Path, suffix: str | None = None) -> None:
         raise ConfigError(f"{option}: {path} is a folder")
 
 
-def run_sample(*, config, model_name, batch, seed, device_name, dtype_name, x_init, noise_path, save, fmt, quiet, progress, progress_enabled):
+def run_sample(
+    *, config, model_name, batch, seed, device_name, dtype_name, x_init, noise_path, save, plot, plot_samples, trace,
+    trace_stride, dpi, fmt, quiet, progress, progress_enabled,
+):
     import torch
 
     from .. import experiment
     from ..report import dumps_json, save_npy
+    from ..trace import Trace
     from .console import stdout_console, warn
+    from .plotting import check_sample_outputs, print_written, write_sample_outputs
 
     if save is not None:
         check_writable("--save", save, ".npy")
+    check_sample_outputs(plot, plot_samples, trace, trace_stride, dpi)
     spec = experiment.RunSpec(model_name, batch, seed, device_name, dtype_name, x_init, noise_path)
     prepared = experiment.prepare(config, spec)
+    if plot_samples is not None and prepared.model.dims != 2:
+        raise ConfigError(
+            f"--plot-samples: model {model_name!r} is {prepared.model.dims}-D; sample plots need a 2-D model such as ring"
+        )
     warn(prepared.warnings, quiet)
+    recorder = None
+    if trace is not None or plot_samples is not None:
+        recorder = Trace(stride=trace_stride, keep_all=trace is not None, trajectories=12 if plot_samples is not None else 0)
     with progress(prepared.plan.steps, f"{config.algo} order {config.order}", progress_enabled) as advance:
-        report = experiment.run(prepared, on_step=advance)
+        report = experiment.run(prepared, on_step=advance, extra=() if recorder is None else (recorder,))
     if save is not None:
         samples = report.result.samples.detach().cpu()
         if samples.dtype not in (torch.float32, torch.float64):  # numpy has no bfloat16
             samples = samples.float()
         save_npy(save, samples.numpy())
+    from .render import config_line
+
+    written = write_sample_outputs(report, recorder, plot, plot_samples, trace, dpi, config_line(config))
     if fmt == "json":
         sys.stdout.write(dumps_json(report.document()))
+        print_written(([save] if save is not None else []) + written, quiet)
         return
     from .render import sample_tables
 
     console = stdout_console()
     for renderable in sample_tables(report):
         console.print(renderable)
-    if save is not None and not quiet:
-        print(f"wrote {save}", file=sys.stderr)
+    print_written(([save] if save is not None else []) + written, quiet)
 

@@ -1,8 +1,10 @@
-"""Render what `dpmcli schedule` and `dpmcli sample` print into SVG pictures for the docs.
+"""Make the pictures of README.md and docs/: terminal output as SVG, figures as PNG.
 
-Run from the repository root:  python docs/render_terminal.py
+Run from the repository root:  python docs/make_pictures.py
 """
 
+import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -28,6 +30,16 @@ def main() -> None:
     for renderable in sample_tables(report):
         console.print(renderable)
     console.save_svg(str(OUT / "sample.svg"), title="dpmcli sample")
+
+    figures = [
+        ["plot-schedule", "--spacing", "linspace,karras,logsnr", "--steps", "10", "--out", OUT / "plot-schedule.png"],
+        ["plot-schedule", "--spacing", "karras", "--steps", "300", "--compat", "diffusers", "--out", OUT / "plot-schedule-repeats.png",
+         "--title", "diffusers' karras grid with 300 steps: repeated integer timesteps (red)"],
+        ["sample", "--steps", "12", "--plot", OUT / "sample-run.png", "--plot-samples", OUT / "sample-samples.png", "--quiet",
+         "--format", "json"],
+    ]
+    for args in figures:
+        subprocess.run([sys.executable, "-m", "dpmcli", *map(str, args), "--dpi", "100"], check=True, stdout=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

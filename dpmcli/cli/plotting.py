@@ -1,0 +1,94 @@
+"""``dpmcli plot-schedule`` and the figures of ``dpmcli sample``."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from .options import split_list
+from .run import check_writable
+
+
+def check_figure_path(option: str, path: Path) -> None:
+    from ..plots import figure_format
+
+    figure_format(option, path)
+    check_writable(option, path)
+
+
+def plot_schedule_command(solver, spacing, beta_schedule, steps, out: Path, dpi: int, title, quiet: bool) -> None:
+    from ..plan import build_plan
+    from ..plots import grid_label, save_figure, schedule_figure
+    from .console import warn
+
+    check_figure_path("--out", out)
+    if dpi < 10 or dpi > 1200:
+        raise ConfigError(f"--dpi: {dpi} is not allowed; choose 10 to 1200")
+    spacings = split_list("--spacing", spacing) or [None]
+    betas = split_list("--beta-schedule", beta_schedule) or [None]
+    counts = split_list("--steps", steps, int) or [None]
+    combos = list(itertools.product(spacings, betas, counts))
+    if len(combos) > 12:
+        raise ConfigError(f"--spacing/--beta-schedule/--steps: {len(combos)} combinations; draw at most 12 in one figure")
+    plans = []
+    for sp, beta, n in combos:
+        overrides = {k: v for k, v in (("spacing", sp), ("beta_schedule", beta), ("steps", n)) if v is not None}
+        plan = build_plan(solver(**overrides))
+        warn([f"{grid_label(plan)}: {w}" for w in plan.warnings], quiet)
+        plans.append(plan)
+    varying = tuple(
+        name for name, values in (("spacing", spacings), ("beta_schedule", betas), ("steps", counts)) if len(values) > 1
+    ) or ("spacing", "steps")
+    labels = [grid_label(plan, varying) for plan in plans]
+    fig = schedule_figure(plans, labels, title)
+    save_figure(fig, out, dpi)
+    print(out)
+
+
+def check_sample_outputs(plot, plot_samples, trace, trace_stride: int, dpi: int) -> None:
+    if plot is not None:
+        check_figure_path("--plot", plot)
+    if plot_samples is not None:
+        check_figure_path("--plot-samples", plot_samples)
+    if trace is not None:
+        check_writable("--trace", trace, ".npz")
+    if trace_stride < 1:
+        raise ConfigError(f"--trace-stride: {trace_stride} is not allowed; it must be at least 1")
+    if dpi < 10 or dpi > 1200:
+        raise ConfigError(f"--dpi: {dpi} is not allowed; choose 10 to 1200")
+
+
+def write_sample_outputs(report, trace_recorder, plot, plot_samples, trace, dpi: int, title: str) -> list[Path]:
+    import numpy as np
+
+    from ..plots import run_figure, samples_figure, save_figure
+    from ..report import atomic_write
+
+    written = []
+    if plot is not None:
+        save_figure(run_figure(report.steps, report.final, title), plot, dpi)
+        written.append(plot)
+    if plot_samples is not None:
+        samples = report.result.samples.detach().cpu().double().numpy()
+        paths = trace_recorder.trajectory_array() if trace_recorder is not None else None
+        mixture = report.mixture
+        subtitle = (
+            f"mean log-likelihood {mixture['mean_log_likelihood']:.3g} "
+            f"(exact {mixture['expected_log_likelihood']:.3g}), component-share TV {mixture['share_total_variation']:.3f}"
+        )
+        fig = samples_figure(report.prepared.model.mixture, samples, paths, title, subtitle)
+        save_figure(fig, plot_samples, dpi)
+        written.append(plot_samples)
+    if trace is not None:
+        arrays = trace_recorder.arrays(report.prepared.plan, report.result.samples)
+        atomic_write(trace, lambda handle: np.savez_compressed(handle, **arrays))
+        written.append(trace)
+    return written
+
+
+def print_written(paths, quiet: bool) -> None:
+    if not quiet:
+        for path in paths:
+            print(f"wrote {path}", file=sys.stderr)

@@ -1,0 +1,285 @@
+"""Matplotlib figures: schedules, per-step statistics of a run, final samples of 2-D models.
+
+Figures are built with the ``Figure`` API (no pyplot state, nothing opens a window), in one
+style with a colour-blind-safe palette (Okabe & Ito), and written deterministically: the
+same figure gives the same bytes (no dates or software versions in the metadata).
+``import dpmcli`` does not import this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from .errors import ConfigError
+
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+BAD = "#D00000"
+FORMATS = ("png", "svg", "pdf")
+STYLE = {
+    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 8.5,
+    "legend.frameon": False,
+    "lines.linewidth": 1.6,
+    "lines.markersize": 4.5,
+    "font.family": "DejaVu Sans",
+    "svg.hashsalt": "dpmcli",
+    "svg.fonttype": "path",
+    "pdf.compression": 6,
+    "savefig.bbox": "tight",
+}
+_METADATA = {
+    "png": {"Software": None},
+    "svg": {"Date": None, "Creator": None},
+    "pdf": {"CreationDate": None, "ModDate": None, "Creator": None, "Producer": None},
+}
+
+
+def figure_format(option: str, path: Path) -> str:
+    """The format of an output path from its extension, or a one-line ConfigError."""
+    ext = path.suffix.lower().lstrip(".")
+    if ext not in FORMATS:
+        raise ConfigError(f"{option}: {path} has extension {path.suffix or '(none)'!r}; use .png, .svg or .pdf")
+    return ext
+
+
+def new_figure(width: float, height: float) -> Figure:
+    with matplotlib.rc_context(STYLE):
+        return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 150) -> None:
+    """Write ``fig`` atomically (temporary file, then rename), with deterministic metadata."""
+    from .report import atomic_path
+
+    fmt = figure_format("--out", Path(path))
+    with atomic_path(path, suffix=f".{fmt}") as tmp, matplotlib.rc_context(STYLE):
+        fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_METADATA[fmt])
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def grid_label(plan, varying: tuple[str, ...] = ("spacing", "beta_schedule", "steps")) -> str:
+    cfg = plan.config
+    parts = []
+    if "spacing" in varying:
+        parts.append(cfg.spacing + (f" (rho {cfg.rho:g})" if cfg.spacing == "karras" and cfg.rho != 7.0 else ""))
+    if "beta_schedule" in varying:
+        parts.append(cfg.beta_schedule)
+    if "steps" in varying:
+        parts.append(f"{plan.steps} steps")
+    return ", ".join(parts)
+
+
+def _bad_steps(plan) -> np.ndarray:
+    """Indices of steps of zero length or whose timestep repeats the previous one."""
+    zero = np.nonzero(plan.h == 0)[0]
+    repeated = np.nonzero(plan.timesteps[1:] == plan.timesteps[:-1])[0] + 1
+    return np.union1d(zero, repeated).astype(int)
+
+
+def _continuous(plan, values_of_lambda):
+    """The schedule between grid points: every training timestep placed at its fractional step."""
+    ts = plan.timesteps
+    if len(ts) < 2 or np.any(np.diff(ts) >= 0):
+        return None, None
+    tau = np.linspace(ts[0], ts[-1], 400)
+    steps = np.interp(tau, ts[::-1], np.arange(len(ts), dtype=float)[::-1])
+    return steps, values_of_lambda(plan.schedule.lambda_at(tau))
+
+
+def schedule_figure(plans, labels, title: str | None = None) -> Figure:
+    """Four panels: sigma, lambda, alpha_t / sigma_t and h against step, one colour per grid."""
+    fig = new_figure(11.0, 7.6)
+    with matplotlib.rc_context(STYLE):
+        ax_sigma, ax_lambda, ax_coef, ax_h = fig.subplots(2, 2).ravel()
+        for k, (plan, label) in enumerate(zip(plans, labels)):
+            colour = PALETTE[k % len(PALETTE)]
+            n = plan.steps
+            steps = np.arange(n)
+            bad = _bad_steps(plan)
+            dot = 3.5 if n <= 60 else 0.0  # long grids read better as lines
+            cross = 9 if n <= 60 else 5
+            panels = (
+                (ax_sigma, plan.sigmas[:n], lambda lam: np.exp(-lam)),
+                (ax_lambda, plan.lambdas[:n], lambda lam: lam),
+            )
+            for ax, values, of_lambda in panels:
+                cs, cv = _continuous(plan, of_lambda)
+                if cs is not None:
+                    ax.plot(cs, cv, color=colour, alpha=0.25, linewidth=3.0, solid_capstyle="round")
+                ax.plot(steps, values, "o-", color=colour, label=label, markersize=dot, linewidth=1.2)
+                if len(bad):
+                    ax.plot(steps[bad], values[bad], "x", color=BAD, markersize=cross, markeredgewidth=1.5)
+            final = float(plan.sigmas[-1])
+            if final > 0:
+                ax_sigma.plot([n - 1, n], [plan.sigmas[n - 1], final], ":", color=colour, linewidth=1.0)
+                ax_sigma.plot([n], [final], "s", color=colour, markersize=4, markerfacecolor="white")
+                ax_lambda.plot([n - 1, n], [plan.lambdas[n - 1], plan.lambdas[n]], ":", color=colour, linewidth=1.0)
+                ax_lambda.plot([n], [plan.lambdas[n]], "s", color=colour, markersize=4, markerfacecolor="white")
+            ax_coef.plot(steps, plan.alpha_t[:n], "o-", color=colour, markersize=dot * 0.85, linewidth=1.2, label=f"alpha_t, {label}")
+            ax_coef.plot(steps, plan.sigma_t[:n], "s--", color=colour, markersize=dot * 0.85, linewidth=1.2, label=f"sigma_t, {label}")
+            finite = np.isfinite(plan.h)
+            ax_h.plot(steps[finite], plan.h[finite], "o-", color=colour, markersize=dot, linewidth=1.2, label=label)
+            if len(bad):
+                ax_h.plot(steps[bad], plan.h[bad], "x", color=BAD, markersize=cross, markeredgewidth=1.5)
+        ax_sigma.set_yscale("log")
+        ax_sigma.set_title("noise level sigma = sigma_t / alpha_t")
+        ax_sigma.set_ylabel("sigma (log scale)")
+        ax_lambda.set_title("half log-SNR lambda = log(alpha_t / sigma_t)")
+        ax_lambda.set_ylabel("lambda")
+        ax_coef.set_title("VP coefficients")
+        ax_coef.set_ylabel("alpha_t (solid), sigma_t (dashed)")
+        ax_coef.set_ylim(-0.03, 1.03)
+        ax_h.set_title("step size in lambda (step to sigma 0 not drawn: h = inf)")
+        ax_h.set_ylabel("h = lambda_next - lambda")
+        for ax in (ax_sigma, ax_lambda, ax_coef, ax_h):
+            ax.set_xlabel("step")
+        handles, names = ax_sigma.get_legend_handles_labels()
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="grey", alpha=0.35, linewidth=3.0))
+        names.append("continuous schedule")
+        if any(p.sigmas[-1] > 0 for p in plans):
+            handles.append(Line2D([], [], marker="s", linestyle="none", color="grey", markerfacecolor="white"))
+            names.append("final sigma")
+        if any(p.sigmas[-1] == 0 for p in plans):
+            ax_sigma.text(0.02, 0.03, "final sigma 0 lies off the log axis", transform=ax_sigma.transAxes, fontsize=8, color="dimgrey")
+        if any(len(_bad_steps(p)) for p in plans):
+            handles.append(Line2D([], [], marker="x", linestyle="none", color=BAD, markeredgewidth=2))
+            names.append("zero-length step or repeated timestep")
+        ax_sigma.legend(handles, names, loc="upper right")
+        fig.suptitle(title or "Noise schedule and step grid", fontsize=13)
+    return fig
+
+
+# ---------------------------------------------------------------- a sampling run
+
+_ORDER_SHADES = {1: "#FFFFFF", 2: "#F1F1F1", 3: "#E2E2E2"}
+
+
+def _shade_orders(ax, orders) -> None:
+    for i, order in enumerate(orders):
+        shade = _ORDER_SHADES.get(int(order), "#D0D0D0")
+        if shade != "#FFFFFF":
+            ax.axvspan(i - 0.5, i + 0.5, color=shade, zorder=0, linewidth=0)
+
+
+def run_figure(rows: list[dict], final: dict, title: str) -> Figure:
+    """Latent and x0 statistics against step (mean, std, min/max band, norm), orders shaded."""
+    fig = new_figure(11.0, 7.2)
+    with matplotlib.rc_context(STYLE):
+        grid = fig.add_gridspec(3, 2, height_ratios=[3, 3, 0.9])
+        panels = {
+            ("latent", 0): fig.add_subplot(grid[0, 0]),
+            ("latent", 1): fig.add_subplot(grid[1, 0]),
+            ("x0", 0): fig.add_subplot(grid[0, 1]),
+            ("x0", 1): fig.add_subplot(grid[1, 1]),
+        }
+        ax_order = fig.add_subplot(grid[2, :])
+        steps = np.array([r["step"] for r in rows], dtype=float)
+        orders = [r["order"] for r in rows]
+        n = len(rows)
+        for kind, prefix, heading in (("latent", "", "latent x (input of each step)"), ("x0", "x0_", "x0 prediction")):
+            get = lambda key: np.array([r[prefix + key] for r in rows], dtype=float)
+            xs, mean, std, lo, hi, norm = steps, get("mean"), get("std"), get("min"), get("max"), get("norm")
+            if kind == "latent":  # the final samples, after the last step
+                xs = np.append(steps, n)
+                mean, std, lo, hi, norm = (np.append(a, final[k]) for a, k in ((mean, "mean"), (std, "std"), (lo, "min"), (hi, "max"), (norm, "norm")))
+            top, bottom = panels[(kind, 0)], panels[(kind, 1)]
+            for ax in (top, bottom):
+                _shade_orders(ax, orders)
+            top.fill_between(xs, lo, hi, color=PALETTE[0], alpha=0.15, linewidth=0, label="min .. max")
+            top.plot(xs, mean, "o-", color=PALETTE[0], markersize=3, label="mean")
+            top.plot(xs, mean + std, "--", color=PALETTE[1], linewidth=1.1, label="mean ± std")
+            top.plot(xs, mean - std, "--", color=PALETTE[1], linewidth=1.1)
+            top.set_title(heading)
+            top.set_ylabel("value")
+            top.legend(loc="best")
+            bottom.plot(xs, std, "o-", color=PALETTE[1], markersize=3, label="std")
+            bottom.plot(xs, norm, "s-", color=PALETTE[2], markersize=3, label="mean per-sample L2 norm")
+            bottom.set_ylabel("std, norm")
+            bottom.set_xlabel("step" + (" (the last point: final samples)" if kind == "latent" else ""))
+            bottom.legend(loc="best")
+        ax_order.step(steps, orders, where="mid", color=PALETTE[3])
+        ax_order.plot(steps, orders, "o", color=PALETTE[3], markersize=3)
+        ax_order.set_ylabel("order")
+        ax_order.set_xlabel("step")
+        ax_order.set_yticks(sorted(set(orders)))
+        ax_order.set_ylim(min(orders) - 0.5, max(orders) + 0.5)
+        ax_order.set_xlim(-0.5, n + 0.5)
+        ax_order.set_title("order used per step (shaded in the panels above: darker = higher)", fontsize=9.5)
+        fig.suptitle(_wrap(title, 120), fontsize=12)
+    return fig
+
+
+def _wrap(title: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width)) if title else title
+
+
+def _density_panel(ax, mixture, centre, reach) -> None:
+    import torch
+
+    grid = np.linspace(-reach, reach, 300)
+    gx, gy = np.meshgrid(grid + centre[0], grid + centre[1])
+    points = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], axis=1))
+    log_density = mixture.log_prob(points).numpy().reshape(gx.shape)
+    levels = np.linspace(log_density.max() - 12, log_density.max(), 9)
+    ax.contourf(gx, gy, log_density, levels=levels, cmap="Greys", alpha=0.45)
+    ax.contour(gx, gy, log_density, levels=levels, colors="grey", linewidths=0.5, linestyles="solid")
+    ax.set_aspect("equal")
+    ax.set_xlim(centre[0] - reach, centre[0] + reach)
+    ax.set_ylim(centre[1] - reach, centre[1] + reach)
+    ax.set_xlabel("x[0]")
+    ax.set_ylabel("x[1]")
+
+
+def samples_figure(mixture, samples: np.ndarray, trajectories: np.ndarray | None, title: str, subtitle: str = "") -> Figure:
+    """Two panels over the mixture's log-density contours: trajectories from x_T, and the final samples."""
+    if mixture.dims != 2:
+        raise ConfigError(f"--plot-samples: the model is {mixture.dims}-D; sample plots need a 2-D model such as ring")
+    fig = new_figure(12.0, 6.4)
+    with matplotlib.rc_context(STYLE):
+        ax_paths, ax_samples = fig.subplots(1, 2)
+        centre = mixture.means.mean(0)
+        reach = max(np.abs(mixture.means - centre).max() + 4 * mixture.stds.max(), 1e-3)
+        wide = reach
+        if trajectories is not None:
+            wide = max(reach, float(np.abs(trajectories - centre).max()) * 1.05)
+        _density_panel(ax_paths, mixture, centre, wide)
+        if trajectories is not None:
+            for k in range(trajectories.shape[1]):
+                path = trajectories[:, k, :]
+                ax_paths.plot(path[:, 0], path[:, 1], "-", color=PALETTE[3], linewidth=1.0, alpha=0.9, zorder=4,
+                              label="trajectory" if k == 0 else None)
+                ax_paths.plot(path[0, 0], path[0, 1], "o", color=PALETTE[3], markersize=4, markerfacecolor="white", zorder=5,
+                              label="x_T" if k == 0 else None)
+                ax_paths.plot(path[-1, 0], path[-1, 1], "o", color=PALETTE[3], markersize=4, zorder=5,
+                              label="final sample" if k == 0 else None)
+            ax_paths.legend(loc="upper right")
+        ax_paths.set_title(f"{0 if trajectories is None else trajectories.shape[1]} trajectories from x_T")
+        _density_panel(ax_samples, mixture, centre, reach)
+        ax_samples.scatter(samples[:, 0], samples[:, 1], s=5, color=PALETTE[0], alpha=0.6, linewidths=0, zorder=3)
+        ax_samples.set_title(_wrap(f"{len(samples)} final samples" + (f": {subtitle}" if subtitle else ""), 60))
+        fig.suptitle(_wrap(title, 110), fontsize=11.5)
+    return fig
+
+
+def count_lines(fig: Figure) -> int:
+    """Number of Line2D artists drawn in the figure's axes (for tests and sanity checks)."""
+    return sum(len(ax.get_lines()) for ax in fig.axes)
