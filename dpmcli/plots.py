@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -229,7 +230,9 @@ def run_figure(rows: list[dict], final: dict, title: str) -> Figure:
 def _wrap(title: str, width: int) -> str:
     import textwrap
 
-    return "\n".join(textwrap.wrap(title, width)) if title else title
+    if not title:
+        return title
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
 
 
 def _density_panel(ax, mixture, centre, reach) -> None:
@@ -283,3 +286,80 @@ def samples_figure(mixture, samples: np.ndarray, trajectories: np.ndarray | None
 def count_lines(fig: Figure) -> int:
     """Number of Line2D artists drawn in the figure's axes (for tests and sanity checks)."""
     return sum(len(ax.get_lines()) for ax in fig.axes)
+
+
+# ---------------------------------------------------------------- compare
+
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+_DASHES = ["-", "--", "-.", ":"]
+
+
+def error_figure(runs: list[dict], title: str) -> Figure:
+    """Error against NFE on log-log axes, one line per solver, with reference slopes 1, 2, 3."""
+    kinds = [k for k in ("ode", "sde") if any(r["kind"] == k and r.get("error") for r in runs)]
+    fig = new_figure(6.4 * max(1, len(kinds)) + 1.2, 5.6)
+    with matplotlib.rc_context(STYLE):
+        axes = fig.subplots(1, max(1, len(kinds)), squeeze=False)[0]
+        for ax, kind in zip(axes, kinds):
+            metric = "error" if kind == "ode" else "strong_error"
+            solvers: dict = {}
+            for row in runs:
+                if row["kind"] == kind and row.get(metric):
+                    solvers.setdefault(row["solver"], []).append((row["nfe"], row[metric]))
+            algos = sorted({s.split()[0] for s in solvers})
+            for k, (solver, points) in enumerate(sorted(solvers.items())):
+                points.sort()
+                algo_index = algos.index(solver.split()[0])
+                order = next((int(w) for a, w in zip(solver.split(), solver.split()[1:]) if a == "order" and w.isdigit()), 1)
+                ax.plot(
+                    [p[0] for p in points], [p[1] for p in points],
+                    linestyle=_DASHES[algo_index % len(_DASHES)], marker=_MARKERS[k % len(_MARKERS)],
+                    color=PALETTE[(order - 1) % len(PALETTE)] if len(solvers) <= 12 else PALETTE[k % len(PALETTE)],
+                    label=solver, markersize=5,
+                )
+            all_points = [p for pts in solvers.values() for p in pts]
+            if all_points:
+                nfe_lo, nfe_hi = min(p[0] for p in all_points), max(p[0] for p in all_points)
+                top = max(p[1] for p in all_points)
+                x = np.array([nfe_lo, nfe_hi], dtype=float)
+                for slope in (1, 2, 3):
+                    ax.plot(x, top * (x / nfe_lo) ** (-slope), color="grey", linewidth=0.8, linestyle=(0, (2, 3)), alpha=0.8)
+                    ax.annotate(f"slope -{slope}", (x[1], top * (x[1] / nfe_lo) ** (-slope)), fontsize=7.5, color="grey",
+                                xytext=(3, 0), textcoords="offset points", va="center")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            if all_points:
+                ticks = sorted({p[0] for p in all_points})
+                ax.set_xticks(ticks, [str(t) for t in ticks])
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel("NFE (model evaluations)")
+            ax.set_ylabel("median L2 error vs exact ODE solution" if kind == "ode" else "strong error vs fine-step SDE solution")
+            ax.set_title("ODE solvers" if kind == "ode" else "SDE solvers (same Brownian path)")
+            ax.legend(loc="lower left", fontsize=7)
+        fig.suptitle(_wrap(title, 120), fontsize=12)
+    return fig
+
+
+def compare_samples_figure(mixture, panels: list[tuple[str, np.ndarray, str]], title: str) -> Figure:
+    """One panel per solver: its final samples over the mixture's density, titled with its error."""
+    if mixture.dims != 2:
+        raise ConfigError("compare: sample panels need a 2-D model")
+    count = len(panels)
+    cols = min(4, count)
+    rows = (count + cols - 1) // cols
+    fig = new_figure(3.4 * cols, 3.5 * rows + 0.6)
+    with matplotlib.rc_context(STYLE):
+        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+        centre = mixture.means.mean(0)
+        reach = max(np.abs(mixture.means - centre).max() + 4 * mixture.stds.max(), 1e-3)
+        for ax, (label, samples, caption) in zip(axes, panels):
+            _density_panel(ax, mixture, centre, reach)
+            ax.scatter(samples[:, 0], samples[:, 1], s=2, color=PALETTE[0], alpha=0.5, linewidths=0, zorder=3)
+            ax.set_title(_wrap(f"{label}\n{caption}", 44), fontsize=8)
+            ax.set_xlabel("x[0]", fontsize=8)
+            ax.set_ylabel("x[1]", fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in axes[count:]:
+            ax.set_visible(False)
+        fig.suptitle(_wrap(title, 120), fontsize=12)
+    return fig

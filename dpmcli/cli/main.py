@@ -181,6 +181,79 @@ def plot_schedule(
     plot_schedule_command(solver, spacing, beta_schedule, steps, out, dpi, title, quiet)
 
 
+def _sweep_option(flag: str, what: str, default: str, panel: str = "Sweep"):
+    return typer.Option(flag, help=f"{what}; comma list or repeat.  [default: {default}]", show_default=False, rich_help_panel=panel)
+
+
+SweepList = Optional[list[str]]
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+@handle_errors
+@with_solver_options(exclude=("algo", "order", "steps", "spacing", "solver_type", "final_sigma", "coefficients", "compat"))
+def compare(
+    solver,
+    algo: Annotated[SweepList, _sweep_option("--algo", "Algorithms", "all four")] = None,
+    order: Annotated[SweepList, _sweep_option("--order", "Orders", "1,2,3")] = None,
+    steps: Annotated[SweepList, _sweep_option("--steps", "Step counts", "5,10,20,50")] = None,
+    spacing: Annotated[SweepList, _sweep_option("--spacing", "Step grids", "linspace")] = None,
+    solver_type: Annotated[SweepList, _sweep_option("--solver-type", "Second-order forms", "midpoint")] = None,
+    final_sigma: Annotated[SweepList, _sweep_option("--final-sigma", "Final sigmas", "zero")] = None,
+    coefficients: Annotated[SweepList, _sweep_option("--coefficients", "published and/or exact", "published")] = None,
+    compat: Annotated[SweepList, _sweep_option("--compat", "none and/or diffusers", "none")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="ring, gmm64 or gmm:PATH.json.", rich_help_panel=RUN)] = "ring",
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Samples per run (shared x_T).", rich_help_panel=RUN)] = 4096,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of x_T and of the Brownian path.", rich_help_panel=RUN)] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUN)] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, float64, float16 or bfloat16.", rich_help_panel=RUN)] = "float32",
+    reference_steps: Annotated[
+        int, typer.Option("--reference-steps", help="Steps of the fine-step SDE reference (order 2, exact weights, logsnr).", rich_help_panel="Ground truth")
+    ] = 1000,
+    bandwidth: Annotated[
+        Optional[float], typer.Option("--bandwidth", help="Gaussian-kernel bandwidth of MMD^2 (default: from the mixture, stated in the output).", rich_help_panel="Ground truth")
+    ] = None,
+    cache_dir: Annotated[
+        Optional[Path], typer.Option("--cache-dir", help="Where reference solutions are cached.  [default: ~/.cache/dpmcli or $DPMCLI_CACHE]", show_default=False, rich_help_panel="Ground truth")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute references afresh and store nothing.", rich_help_panel="Ground truth")] = False,
+    max_error: Annotated[Optional[float], typer.Option("--max-error", help="Gate: any run with error above this fails (exit 1).", rich_help_panel="CI gates")] = None,
+    baseline: Annotated[
+        Optional[Path], typer.Option("--baseline", help="Gate: results.json of an earlier run; a run worse by more than --tolerance fails.", rich_help_panel="CI gates")
+    ] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Relative slack of --baseline (0.1 = 10% worse allowed).", rich_help_panel="CI gates")] = 0.1,
+    min_order: Annotated[Optional[float], typer.Option("--min-order", help="Gate: a solver whose fitted order is below this fails.", rich_help_panel="CI gates")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="table, json, csv or markdown.", rich_help_panel=OUTPUT)] = "table",
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Folder for results.json, results.csv, summary.md, config.json and the plots.", rich_help_panel=OUTPUT)
+    ] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Error-against-NFE figure (.png, .svg, .pdf).", rich_help_panel=OUTPUT)] = None,
+    dpi: Dpi = 150,
+    quiet: Quiet = False,
+):
+    """Run many solvers on the same inputs against ground truth: who is better, by how much.
+
+    Every combination of the sweep options is one run; all runs share x_T and, for SDE runs,
+    one Brownian path. ODE runs are scored against the exact ODE solution, SDE runs against
+    the exact distribution (MMD^2) and a fine-step solution on the same path. Prints a table
+    sorted by error and the fitted convergence order of each solver; gates make it a CI check.
+
+    Example: [bold]dpmcli compare --algo dpmsolver++ --order 3 --coefficients published,exact --steps 10,20,40,80[/bold]
+    """
+    from .compare_cmd import run_compare
+
+    code = run_compare(
+        solver=solver, sweep_values={
+            "algo": algo, "order": order, "steps": steps, "spacing": spacing, "solver_type": solver_type,
+            "final_sigma": final_sigma, "coefficients": coefficients, "compat": compat,
+        },
+        model=model, batch=batch, seed=seed, device=device, dtype=dtype, reference_steps=reference_steps,
+        bandwidth=bandwidth, cache_dir=cache_dir, no_cache=no_cache, max_error=max_error, baseline=baseline,
+        tolerance=tolerance, min_order=min_order, fmt=format, out=out, plot=plot, dpi=dpi, quiet=quiet,
+    )
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     app()
 

@@ -115,3 +115,51 @@ def sample_tables(report) -> list:
         bar = Text("█" * int(round(40 * share)), style="cyan")
         shares.add_row(str(k), f"{share:.3f}", f"{weight:.3f}", bar)
     return [steps, summary, shares]
+
+
+def compare_tables(report, document) -> list:
+    from ..compare import SWEEP_FIELDS
+
+    varying = [f for f in SWEEP_FIELDS if len(report.sweep.axis(f)) > 1 and f != "steps"]
+    shown = [f for f in ("algo", "order", "solver_type", "spacing", "final_sigma", "coefficients", "compat") if f in varying or f in ("algo", "order")]
+    runs = Table(
+        title=f"{len(report.runs)} runs on {report.sweep.model} ({report.sweep.batch} samples), sorted by error; ★ best at its NFE",
+        caption=f"ODE: {report.reference['ode']}\nSDE: {report.reference['sde']}",
+        header_style="bold",
+    )
+    runs.add_column("")
+    for name in shown:
+        runs.add_column(name.replace("_", " "))
+    for name in ("steps", "NFE", "error", "metric", "mode flips", "strong err", "log-lik gap", "seconds"):
+        runs.add_column(name, justify="right")
+    for r in report.runs:
+        error = r.get("error")
+        runs.add_row(
+            "★" if r.get("best_at_nfe") else "",
+            *[str(r[name]) for name in shown],
+            str(r["steps"]),
+            str(r["nfe"]),
+            num(error, 3) if error is not None else f"[red]{r['status']}[/red]",
+            r.get("error_metric", "-").replace("l2_median", "L2 median"),
+            f"{r['mode_flips']:.1%}" if r.get("mode_flips") is not None else "-",
+            num(r.get("strong_error"), 3),
+            num(r.get("log_likelihood_gap"), 3),
+            num(r.get("seconds"), 2),
+        )
+    orders = Table(title="Empirical convergence order per solver (slope of log error against log NFE)", header_style="bold")
+    for name in ("solver", "metric", "nominal", "expected", "fitted"):
+        orders.add_column(name, justify="left" if name in ("solver", "metric") else "right")
+    for o in report.orders:
+        fitted = o["fitted_order"]
+        style = "" if fitted is None or fitted >= o["expected_order"] - 0.3 or o["kind"] == "sde" else "yellow"
+        orders.add_row(
+            o["solver"], o["metric"].replace("error", "L2 error").replace("strong_L2 error", "strong error"),
+            str(o["nominal_order"]), str(o["expected_order"]),
+            Text(num(fitted, 3), style=style),
+        )
+    out = [runs, orders]
+    gates = document.get("gates", {})
+    if any(gates.get(k) is not None for k in ("max_error", "baseline", "min_order")):
+        out.append(Text("gates: passed" if gates["passed"] else f"gates: {len(gates['failures'])} failure(s)",
+                        style="green" if gates["passed"] else "bold red"))
+    return out

@@ -1,0 +1,211 @@
+"""``dpmcli compare``: parse the sweep, run it with a progress bar, render, write files, apply gates."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import EXIT_GATE_FAILED, EXIT_NUMERICAL, ConfigError
+from .options import split_list
+from .run import check_writable
+
+FORMATS = ("table", "json", "csv", "markdown")
+CSV_COLUMNS = [
+    "run", "solver", "algo", "order", "solver_type", "spacing", "steps", "final_sigma", "coefficients", "compat",
+    "kind", "nfe", "error", "error_metric", "error_max", "mode_flips", "mmd2", "strong_error", "log_likelihood_gap",
+    "convergence_order", "best_at_nfe", "seconds", "status",
+]
+
+
+def _int(value: str) -> int:
+    return int(value)
+
+
+def _load_baseline(path: Path) -> dict:
+    try:
+        document = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--baseline: cannot read {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--baseline: {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("runs"), list):
+        raise ConfigError(f"--baseline: {path} is not a dpmcli compare results.json (no 'runs' list)")
+    return document
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} exists and is not a folder")
+    parent = out if out.exists() else out.parent
+    check_writable("--out", parent / "results.json")
+
+
+def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, reference_steps, bandwidth, cache_dir, no_cache,
+                max_error, baseline, tolerance, min_order, fmt, out, plot, dpi, quiet) -> int:
+    from ..compare import Sweep, check_gates, run_sweep
+    from ..reference import default_cache_dir
+    from .console import progress_bar, show_progress, warn
+    from .plotting import check_figure_path
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: {fmt!r} is not allowed; choose one of: {', '.join(FORMATS)}")
+    converters = {"order": _int, "steps": _int}
+    values = {name: split_list(f"--{name.replace('_', '-')}", raw, converters.get(name, str)) for name, raw in sweep_values.items()}
+    if tolerance < 0:
+        raise ConfigError(f"--tolerance: {tolerance} is not allowed; it must be >= 0")
+    if max_error is not None and not max_error > 0:
+        raise ConfigError(f"--max-error: {max_error} is not allowed; it must be positive")
+    baseline_doc = _load_baseline(baseline) if baseline is not None else None
+    if out is not None:
+        _check_out_dir(out)
+    if plot is not None:
+        check_figure_path("--plot", plot)
+    if dpi < 10 or dpi > 1200:
+        raise ConfigError(f"--dpi: {dpi} is not allowed; choose 10 to 1200")
+    sweep = Sweep(
+        base=solver(), values=values, model=model, batch=batch, seed=seed, device=device, dtype=dtype,
+        reference_steps=reference_steps, bandwidth=bandwidth,
+        cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
+    )
+    from ..compare import expand
+
+    planned, _ = expand(sweep)  # usage errors (nothing valid) surface before any work
+    with progress_bar(len(planned), "compare", show_progress(quiet)) as advance:
+        report = run_sweep(sweep, on_run=advance)
+    invalid = [s for s in report.skipped if not s["reason"].startswith("identical to")]
+    merged = len(report.skipped) - len(invalid)
+    warn([f"skipped {s['run']}: {s['reason']}" for s in invalid], quiet)
+    if merged:
+        warn([f"{merged} combination(s) give the same update as another run and were not run twice (listed under 'skipped')"], quiet)
+    failures, notes = check_gates(report, max_error, baseline_doc, tolerance, min_order)
+    document = report.document()
+    document["gates"] = {
+        "max_error": max_error, "baseline": None if baseline is None else str(baseline), "tolerance": tolerance,
+        "min_order": min_order, "failures": failures, "notes": notes, "passed": not failures,
+    }
+    if out is not None:
+        write_out_dir(report, document, out, dpi)
+    if plot is not None:
+        from ..plots import error_figure, save_figure
+
+        save_figure(error_figure(report.runs, _title(report)), plot, dpi)
+    emit(report, document, fmt)
+    warn(notes, quiet)
+    nan_runs = [r["run"] for r in report.runs if r["status"] != "ok"]
+    if nan_runs:
+        print(f"dpmcli: error: numerical failure (NaN/Inf) in {len(nan_runs)} run(s): {'; '.join(nan_runs)}", file=sys.stderr)
+        return EXIT_NUMERICAL
+    if failures:
+        print(f"dpmcli: gate failed: {len(failures)} failure(s)", file=sys.stderr)
+        for failure in failures:
+            print(f"  FAIL {failure}", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    return 0
+
+
+def _title(report) -> str:
+    sweep = report.sweep
+    return f"{sweep.model}, {sweep.batch} samples, seed {sweep.seed}: error against NFE"
+
+
+def emit(report, document: dict, fmt: str) -> None:
+    from ..report import csv_text, dumps_json
+
+    if fmt == "json":
+        sys.stdout.write(dumps_json(document))
+    elif fmt == "csv":
+        sys.stdout.write(csv_text(report.runs, CSV_COLUMNS))
+    elif fmt == "markdown":
+        sys.stdout.write(markdown_summary(report, document))
+    else:
+        from .console import stdout_console
+        from .render import compare_tables
+
+        console = stdout_console()
+        for renderable in compare_tables(report, document):
+            console.print(renderable)
+
+
+def write_out_dir(report, document: dict, out: Path, dpi: int) -> None:
+    from ..plots import compare_samples_figure, error_figure, save_figure
+    from ..report import atomic_write, csv_text, dumps_json
+
+    out.mkdir(exist_ok=True)
+    files = {
+        "results.json": dumps_json(document),
+        "results.csv": csv_text(report.runs, CSV_COLUMNS),
+        "summary.md": markdown_summary(report, document),
+        "config.json": dumps_json(document["config"]),
+    }
+    for name, text in files.items():
+        atomic_write(out / name, lambda handle, text=text: handle.write(text.encode()))
+    save_figure(error_figure(report.runs, _title(report)), out / "error_vs_nfe.png", dpi)
+    if report.mixture.dims == 2:
+        panels = sample_panels(report)
+        if panels:
+            save_figure(compare_samples_figure(report.mixture, panels, f"{report.sweep.model}: final samples per solver"), out / "samples.png", dpi)
+
+
+def sample_panels(report) -> list:
+    """One panel per solver at a shared step count: the second-smallest of the sweep (or the only one)."""
+    steps = sorted({r["steps"] for r in report.runs if r["status"] == "ok"})
+    if not steps:
+        return []
+    chosen = steps[1] if len(steps) > 1 else steps[0]
+    panels = []
+    for row in sorted(report.runs, key=lambda r: (r["kind"], r["solver"])):
+        if row["steps"] != chosen or row["status"] != "ok":
+            continue
+        caption = f"{chosen} steps, " + (
+            f"L2 error {row['error']:.3g}, flips {row['mode_flips']:.1%}" if row["kind"] == "ode" else f"MMD² {row['mmd2']:.2e}"
+        )
+        panels.append((row["solver"], report.samples[row["run"]], caption))
+    return panels[:16]
+
+
+def _md_number(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "★" if value else ""
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_summary(report, document: dict) -> str:
+    sweep = document["config"]
+    lines = [
+        "# dpmcli compare",
+        "",
+        f"Model `{sweep['model']}`, {sweep['batch']} samples, seed {sweep['seed']}, dtype {sweep['dtype']}; "
+        f"{len(report.runs)} runs, {len(report.skipped)} skipped, {report.seconds:.1f} s.",
+        "",
+        f"- ODE ground truth: {report.reference['ode']}",
+        f"- SDE ground truth: {report.reference['sde']}",
+        "",
+        "## Runs (sorted by error; ★ = best at its NFE)",
+        "",
+        "| | solver | steps | NFE | error | metric | mode flips | strong error | log-lik gap | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report.runs:
+        lines.append(
+            f"| {_md_number(r.get('best_at_nfe'))} | {r['solver']} | {r['steps']} | {r['nfe']} | {_md_number(r.get('error'))} | "
+            f"{r.get('error_metric', r['status'])} | {_md_number(r.get('mode_flips'))} | {_md_number(r.get('strong_error'))} | "
+            f"{_md_number(r.get('log_likelihood_gap'))} | {_md_number(r.get('seconds'))} |"
+        )
+    lines += ["", "## Convergence orders (slope of log error against log NFE)", "",
+              "| solver | metric | nominal | expected | fitted |", "|---|---|---|---|---|"]
+    for o in report.orders:
+        lines.append(f"| {o['solver']} | {o['metric']} | {o['nominal_order']} | {o['expected_order']} | {_md_number(o['fitted_order'])} |")
+    if report.skipped:
+        lines += ["", "## Skipped", ""] + [f"- {s['run']}: {s['reason']}" for s in report.skipped]
+    gates = document.get("gates", {})
+    if gates:
+        lines += ["", "## Gates", "", "passed" if gates.get("passed") else "**failed**"]
+        lines += [f"- FAIL {f}" for f in gates.get("failures", [])] + [f"- note: {n}" for n in gates.get("notes", [])]
+    return "\n".join(lines) + "\n"

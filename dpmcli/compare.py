@@ -1,0 +1,390 @@
+"""Sweeps: many solvers on the same x_T (and Brownian path) against ground truth; orders; gates.
+
+A sweep is the cartesian product of lists of solver options. Every run shares x_T and, for
+SDE runs, one Brownian path (so runs with different step counts see increments of the same
+path). Ground truth for the mixtures:
+
+* ODE algorithms: the exact probability-flow ODE solution from the same x_T (DOP853, rtol
+  1e-10, cached on disk); error = median per-sample L2 distance, also the maximum and the
+  share of samples ending in another mixture component (mode flips);
+* SDE algorithms: the distribution itself, via MMD^2 against the exact mixture (Gaussian
+  kernel, bandwidth stated), the mean log-likelihood against its exact expectation, and the
+  strong error against a fine-step solution of the same SDE on the same Brownian path.
+
+Nothing here prints; the command line renders the report.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import ALGOS, SolverConfig
+from .devices import resolve_device, resolve_dtype
+from .errors import ConfigError, NumericalError
+from .models import MixtureModel, load_mixture
+from .noise import initial_latents
+from .plan import Plan, build_plan
+from .reference import ReferenceCache, default_cache_dir, ode_limit
+from .sampler import sample
+
+SWEEP_FIELDS = ("algo", "order", "steps", "spacing", "solver_type", "final_sigma", "coefficients", "compat")
+SOLVER_FIELDS = tuple(f for f in SWEEP_FIELDS if f != "steps")
+DEFAULT_SWEEP = {
+    "algo": list(ALGOS),
+    "order": [1, 2, 3],
+    "steps": [5, 10, 20, 50],
+}
+REFERENCE_ORDER = 2  # the fine-step SDE reference: order 2, exact weights, logsnr grid
+
+
+@dataclass
+class Sweep:
+    """What to run: a base config, the lists of values to sweep, and the model and inputs."""
+
+    base: SolverConfig = field(default_factory=SolverConfig)
+    values: dict = field(default_factory=dict)
+    model: str = "ring"
+    batch: int = 4096
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    reference_steps: int = 1000
+    bandwidth: float | None = None
+    cache_dir: Path | None = field(default_factory=default_cache_dir)
+
+    def axis(self, name: str) -> list:
+        if name in self.values and self.values[name]:
+            return list(self.values[name])
+        if name in DEFAULT_SWEEP:
+            return list(DEFAULT_SWEEP[name])
+        return [getattr(self.base, name)]
+
+    def to_dict(self) -> dict:
+        base = self.base.to_dict()
+        for name in SWEEP_FIELDS:
+            base.pop(name, None)
+        return {
+            "sweep": {name: self.axis(name) for name in SWEEP_FIELDS},
+            "base": base,
+            "model": self.model,
+            "batch": self.batch,
+            "seed": self.seed,
+            "device": self.device,
+            "dtype": self.dtype,
+            "reference_steps": self.reference_steps,
+            "bandwidth": self.bandwidth,
+        }
+
+
+@dataclass
+class Planned:
+    key: dict  # the swept values of this run
+    plan: Plan
+
+    @property
+    def solver_key(self) -> tuple:
+        return tuple(self.key[f] for f in SOLVER_FIELDS)
+
+    @property
+    def run_key(self) -> tuple:
+        return tuple(self.key[f] for f in SWEEP_FIELDS)
+
+
+def run_label(key: dict, fields=SOLVER_FIELDS) -> str:
+    parts = []
+    for name in fields:
+        value = key[name]
+        if name == "order":
+            parts.append(f"order {value}")
+        elif name == "steps":
+            parts.append(f"{value} steps")
+        elif name == "compat":
+            if value != "none":
+                parts.append(f"compat {value}")
+        elif name == "final_sigma":
+            parts.append(f"final {value}")
+        else:
+            parts.append(str(value))
+    return " ".join(parts)
+
+
+def _fingerprint(plan: Plan) -> tuple:
+    rows = tuple((r.order, r.a, r.b, r.c, r.p, r.q) for r in plan.rows)
+    return (tuple(plan.timesteps.tolist()), tuple(plan.sigmas.tolist()), rows)
+
+
+def expand(sweep: Sweep) -> tuple[list[Planned], list[dict]]:
+    """Every valid combination as a plan; invalid or duplicate ones are listed with a reason."""
+    axes = [sweep.axis(name) for name in SWEEP_FIELDS]
+    planned: list[Planned] = []
+    skipped: list[dict] = []
+    seen: dict[tuple, str] = {}
+    for combo in itertools.product(*axes):
+        key = dict(zip(SWEEP_FIELDS, combo))
+        label = run_label(key, SWEEP_FIELDS)
+        try:
+            plan = build_plan(sweep.base.with_options(**key))
+        except ConfigError as exc:
+            skipped.append({"run": label, **key, "reason": str(exc)})
+            continue
+        fingerprint = _fingerprint(plan)
+        if fingerprint in seen:
+            skipped.append({"run": label, **key, "reason": f"identical to {seen[fingerprint]}"})
+            continue
+        seen[fingerprint] = label
+        planned.append(Planned(key, plan))
+    if not planned:
+        reasons = sorted({s["reason"] for s in skipped})
+        raise ConfigError(f"compare: no valid run in the sweep ({'; '.join(reasons)[:300]})")
+    return planned, skipped
+
+
+@dataclass
+class SweepReport:
+    sweep: Sweep
+    runs: list[dict]
+    skipped: list[dict]
+    orders: list[dict]
+    reference: dict
+    samples: dict  # run label -> final samples (CPU numpy), for plots
+    mixture: object
+    seconds: float
+
+    def document(self) -> dict:
+        return {
+            "config": self.sweep.to_dict(),
+            "runs": self.runs,
+            "skipped": self.skipped,
+            "orders": self.orders,
+            "reference": self.reference,
+            "seconds": self.seconds,
+        }
+
+
+def _median_l2(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    distance = (a.double() - b.double()).reshape(a.shape[0], -1).norm(dim=1)
+    return distance.median().item(), distance.max().item()
+
+
+class _References:
+    """Ground truth of a sweep, computed once per distinct (kind, lambda range) and cached on disk."""
+
+    def __init__(self, sweep: Sweep, mixture, x_T: torch.Tensor):
+        self.sweep, self.mixture, self.x_T = sweep, mixture, x_T.detach().double().cpu()
+        self.cache = ReferenceCache(sweep.cache_dir)
+        self.memory: dict = {}
+        self.fine_plans: dict = {}
+        self._arrays = (mixture.weights, mixture.means, mixture.stds, self.x_T.numpy())
+
+    def ode(self, plan: Plan) -> torch.Tensor:
+        lam0, lam1 = float(plan.lambdas[0]), float(plan.lambdas[-1])
+        description = {"kind": "ode", "lambda_start": lam0, "lambda_end": lam1, "rtol": 1e-10, "method": "DOP853"}
+        key = ("ode", lam0, lam1)
+        if key not in self.memory:
+            self.memory[key] = self.cache.get_or_compute(
+                description, self._arrays, lambda: ode_limit(self.mixture, self.x_T, lam0, lam1)
+            )
+        return self.memory[key]
+
+    def sde(self, plan: Plan, noise_for: Callable) -> torch.Tensor:
+        cfg = plan.config
+        fine_cfg = cfg.with_options(
+            order=REFERENCE_ORDER, coefficients="exact", steps=self.sweep.reference_steps, spacing="logsnr",
+            lower_order_final=False, euler_at_final=False, compat="none", sigmas=None,
+        )
+        if fine_cfg not in self.fine_plans:
+            self.fine_plans[fine_cfg] = build_plan(fine_cfg)
+        fine = self.fine_plans[fine_cfg]
+        lam0, lam1 = float(fine.lambdas[0]), float(fine.lambdas[-1])
+        from .brownian import PATH_VERSION
+
+        description = {
+            "kind": "sde", "algo": cfg.algo, "path_version": PATH_VERSION, "seed": self.sweep.seed, "steps": fine.steps, "order": REFERENCE_ORDER,
+            "lambda_start": lam0, "lambda_end": lam1, "schedule": _schedule_key(cfg), "prediction_type": cfg.prediction_type,
+        }
+        key = ("sde", cfg.algo, lam0, lam1)
+        if key not in self.memory:
+
+            def compute():
+                model = MixtureModel(self.mixture, fine.schedule, cfg.prediction_type)
+                return sample(fine, model, self.x_T.clone(), noise_for(fine)).samples
+
+            self.memory[key] = self.cache.get_or_compute(description, self._arrays, compute)
+        return self.memory[key]
+
+
+def _schedule_key(cfg: SolverConfig) -> dict:
+    return {
+        "beta_schedule": cfg.beta_schedule, "beta_start": cfg.beta_start, "beta_end": cfg.beta_end,
+        "train_steps": cfg.train_steps, "rescale_zero_snr": cfg.rescale_zero_snr,
+        "trained_betas": None if cfg.trained_betas is None else hash(cfg.trained_betas),
+    }
+
+
+def run_sweep(sweep: Sweep, on_run: Callable[[str], None] | None = None) -> SweepReport:
+    """Run every valid combination; returns the report (rows sorted by error within each kind)."""
+    from .brownian import BrownianNoise
+    from .metrics import default_bandwidth, log_likelihood_gap, mmd2_to_mixture, mode_flips
+
+    start = time.perf_counter()
+    if sweep.batch < 2:
+        raise ConfigError(f"--batch: {sweep.batch} is not allowed; compare needs at least 2 samples")
+    if sweep.reference_steps < 10:
+        raise ConfigError(f"--reference-steps: {sweep.reference_steps} is not allowed; use at least 10")
+    planned, skipped = expand(sweep)
+    device = resolve_device(sweep.device)
+    dtype = resolve_dtype(sweep.dtype, device)
+    mixture = load_mixture(sweep.model)
+    bandwidth = default_bandwidth(mixture) if sweep.bandwidth is None else float(sweep.bandwidth)
+    if not bandwidth > 0:
+        raise ConfigError(f"--bandwidth: {sweep.bandwidth} is not allowed; it must be positive")
+    x_T = initial_latents(sweep.seed, (sweep.batch, mixture.dims), device, dtype)
+    references = _References(sweep, mixture, x_T)
+    trees: dict = {}
+
+    def noise_for(plan: Plan):
+        return BrownianNoise.shared(sweep.seed, plan, (sweep.batch, mixture.dims), trees)
+
+    # Labels name the algorithm, the order and whatever else the sweep varies.
+    shown = tuple(f for f in SOLVER_FIELDS if f in ("algo", "order") or len(sweep.axis(f)) > 1)
+    runs: list[dict] = []
+    samples: dict = {}
+    for item in planned:
+        plan, key = item.plan, item.key
+        label = run_label(key, shown + ("steps",))
+        model = MixtureModel(mixture, plan.schedule, plan.config.prediction_type)
+        row = {"run": label, "solver": run_label(key, shown), **key, "nfe": plan.nfe, "kind": "sde" if plan.config.is_sde else "ode",
+               "convergence_order": plan.convergence_order, "status": "ok"}
+        try:
+            result = sample(plan, model, x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
+        except NumericalError as exc:
+            row.update({"status": "nan", "message": str(exc), "error": None, "seconds": None})
+            runs.append(row)
+            if on_run:
+                on_run(label)
+            continue
+        final = result.samples.detach().double().cpu()
+        row["seconds"] = result.seconds
+        row["nfe"] = result.nfe
+        row["log_likelihood_gap"] = log_likelihood_gap(final, mixture)["gap"]
+        if plan.config.is_sde:
+            row["mmd2"] = mmd2_to_mixture(final, mixture, bandwidth)["mmd2"]
+            reference = references.sde(plan, noise_for)
+            row["strong_error"] = _median_l2(final, reference)[0]
+            row["error"] = row["mmd2"]
+            row["error_metric"] = "mmd2"
+            row["mode_flips"] = mode_flips(final, reference, mixture)
+        else:
+            reference = references.ode(plan)
+            row["error"], row["error_max"] = _median_l2(final, reference)
+            row["error_metric"] = "l2_median"
+            row["mode_flips"] = mode_flips(final, reference, mixture)
+        samples[label] = final.numpy()
+        runs.append(row)
+        if on_run:
+            on_run(label)
+    _mark_best(runs)
+    runs.sort(key=lambda r: (r["kind"], math.inf if r.get("error") is None else r["error"]))
+    orders = fit_orders(runs)
+    reference = {
+        "ode": "exact probability-flow ODE solution from the same x_T (scipy DOP853, rtol 1e-10); "
+        "error = median per-sample L2 distance",
+        "sde": f"distribution: MMD^2 against the exact mixture (Gaussian kernel, bandwidth {bandwidth:.6g}); "
+        f"strong error: median L2 distance to a {sweep.reference_steps}-step order-{REFERENCE_ORDER} exact-weight "
+        "solution of the same SDE on the same Brownian path",
+        "bandwidth": bandwidth,
+        "cache": None if sweep.cache_dir is None else str(sweep.cache_dir),
+        "cache_hits": references.cache.hits,
+        "cache_misses": references.cache.misses,
+    }
+    return SweepReport(sweep, runs, skipped, orders, reference, samples, mixture, time.perf_counter() - start)
+
+
+def _mark_best(runs: list[dict]) -> None:
+    best: dict = {}
+    for row in runs:
+        if row.get("error") is None:
+            continue
+        slot = (row["kind"], row["nfe"])
+        if slot not in best or row["error"] < best[slot]["error"]:
+            best[slot] = row
+    for row in runs:
+        row["best_at_nfe"] = any(row is b for b in best.values())
+
+
+def fit_orders(runs: list[dict]) -> list[dict]:
+    """Per solver: the slope of log error against log NFE over the sweep (ODE: L2 error; SDE: strong error)."""
+    groups: dict = {}
+    for row in runs:
+        groups.setdefault((row["kind"], row["solver"]), []).append(row)
+    out = []
+    for (kind, solver), rows in sorted(groups.items()):
+        metric = "strong_error" if kind == "sde" else "error"
+        points = sorted((r["nfe"], r.get(metric)) for r in rows if r.get(metric) is not None and r.get(metric) > 0)
+        nfes = sorted({n for n, _ in points})
+        entry = {
+            "solver": solver, "kind": kind, "metric": metric, "points": len(points),
+            "algo": rows[0]["algo"], "order": rows[0]["order"], "coefficients": rows[0]["coefficients"],
+            "nominal_order": rows[0]["order"], "expected_order": rows[0]["convergence_order"], "fitted_order": None,
+        }
+        if len(nfes) >= 2:
+            x = np.log([n for n, _ in points])
+            y = np.log([e for _, e in points])
+            entry["fitted_order"] = float(-np.polyfit(x, y, 1)[0])
+        out.append(entry)
+    return out
+
+
+# ---------------------------------------------------------------- gates
+
+
+def check_gates(report: SweepReport, max_error=None, baseline: dict | None = None, tolerance: float = 0.1, min_order=None) -> tuple[list[str], list[str]]:
+    """(failures, notes): each failure names the run and by how much."""
+    failures: list[str] = []
+    notes: list[str] = []
+    if max_error is not None:
+        for row in report.runs:
+            error = row.get("error")
+            if error is None:
+                failures.append(f"{row['run']}: no error value ({row['status']}) against --max-error {max_error:g}")
+            elif error > max_error:
+                failures.append(f"{row['run']}: {row['error_metric']} {error:.4g} > --max-error {max_error:g} (x{error / max_error:.2f})")
+    if baseline is not None:
+        old = {_baseline_key(r): r for r in baseline.get("runs", [])}
+        new = {_baseline_key(r): r for r in report.runs}
+        for key, row in new.items():
+            if key not in old:
+                notes.append(f"{row['run']}: not in the baseline")
+                continue
+            before, after = old[key].get("error"), row.get("error")
+            if after is None and before is not None:
+                failures.append(f"{row['run']}: no error value ({row['status']}), baseline {before:.4g}")
+            elif before is not None and after is not None and after > before * (1 + tolerance) and after - before > 1e-15:
+                worse = after / before - 1 if before > 0 else math.inf
+                failures.append(
+                    f"{row['run']}: {row['error_metric']} {after:.4g} vs baseline {before:.4g} "
+                    f"({worse:+.1%}, tolerance {tolerance:.0%})"
+                )
+        for key, row in old.items():
+            if key not in new:
+                notes.append(f"{row.get('run', key)}: in the baseline but not in this sweep")
+    if min_order is not None:
+        for entry in report.orders:
+            fitted = entry["fitted_order"]
+            if fitted is None:
+                notes.append(f"{entry['solver']}: fewer than two step counts, no fitted order for --min-order")
+            elif fitted < min_order:
+                failures.append(f"{entry['solver']}: fitted order {fitted:.2f} < --min-order {min_order:g} (short by {min_order - fitted:.2f})")
+    return failures, notes
+
+
+def _baseline_key(row: dict) -> tuple:
+    return tuple(str(row.get(f)) for f in SWEEP_FIELDS)
