@@ -3,8 +3,10 @@
 Run from the repository root:  python docs/make_pictures.py
 """
 
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from rich.console import Console
@@ -40,6 +42,15 @@ def main() -> None:
     ]
     for args in figures:
         subprocess.run([sys.executable, "-m", "dpmcli", *map(str, args), "--dpi", "100"], check=True, stdout=subprocess.DEVNULL)
+
+    # compare: the two third-order forms on a logsnr grid, and the default sweep's sample panels
+    with tempfile.TemporaryDirectory() as folder:
+        sweep = ["compare", "--algo", "dpmsolver++,dpmsolver", "--coefficients", "published,exact", "--spacing", "logsnr",
+                 "--final-sigma", "sigma-min", "--no-lower-order-final", "--steps", "10,20,40,80", "--out", folder, "--quiet"]
+        subprocess.run([sys.executable, "-m", "dpmcli", *sweep, "--dpi", "100"], check=True, stdout=subprocess.DEVNULL)
+        shutil.copy(Path(folder) / "error_vs_nfe.png", OUT / "compare-orders.png")
+        subprocess.run([sys.executable, "-m", "dpmcli", "compare", "--out", folder, "--quiet", "--dpi", "80"], check=True, stdout=subprocess.DEVNULL)
+        shutil.copy(Path(folder) / "samples.png", OUT / "compare-samples.png")
 
 
 if __name__ == "__main__":

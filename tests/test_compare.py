@@ -2,6 +2,7 @@
 
 import json
 
+import matplotlib.image
 import numpy as np
 import pytest
 import torch
@@ -120,6 +121,9 @@ def test_cli_formats_and_out_dir(tmp_path):
     assert files == ["config.json", "error_vs_nfe.png", "results.csv", "results.json", "samples.png", "summary.md"]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["runs"] == doc["runs"]
     assert (tmp_path / "err.svg").read_bytes().startswith(b"<?xml")
+    for name in ("error_vs_nfe.png", "samples.png"):
+        height, width, _ = matplotlib.image.imread(tmp_path / "out" / name).shape
+        assert width > 800 and height > 500
     csv = invoke(*SMALL, *cache, "-f", "csv")
     assert csv.stdout.splitlines()[0].startswith("run,solver,algo,order") and len(csv.stdout.splitlines()) == 9
     md = invoke(*SMALL, *cache, "-f", "markdown")
