@@ -92,7 +92,7 @@ def test_same_seed_same_bytes(tmp_path):
     args = ["sample", "--algo", "sde-dpmsolver++", "--steps", 6, "--batch", 50, "-f", "json"]
     first = invoke(*args, "--save", a)
     second = invoke(*args, "--save", b)
-    third = invoke(*args, "--save", c, "--seed", 1)
+    invoke(*args, "--save", c, "--seed", 1)
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
     d1, d2 = json.loads(first.stdout), json.loads(second.stdout)
     d1.pop("seconds"), d2.pop("seconds")

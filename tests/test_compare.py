@@ -3,9 +3,7 @@
 import json
 
 import matplotlib.image
-import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from dpmcli import SolverConfig

@@ -60,7 +60,7 @@ def schedule_table(plan) -> Table:
 def sample_tables(report) -> list:
     plan = report.prepared.plan
     steps = Table(
-        title=f"Per-step statistics: latent x (at the step's sigma) and the x0 prediction",
+        title="Per-step statistics: latent x (at the step's sigma) and the x0 prediction",
         caption=f"{config_line(plan.config)}\n{plan.order_note}",
         header_style="bold",
     )
