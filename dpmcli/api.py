@@ -31,7 +31,7 @@ class DPMSolver:
             options["sigmas"] = tuple(float(s) for s in options["sigmas"])
         self.plan: Plan = build_plan(SolverConfig(**options))
         self.seed = seed
-        self.timesteps = self.plan.timestep_values
+        self.timesteps = self.plan.timestep_values  # one per model call (singlestep adds inner points)
         self.sigmas = self.plan.sigmas
         self.reset()
 
@@ -43,6 +43,7 @@ class DPMSolver:
         """Forget the history and start again from the first step (same noise stream)."""
         self._index = 0
         self._history: tuple[torch.Tensor, ...] = ()
+        self._anchor: torch.Tensor | None = None
         self._noise = GaussianNoise(self.seed)
 
     def initial_latents(self, shape, device="cpu", dtype=torch.float32) -> torch.Tensor:
@@ -63,12 +64,15 @@ class DPMSolver:
                 f"DPMSolver.step: got timestep {float(timestep):g}, but step {index} is at timestep {expected}"
             )
         row = self.plan.rows[index]
+        if row.sets_anchor:
+            self._anchor = sample
         noise_term = None
         if row.c != 0.0:
-            noise_term = self._noise(index, sample, row.c) if noise is None else noise * row.c
+            noise_term = self._noise(row.step, sample, row.c) if noise is None else noise * row.c
         cfg = self.plan.config
         x_next, self._history = solvers.step(
-            row, sample, model_output, self._history, noise_term, cfg.dynamic_thresholding_ratio, cfg.sample_max_value
+            row, sample, model_output, self._history, noise_term, cfg.dynamic_thresholding_ratio, cfg.sample_max_value,
+            self._anchor,
         )
         self._index = index + 1
         return x_next

@@ -91,15 +91,24 @@ def lagrange_basis(nodes: np.ndarray) -> np.ndarray:
     return basis
 
 
+def lagrange_weights(form: AlgoForm, h: float, scale: float, nodes) -> list[float]:
+    """Weights b_j with S * integral_0^h exp(-kappa (h - u)) P(u) du = sum_j b_j P(nodes[j] * h).
+
+    Exact whenever P is a polynomial of degree len(nodes) - 1; ``nodes`` are positions in units
+    of h measured from the start of the integral (0 is the start, negative is history, values
+    in (0, 1] are points inside the step).
+    """
+    nodes = np.asarray(nodes, dtype=np.float64)
+    moments = np.array(kernel_moments(form.kappa, h, len(nodes)))
+    return list(scale * h * (lagrange_basis(nodes) @ moments))
+
+
 def exact_weights(form: AlgoForm, h: float, scale: float, ratios: list[float]) -> list[float]:
-    """Lagrange weights b_j, exact for a prediction that is a polynomial of degree len(ratios) in lambda.
+    """Multistep Lagrange weights b_j (most recent first), exact for polynomials of degree len(ratios).
 
     ``ratios[j] = (lambda_{i-j} - lambda_{i-j-1}) / h``: the earlier step sizes relative to h.
     """
-    nodes = -np.concatenate([[0.0], np.cumsum(ratios)])  # history positions in units of h
-    moments = np.array(kernel_moments(form.kappa, h, len(nodes)))
-    basis = lagrange_basis(nodes)
-    return list(scale * h * (basis @ moments))
+    return lagrange_weights(form, h, scale, -np.concatenate([[0.0], np.cumsum(ratios)]))
 
 
 def difference_weights(form: AlgoForm, h: float, scale: float, order: int, coefficients: str, solver_type: str):

@@ -35,7 +35,7 @@ from .plan import Plan, build_plan
 from .reference import ReferenceCache, default_cache_dir, ode_limit
 from .sampler import sample
 
-SWEEP_FIELDS = ("algo", "order", "steps", "spacing", "solver_type", "final_sigma", "coefficients", "compat")
+SWEEP_FIELDS = ("algo", "order", "steps", "method", "startup", "spacing", "solver_type", "final_sigma", "coefficients", "compat")
 SOLVER_FIELDS = tuple(f for f in SWEEP_FIELDS if f != "steps")
 DEFAULT_SWEEP = {
     "algo": list(ALGOS),

@@ -12,7 +12,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from .errors import ConfigError, bad_choice
 
 ALGOS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
-MAX_ORDER = 3
+METHODS = ("multistep", "singlestep", "adaptive")
+STARTUPS = ("lower-order", "singlestep")
+MAX_ORDER = 8  # multistep; beyond 6 the explicit multistep methods lose stability fast
+PUBLISHED_MAX_ORDER = 3  # the papers' (and diffusers') weights stop at order 3
+SINGLESTEP_ORDERS = (1, 2, 3)  # DPM-Solver-1, -2, -3
+ADAPTIVE_ORDERS = (2, 3)  # the embedded pairs DPM-Solver-12 and -23
 SOLVER_TYPES = ("midpoint", "heun")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 COEFFICIENTS = ("published", "exact")
@@ -42,6 +47,11 @@ class SolverConfig:
     algo: str = "dpmsolver++"
     order: int = 2
     steps: int = 20
+    method: str = "multistep"
+    startup: str = "lower-order"
+    nfe: int | None = None  # singlestep: pick steps and orders for this budget (DPM-Solver-fast)
+    atol: float = 0.0078  # adaptive: absolute tolerance (the DPM-Solver paper's default for data in [-1, 1])
+    rtol: float = 0.05  # adaptive: relative tolerance
     solver_type: str = "midpoint"
     coefficients: str = "published"
     compat: str = "none"
@@ -96,6 +106,8 @@ class SolverConfig:
         _choice("--spacing", cfg.spacing, SPACINGS)
         if cfg.trained_betas is None:
             _choice("--beta-schedule", cfg.beta_schedule, BETA_SCHEDULES)
+        _choice("--method", cfg.method, METHODS)
+        _choice("--startup", cfg.startup, STARTUPS)
         if not isinstance(cfg.order, int) or not 1 <= cfg.order <= MAX_ORDER:
             raise ConfigError(f"--order: {cfg.order!r} is not allowed; choose an integer from 1 to {MAX_ORDER}")
         if not isinstance(cfg.train_steps, int) or cfg.train_steps < 2:
@@ -135,9 +147,41 @@ class SolverConfig:
             )
         if math.isnan(cfg.lambda_min_clipped):
             raise ConfigError("--lambda-min-clipped: NaN is not allowed")
+        _check_method(cfg)
         if cfg.compat == "diffusers":
             _check_diffusers_compat(cfg)
         return cfg
+
+
+def _check_method(cfg: SolverConfig) -> None:
+    """Which method, order and start-up go together."""
+    ode_only = {"singlestep": "--method singlestep", "adaptive": "--method adaptive"}.get(cfg.method)
+    if ode_only is None and cfg.startup == "singlestep" and cfg.order > 2:
+        ode_only = "--startup singlestep"
+    if ode_only and cfg.is_sde:
+        raise ConfigError(f"{ode_only}: {cfg.algo!r} is not supported; use dpmsolver or dpmsolver++ (ODE algorithms)")
+    if cfg.method == "singlestep" and cfg.order not in SINGLESTEP_ORDERS:
+        raise ConfigError(f"--order: {cfg.order} is not allowed with --method singlestep; choose 1, 2 or 3 (DPM-Solver-1/2/3)")
+    if cfg.method == "adaptive" and cfg.order not in ADAPTIVE_ORDERS:
+        raise ConfigError(f"--order: {cfg.order} is not allowed with --method adaptive; choose 2 (DPM-Solver-12) or 3 (DPM-Solver-23)")
+    if cfg.nfe is not None:
+        if cfg.method != "singlestep":
+            raise ConfigError("--nfe: only --method singlestep picks steps and orders from an NFE budget; use --steps")
+        if not isinstance(cfg.nfe, int) or cfg.nfe < 1:
+            raise ConfigError(f"--nfe: {cfg.nfe!r} is not allowed; it must be a positive integer")
+    if cfg.method == "adaptive":
+        for name in ("atol", "rtol"):
+            value = getattr(cfg, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{name}: {value!r} is not allowed; it must be a positive number")
+    if cfg.method == "multistep" and cfg.order > PUBLISHED_MAX_ORDER and cfg.steps < cfg.order:
+        raise ConfigError(
+            f"--order: {cfg.order} is too high for --steps {cfg.steps}; an order-{cfg.order} multistep method needs at least {cfg.order} steps"
+        )
+    if cfg.method == "multistep" and cfg.startup == "singlestep" and cfg.steps < cfg.order:
+        raise ConfigError(
+            f"--startup singlestep: needs at least --order ({cfg.order}) steps to start on, got --steps {cfg.steps}"
+        )
 
 
 def _choice(option: str, value, allowed) -> None:
@@ -169,6 +213,10 @@ def _check_diffusers_compat(cfg: SolverConfig) -> None:
         )
     if cfg.coefficients != "published":
         raise ConfigError("--compat diffusers: uses diffusers' own weights; drop --coefficients exact")
+    if cfg.method != "multistep" or cfg.startup != "lower-order":
+        raise ConfigError("--compat diffusers: reproduces DPMSolverMultistepScheduler only: use --method multistep --startup lower-order")
+    if cfg.order > PUBLISHED_MAX_ORDER:
+        raise ConfigError(f"--compat diffusers: diffusers stops at order 3; got --order {cfg.order}")
     if not cfg.predicts_data and cfg.final_sigma == "zero":
         raise ConfigError(
             f"--compat diffusers: diffusers refuses --algo {cfg.algo} with --final-sigma zero; use --final-sigma sigma-min"

@@ -62,25 +62,29 @@ def sample(
     cfg = plan.config
     timesteps = plan.timestep_values
     history: tuple[torch.Tensor, ...] = ()
+    anchor = None
     nfe = 0
     start = time.perf_counter()
     for row in plan.rows:
+        if row.sets_anchor:
+            anchor = x
         out = model(x, timesteps[row.index])
         nfe += 1
         z = None
         if row.c != 0.0:
             if noise is None:
                 raise ValueError("an SDE plan needs a noise source")
-            z = noise(row.index, x, row.c)
+            z = noise(row.step, x, row.c)
         x_next, history = solvers.step(
-            row, x, out, history, z, cfg.dynamic_thresholding_ratio, cfg.sample_max_value
+            row, x, out, history, z, cfg.dynamic_thresholding_ratio, cfg.sample_max_value, anchor
         )
         event = StepEvent(plan, row, x, out, x_next)
         if check_finite:
             bad = _first_nonfinite(event)
             if bad is not None:
+                where = f"step {row.step}" + (f" (evaluation {row.index})" if plan.nfe != plan.steps else "")
                 raise NumericalError(
-                    f"step {row.index} (timestep {timesteps[row.index]}, sigma {plan.sigmas[row.index]:.6g}): "
+                    f"{where} (timestep {timesteps[row.index]}, sigma {plan.evaluations[row.index].sigma:.6g}): "
                     f"{bad} contains NaN or Inf"
                 )
         for callback in callbacks:

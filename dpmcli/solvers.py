@@ -39,12 +39,15 @@ def step(
     noise_term: torch.Tensor | None = None,
     threshold_ratio: float = 0.995,
     threshold_max: float = 1.0,
+    anchor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """One multistep update. Returns (x_next, history_next); history is most recent first.
 
     ``history`` holds what the plan says earlier steps stored (their m0 up to a scale the
     plan already folded into this step's weights). ``noise_term`` is the step's noise already
     scaled, ``row.c * z`` with z standard normal; it is required when ``row.c != 0``.
+    ``anchor`` is the latent the update starts from when it is not ``x`` (singlestep stages and
+    start-up sweeps; the plan marks the rows whose input it is with ``sets_anchor``).
     """
     dtype = x.dtype
     if dtype in _UPCAST:
@@ -53,7 +56,7 @@ def step(
     if row.thresholding:
         out = integrated_output(row, x, out, threshold_ratio, threshold_max)
         stored = out
-    sources = (x, out, noise_term) + history
+    sources = (x, out, noise_term, anchor) + history
     terms = row.terms
     if terms:
         first, ratio = terms[0]

@@ -76,7 +76,7 @@ class StepStatistics:
 
     def __call__(self, event) -> None:
         plan, i = event.plan, event.index
-        row = plan.step_row(i)
+        row = plan.eval_row(i)
         latent = tensor_stats(event.x)
         x0 = tensor_stats(event.x0())
         row.update({k: latent[k] for k in STAT_KEYS})

@@ -25,7 +25,7 @@ class Trace:
         return t.detach().to("cpu", torch.float32).numpy().copy()
 
     def __call__(self, event) -> None:
-        i, last = event.index, event.plan.steps - 1
+        i, last = event.index, event.plan.nfe - 1
         if self.keep_all and (i % self.stride == 0 or i == last):
             self.steps.append(i)
             self.latents.append(self._numpy(event.x))
@@ -44,8 +44,8 @@ class Trace:
         steps = np.array(self.steps, dtype=np.int64)
         return {
             "steps": steps,
-            "timesteps": plan.timesteps[steps],
-            "sigmas": plan.sigmas[steps],
+            "timesteps": np.array([plan.evaluations[i].timestep for i in steps]),
+            "sigmas": np.array([plan.evaluations[i].sigma for i in steps]),
             "latents": np.stack(self.latents),
             "x0": np.stack(self.x0),
             "final": self._numpy(final),

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from dpmcli.cli.main import app
 
 runner = CliRunner()
-STEP_KEYS = {"step", "timestep", "sigma", "alpha_t", "sigma_t", "lambda", "h", "order"}
-SAMPLE_STEP_KEYS = STEP_KEYS | {"mean", "std", "min", "max", "norm", "x0_mean", "x0_std", "nonfinite"}
+STEP_KEYS = {"step", "timestep", "sigma", "alpha_t", "sigma_t", "lambda", "h", "order", "evaluations"}
+SAMPLE_STEP_KEYS = (STEP_KEYS - {"evaluations"}) | {"stage", "mean", "std", "min", "max", "norm", "x0_mean", "x0_std", "nonfinite"}
 
 
 def invoke(*args):
@@ -44,7 +44,7 @@ def test_schedule_csv_and_table():
     result = invoke("schedule", "--steps", 4, "--format", "csv", "--spacing", "karras")
     assert result.exit_code == 0
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "step,timestep,sigma,alpha_t,sigma_t,lambda,h,order" and len(lines) == 5
+    assert lines[0] == "step,timestep,sigma,alpha_t,sigma_t,lambda,h,order,evaluations" and len(lines) == 5
     table = invoke("schedule", "--steps", 4, "--order", 3)
     assert table.exit_code == 0 and "timestep" in table.stdout and "converges at order 2" in table.stdout
 
@@ -124,7 +124,13 @@ def test_x_init_and_noise_files(tmp_path):
     [
         (["sample", "--algo", "ddpm"], "--algo"),
         (["sample", "--order", 0], "--order"),
-        (["sample", "--order", 5], "--order"),
+        (["sample", "--order", 9], "--order"),
+        (["sample", "--order", 5, "--steps", 3], "--order"),
+        (["sample", "--method", "singlestep", "--order", 4], "--order"),
+        (["sample", "--method", "adaptive", "--algo", "sde-dpmsolver++"], "--method"),
+        (["sample", "--method", "euler"], "--method"),
+        (["sample", "--method", "adaptive", "--atol", 0], "--atol"),
+        (["sample", "--nfe", 10], "--nfe"),
         (["sample", "--steps", 0], "--steps"),
         (["sample", "--steps", 2000], "--steps"),
         (["sample", "--spacing", "cosine"], "--spacing"),

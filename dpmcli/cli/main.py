@@ -56,7 +56,7 @@ def schedule(solver, format: Format = "table", quiet: Quiet = False):
     fmt = _check_format(format, ("table", "json", "csv"))
     plan = build_plan(solver())
     warn(plan.warnings, quiet)
-    columns = ["step", "timestep", "sigma", "alpha_t", "sigma_t", "lambda", "h", "order"]
+    columns = ["step", "timestep", "sigma", "alpha_t", "sigma_t", "lambda", "h", "order", "evaluations"]
     if fmt == "json":
         document = {
             "config": plan.config.to_dict(),
@@ -190,12 +190,14 @@ SweepList = Optional[list[str]]
 
 @app.command(epilog=EXIT_CODES_HELP)
 @handle_errors
-@with_solver_options(exclude=("algo", "order", "steps", "spacing", "solver_type", "final_sigma", "coefficients", "compat"))
+@with_solver_options(exclude=("algo", "order", "steps", "method", "startup", "spacing", "solver_type", "final_sigma", "coefficients", "compat"))
 def compare(
     solver,
     algo: Annotated[SweepList, _sweep_option("--algo", "Algorithms", "all four")] = None,
     order: Annotated[SweepList, _sweep_option("--order", "Orders", "1,2,3")] = None,
     steps: Annotated[SweepList, _sweep_option("--steps", "Step counts", "5,10,20,50")] = None,
+    method: Annotated[SweepList, _sweep_option("--method", "multistep, singlestep (and adaptive, via sample)", "multistep")] = None,
+    startup: Annotated[SweepList, _sweep_option("--startup", "Multistep start-ups", "lower-order")] = None,
     spacing: Annotated[SweepList, _sweep_option("--spacing", "Step grids", "linspace")] = None,
     solver_type: Annotated[SweepList, _sweep_option("--solver-type", "Second-order forms", "midpoint")] = None,
     final_sigma: Annotated[SweepList, _sweep_option("--final-sigma", "Final sigmas", "zero")] = None,
@@ -243,7 +245,7 @@ def compare(
 
     code = run_compare(
         solver=solver, sweep_values={
-            "algo": algo, "order": order, "steps": steps, "spacing": spacing, "solver_type": solver_type,
+            "algo": algo, "order": order, "steps": steps, "method": method, "startup": startup, "spacing": spacing, "solver_type": solver_type,
             "final_sigma": final_sigma, "coefficients": coefficients, "compat": compat,
         },
         model=model, batch=batch, seed=seed, device=device, dtype=dtype, reference_steps=reference_steps,

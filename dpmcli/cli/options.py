@@ -48,8 +48,8 @@ Order = Annotated[
     int,
     typer.Option(
         "--order",
-        help="Multistep order 1, 2 or 3. Order 3 with published weights converges at order 2 "
-        "(see --coefficients).",
+        help="Order: multistep 1-8 (orders above 3 always use exact weights), singlestep 1-3, adaptive 2-3. "
+        "Order 3 with published weights converges at order 2 (see --coefficients).",
         rich_help_panel=SOLVER,
     ),
 ]
@@ -57,6 +57,30 @@ Steps = Annotated[
     Optional[int],
     typer.Option("--steps", help="Number of steps (model evaluations).  [default: 20]", show_default=False, rich_help_panel=SOLVER),
 ]
+Method = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="multistep (reuse earlier model outputs), singlestep (DPM-Solver-1/2/3: extra evaluations inside each step) "
+        "or adaptive (DPM-Solver-12/23 with a step-size controller; ODE algorithms).",
+        rich_help_panel=SOLVER,
+    ),
+]
+Startup = Annotated[
+    str,
+    typer.Option(
+        "--startup",
+        help="How an order-K multistep run starts: lower-order (orders 1, 2, ... first; caps the asymptotic order at 2) "
+        "or singlestep (extra evaluations so that the start keeps order K; ODE algorithms).",
+        rich_help_panel=SOLVER,
+    ),
+]
+Nfe = Annotated[
+    Optional[int],
+    typer.Option("--nfe", help="singlestep: spend exactly this many model calls (DPM-Solver-fast picks steps and orders).", rich_help_panel=SOLVER),
+]
+Atol = Annotated[float, typer.Option("--atol", help="adaptive: absolute error tolerance per step.", rich_help_panel=SOLVER)]
+Rtol = Annotated[float, typer.Option("--rtol", help="adaptive: relative error tolerance per step.", rich_help_panel=SOLVER)]
 SolverType = Annotated[
     str,
     typer.Option("--solver-type", help=f"Second-order form: {_choices(SOLVER_TYPES)} (heun is exact for linear predictions).", rich_help_panel=SOLVER),
@@ -146,6 +170,11 @@ def solver_config(
     algo: str,
     order: int,
     steps: int | None,
+    method: str,
+    startup: str,
+    nfe: int | None,
+    atol: float,
+    rtol: float,
     solver_type: str,
     coefficients: str,
     compat: str,
@@ -178,6 +207,11 @@ def solver_config(
         algo=algo,
         order=order,
         steps=20 if steps is None else steps,
+        method=method,
+        startup=startup,
+        nfe=nfe,
+        atol=atol,
+        rtol=rtol,
         solver_type=solver_type,
         coefficients=coefficients,
         compat=compat,
@@ -207,6 +241,11 @@ SHARED_OPTIONS = (
     ("algo", Algo),
     ("order", Order),
     ("steps", Steps),
+    ("method", Method),
+    ("startup", Startup),
+    ("nfe", Nfe),
+    ("atol", Atol),
+    ("rtol", Rtol),
     ("solver_type", SolverType),
     ("coefficients", Coefficients),
     ("compat", Compat),
@@ -230,7 +269,7 @@ SHARED_OPTIONS = (
     ("final_sigma", FinalSigma),
 )
 _DEFAULTS = SolverConfig()
-_NONE_DEFAULT = {"steps", "trained_betas", "sigmas"}
+_NONE_DEFAULT = {"steps", "trained_betas", "sigmas", "nfe"}
 
 
 def with_solver_options(command=None, *, exclude: tuple[str, ...] = ()):
