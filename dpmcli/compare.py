@@ -264,7 +264,12 @@ def run_sweep(sweep: Sweep, on_run: Callable[[str], None] | None = None) -> Swee
         row = {"run": label, "solver": run_label(key, shown), **key, "nfe": plan.nfe, "kind": "sde" if plan.config.is_sde else "ode",
                "convergence_order": plan.convergence_order, "status": "ok"}
         try:
-            result = sample(plan, model, x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
+            if plan.config.method == "adaptive":
+                from .adaptive import sample_adaptive
+
+                result = sample_adaptive(plan, model, x_T.clone())
+            else:
+                result = sample(plan, model, x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
         except NumericalError as exc:
             row.update({"status": "nan", "message": str(exc), "error": None, "seconds": None})
             runs.append(row)

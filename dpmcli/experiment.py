@@ -68,6 +68,12 @@ class SampleReport:
     final: dict
     mixture: dict
 
+    def _adaptive_summary(self) -> dict:
+        attempts = getattr(self.result, "attempts", None)
+        if attempts is None:
+            return {}
+        return {"adaptive": {"accepted": self.result.accepted, "rejected": self.result.rejected, "attempts": attempts}}
+
     def document(self) -> dict:
         """The JSON document of ``dpmcli sample --format json``."""
         plan, spec = self.prepared.plan, self.prepared.spec
@@ -87,6 +93,7 @@ class SampleReport:
             "mixture": self.mixture,
             "convergence_order": plan.convergence_order,
             "order_note": plan.order_note,
+            **self._adaptive_summary(),
             "warnings": list(self.prepared.warnings),
         }
 
@@ -133,7 +140,12 @@ def run(prepared: Prepared, on_step: Callable | None = None, extra: tuple[Callab
     """Run the loop with per-step statistics; NumericalError on the first NaN/Inf."""
     recorder = StepStatistics()
     callbacks = (recorder, *extra) + (() if on_step is None else (on_step,))
-    result = sample(prepared.plan, prepared.model, prepared.x_init, prepared.noise, callbacks)
+    if prepared.plan.config.method == "adaptive":
+        from .adaptive import sample_adaptive
+
+        result = sample_adaptive(prepared.plan, prepared.model, prepared.x_init, callbacks)
+    else:
+        result = sample(prepared.plan, prepared.model, prepared.x_init, prepared.noise, callbacks)
     final = tensor_stats(result.samples)
     summary = mixture_summary(prepared.model.mixture, result.samples)
     return SampleReport(prepared, result, recorder.rows, final, summary)

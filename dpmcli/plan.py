@@ -56,6 +56,8 @@ class StepCoefficients:
     # x0 = x0_p * x + x0_q * out: the data prediction, for statistics and thresholding.
     x0_p: float
     x0_q: float
+    anchor: int  # the row whose input latent the update starts from (this row for multistep)
+    target: float  # lambda of the latent this row produces
     a: float  # weight on the anchor latent
     b: tuple[float, ...]  # weights on the model outputs read (the current one first)
     reads: tuple[int, ...]  # the rows whose outputs b weighs
@@ -226,14 +228,21 @@ def build_plan(cfg: SolverConfig) -> Plan:
     else:
         fast = None
     schedule = Schedule.from_config(cfg)
-    grid = make_grid(schedule, cfg)
+    if cfg.method == "adaptive":
+        # the controller picks the steps at run time; the plan holds the range it covers
+        grid = make_grid(schedule, cfg.with_options(steps=1, spacing="time-uniform", sigmas=None))
+    else:
+        grid = make_grid(schedule, cfg)
     sigmas, timesteps = grid.sigmas, grid.timesteps
     n = len(timesteps)
     alpha, sig, lam = vp_coefficients(sigmas)
     with np.errstate(invalid="ignore"):
         h = lam[1:] - lam[:-1]
     final_zero = sigmas[-1] == 0.0
-    if cfg.method == "singlestep":
+    if cfg.method == "adaptive":
+        orders = np.array([cfg.order], dtype=np.int64)
+        evaluations, specs = (), []
+    elif cfg.method == "singlestep":
         orders = np.array(fast if fast is not None else [cfg.order] * n, dtype=np.int64)[:n]
         if final_zero:
             orders[-1] = 1
@@ -485,6 +494,8 @@ def _make_row(cfg, r, evaluation, spec, a, b, c, alpha_s, sigma_s, keep, history
         q=q,
         x0_p=x0_p,
         x0_q=x0_q,
+        anchor=r if spec.anchor is None else spec.anchor,
+        target=spec.target,
         a=float(a),
         b=tuple(float(v) for v in b),
         reads=spec.reads,

@@ -179,11 +179,15 @@ def _shade_orders(ax, orders) -> None:
             ax.axvspan(i - 0.5, i + 0.5, color=shade, zorder=0, linewidth=0)
 
 
-def run_figure(rows: list[dict], final: dict, title: str) -> Figure:
-    """Latent and x0 statistics against step (mean, std, min/max band, norm), orders shaded."""
+def run_figure(rows: list[dict], final: dict, title: str, attempts: list[dict] | None = None) -> Figure:
+    """Latent and x0 statistics against step (mean, std, min/max band, norm), orders shaded.
+
+    With ``attempts`` (an adaptive run) the bottom panel shows the step sizes the controller
+    tried against lambda, accepted and rejected, instead of the order per step.
+    """
     fig = new_figure(11.0, 7.2)
     with matplotlib.rc_context(STYLE):
-        grid = fig.add_gridspec(3, 2, height_ratios=[3, 3, 0.9])
+        grid = fig.add_gridspec(3, 2, height_ratios=[3, 3, 1.5 if attempts else 0.9])
         panels = {
             ("latent", 0): fig.add_subplot(grid[0, 0]),
             ("latent", 1): fig.add_subplot(grid[1, 0]),
@@ -215,14 +219,26 @@ def run_figure(rows: list[dict], final: dict, title: str) -> Figure:
             bottom.set_ylabel("std, norm")
             bottom.set_xlabel("step" + (" (the last point: final samples)" if kind == "latent" else ""))
             bottom.legend(loc="best")
-        ax_order.step(steps, orders, where="mid", color=PALETTE[3])
-        ax_order.plot(steps, orders, "o", color=PALETTE[3], markersize=3)
-        ax_order.set_ylabel("order")
-        ax_order.set_xlabel("step")
-        ax_order.set_yticks(sorted(set(orders)))
-        ax_order.set_ylim(min(orders) - 0.5, max(orders) + 0.5)
-        ax_order.set_xlim(-0.5, n + 0.5)
-        ax_order.set_title("order used per step (shaded in the panels above: darker = higher)", fontsize=9.5)
+        if attempts:
+            good = [a for a in attempts if a["accepted"]]
+            bad = [a for a in attempts if not a["accepted"]]
+            ax_order.plot([a["lambda"] for a in good], [a["h"] for a in good], "o-", color=PALETTE[2], markersize=3.5, label="accepted")
+            if bad:
+                ax_order.plot([a["lambda"] for a in bad], [a["h"] for a in bad], "x", color=BAD, markersize=6, label="rejected")
+            ax_order.set_yscale("log")
+            ax_order.set_xlabel("lambda at the start of the step")
+            ax_order.set_ylabel("h (log)")
+            ax_order.legend(loc="best")
+            ax_order.set_title(f"step sizes chosen by the controller: {len(good)} accepted, {len(bad)} rejected", fontsize=9.5)
+        else:
+            ax_order.step(steps, orders, where="mid", color=PALETTE[3])
+            ax_order.plot(steps, orders, "o", color=PALETTE[3], markersize=3)
+            ax_order.set_ylabel("order")
+            ax_order.set_xlabel("step")
+            ax_order.set_yticks(sorted(set(orders)))
+            ax_order.set_ylim(min(orders) - 0.5, max(orders) + 0.5)
+            ax_order.set_xlim(-0.5, n + 0.5)
+            ax_order.set_title("order used per step (shaded in the panels above: darker = higher)", fontsize=9.5)
         fig.suptitle(_wrap(title, 120), fontsize=12)
     return fig
 

@@ -34,6 +34,10 @@ class StepEvent:
         """The data prediction at this step."""
         return solvers.data_prediction(self.row, self.x, self.model_output)
 
+    def info(self) -> dict:
+        """Where this model call happened: the plan's columns for it."""
+        return self.plan.eval_row(self.index)
+
 
 @dataclass
 class RunResult:

@@ -75,8 +75,7 @@ class StepStatistics:
         self.rows: list[dict] = []
 
     def __call__(self, event) -> None:
-        plan, i = event.plan, event.index
-        row = plan.eval_row(i)
+        row = event.info()
         latent = tensor_stats(event.x)
         x0 = tensor_stats(event.x0())
         row.update({k: latent[k] for k in STAT_KEYS})

@@ -14,9 +14,7 @@ class Trace:
         self.stride = stride
         self.keep_all = keep_all
         self.trajectories = trajectories
-        self.steps: list[int] = []
-        self.latents: list[np.ndarray] = []
-        self.x0: list[np.ndarray] = []
+        self.kept: list[tuple[int, dict, np.ndarray, np.ndarray]] = []
         self.paths: list[np.ndarray] = []
         self._last = None
 
@@ -25,29 +23,33 @@ class Trace:
         return t.detach().to("cpu", torch.float32).numpy().copy()
 
     def __call__(self, event) -> None:
-        i, last = event.index, event.plan.nfe - 1
-        if self.keep_all and (i % self.stride == 0 or i == last):
-            self.steps.append(i)
-            self.latents.append(self._numpy(event.x))
-            self.x0.append(self._numpy(event.x0()))
+        if self.keep_all:
+            entry = (event.index, event.info(), event.x, event.x0)
+            if event.index % self.stride == 0:
+                self.kept.append((entry[0], entry[1], self._numpy(event.x), self._numpy(event.x0())))
+            else:
+                self._last = entry  # converted only if it turns out to be the last call
         if self.trajectories:
             self.paths.append(self._numpy(event.x[: self.trajectories]))
-            if i == last:
-                self.paths.append(self._numpy(event.x_next[: self.trajectories]))
+            self._final = event.x_next[: self.trajectories]
 
     def trajectory_array(self) -> np.ndarray | None:
-        """(steps + 1, k, dims): the first k samples from x_T to the final sample."""
-        return np.stack(self.paths) if self.paths else None
+        """(calls + 1, k, dims): the first k samples from x_T to the final sample."""
+        if not self.paths:
+            return None
+        return np.stack(self.paths + [self._numpy(self._final)])
 
-    def arrays(self, plan, final: torch.Tensor) -> dict:
+    def arrays(self, final: torch.Tensor) -> dict:
         """What ``--trace FILE.npz`` holds."""
-        steps = np.array(self.steps, dtype=np.int64)
+        kept = list(self.kept)
+        if self._last is not None and (not kept or self._last[0] > kept[-1][0]):
+            index, info, x, x0 = self._last
+            kept.append((index, info, self._numpy(x), self._numpy(x0())))
         return {
-            "steps": steps,
-            "timesteps": np.array([plan.evaluations[i].timestep for i in steps]),
-            "sigmas": np.array([plan.evaluations[i].sigma for i in steps]),
-            "latents": np.stack(self.latents),
-            "x0": np.stack(self.x0),
+            "steps": np.array([k[0] for k in kept], dtype=np.int64),
+            "timesteps": np.array([k[1]["timestep"] for k in kept], dtype=np.float64),
+            "sigmas": np.array([k[1]["sigma"] for k in kept], dtype=np.float64),
+            "latents": np.stack([k[2] for k in kept]),
+            "x0": np.stack([k[3] for k in kept]),
             "final": self._numpy(final),
-            "final_sigma": np.array(plan.sigmas[-1]),
         }

@@ -63,6 +63,7 @@ def schedule(solver, format: Format = "table", quiet: Quiet = False):
             "sigmas": plan.sigmas.tolist(),
             "steps": plan.step_table(),
             **plan.summary(),
+            "calls": [plan.eval_row(r) for r in range(plan.nfe)] if plan.nfe != plan.steps else None,
             "warnings": list(plan.warnings),
         }
         sys.stdout.write(dumps_json(document))

@@ -68,7 +68,7 @@ def write_sample_outputs(report, trace_recorder, plot, plot_samples, trace, dpi:
 
     written = []
     if plot is not None:
-        save_figure(run_figure(report.steps, report.final, title), plot, dpi)
+        save_figure(run_figure(report.steps, report.final, title, getattr(report.result, "attempts", None)), plot, dpi)
         written.append(plot)
     if plot_samples is not None:
         samples = report.result.samples.detach().cpu().double().numpy()
@@ -82,7 +82,8 @@ def write_sample_outputs(report, trace_recorder, plot, plot_samples, trace, dpi:
         save_figure(fig, plot_samples, dpi)
         written.append(plot_samples)
     if trace is not None:
-        arrays = trace_recorder.arrays(report.prepared.plan, report.result.samples)
+        arrays = trace_recorder.arrays(report.result.samples)
+        arrays["final_sigma"] = np.array(report.prepared.plan.sigmas[-1])
         atomic_write(trace, lambda handle: np.savez_compressed(handle, **arrays))
         written.append(trace)
     return written

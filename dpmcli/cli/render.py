@@ -21,9 +21,16 @@ def num(value, digits: int = 5) -> str:
 
 
 def config_line(cfg) -> str:
+    if cfg.method == "adaptive":
+        return (
+            f"{cfg.algo} · adaptive DPM-Solver-{cfg.order - 1}{cfg.order} · atol {cfg.atol:g} · rtol {cfg.rtol:g} · "
+            f"{cfg.coefficients} weights · {cfg.beta_schedule} betas · final sigma {cfg.final_sigma} · {cfg.prediction_type} prediction"
+        )
     parts = [
         f"{cfg.algo}",
-        f"order {cfg.order}",
+        f"singlestep DPM-Solver-{cfg.order}" + (f" (NFE budget {cfg.nfe})" if cfg.nfe else "") if cfg.method == "singlestep" else None,
+        f"order {cfg.order}" + (" with singlestep start-up" if cfg.startup == "singlestep" and cfg.order >= 3 else "")
+        if cfg.method == "multistep" else None,
         f"{cfg.solver_type}" if cfg.order == 2 and cfg.coefficients == "published" else None,
         f"{cfg.coefficients} weights",
         f"{cfg.spacing} spacing",
@@ -36,15 +43,19 @@ def config_line(cfg) -> str:
 
 
 def schedule_table(plan) -> Table:
+    extra = plan.nfe - plan.steps
     table = Table(
-        title=f"Plan: {plan.steps} steps, NFE {plan.nfe}",
+        title=f"Plan: {plan.steps} steps, NFE {plan.nfe}" + (f" ({extra} extra model calls)" if extra > 0 else ""),
         caption=f"{config_line(plan.config)}\n{plan.order_note}\nfinal sigma = {num(float(plan.sigmas[-1]))}",
         header_style="bold",
     )
-    for name in ("step", "timestep", "sigma", "alpha_t", "sigma_t", "lambda", "h", "order"):
+    columns = ["step", "timestep", "sigma", "alpha_t", "sigma_t", "lambda", "h", "order"]
+    if extra:
+        columns.append("calls")
+    for name in columns:
         table.add_column(name, justify="right")
     for row in plan.step_table():
-        table.add_row(
+        cells = [
             str(row["step"]),
             num(row["timestep"], 7),
             num(row["sigma"]),
@@ -53,7 +64,12 @@ def schedule_table(plan) -> Table:
             num(row["lambda"]),
             num(row["h"]),
             str(row["order"]),
-        )
+        ]
+        if extra:
+            cells.append(str(row["evaluations"]))
+        table.add_row(*cells)
+    if plan.config.method == "adaptive":
+        table.caption += "\nadaptive: the controller chooses the steps at run time; the table shows the range it covers"
     return table
 
 

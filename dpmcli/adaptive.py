@@ -1,0 +1,173 @@
+"""Adaptive step size: DPM-Solver's embedded pairs (DPM-Solver-12 and -23) with a step controller.
+
+Each attempt from lambda_s goes a step h: a lower-order singlestep update and a higher-order
+one that reuses its model calls (order 2: DPM-Solver-1 and -2 with the node at h/2; order 3:
+DPM-Solver-2 and -3 with nodes at h/3 and 2h/3). Their difference, scaled by
+``max(atol, rtol * max(|x_lower|, |x_prev|))`` and measured as the largest per-sample RMS, is
+the error estimate E. The step is accepted when E <= 1; either way the next h is
+``theta * h * E^(-1/order)``, capped at the distance left. The model output at lambda_s is
+reused after a rejection (x has not moved), so NFE counts only real model calls.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .coefficients import FORMS, difference_weights, lagrange_weights
+from .errors import NumericalError
+from .plan import Plan, _conversion, _vp
+
+H_INIT = 0.05  # first step in lambda
+THETA = 0.9  # safety factor of the controller
+LAMBDA_TOL = 1e-5  # done when this close to the end
+
+
+@dataclass
+class AdaptiveResult:
+    samples: torch.Tensor
+    nfe: int
+    seconds: float
+    attempts: list[dict] = field(default_factory=list)  # every attempted step, accepted or not
+
+    @property
+    def accepted(self) -> int:
+        return sum(1 for a in self.attempts if a["accepted"])
+
+    @property
+    def rejected(self) -> int:
+        return sum(1 for a in self.attempts if not a["accepted"])
+
+
+@dataclass
+class AdaptiveEvent:
+    """What a callback sees after each accepted step (like sampler.StepEvent)."""
+
+    index: int
+    x: torch.Tensor
+    model_output: torch.Tensor
+    x_next: torch.Tensor
+    info_row: dict
+    _x0: torch.Tensor
+
+    def x0(self) -> torch.Tensor:
+        return self._x0
+
+    def info(self) -> dict:
+        return dict(self.info_row)
+
+
+class _Model:
+    """The model at a lambda, counting calls."""
+
+    def __init__(self, plan: Plan, model: Callable):
+        self.plan, self.model, self.calls = plan, model, 0
+        form = FORMS[plan.config.algo]
+        self.data = form.data
+
+    def __call__(self, x: torch.Tensor, lam: float):
+        alpha, sigma, _ = _vp(lam)
+        timestep = float(self.plan.schedule.timestep_at(lam))
+        out = self.model(x, timestep)
+        self.calls += 1
+        p, q = _conversion(self.data, self.plan.config.prediction_type, alpha, sigma)
+        m = out * q if p == 0.0 else x * p + out * q
+        return m, out
+
+
+def _update(plan: Plan, x: torch.Tensor, lam_s: float, lam_t: float, outputs: list[tuple[float, torch.Tensor]], rule: str):
+    """x at lam_t from x at lam_s with the polynomial through ``outputs`` ((lambda, m) pairs)."""
+    form = FORMS[plan.config.algo]
+    alpha_s, sigma_s, _ = _vp(lam_s)
+    alpha_t, sigma_t, _ = _vp(lam_t)
+    h = lam_t - lam_s
+    scale = form.scale(alpha_t, sigma_t)
+    nodes = [(lam - lam_s) / h for lam, _ in outputs]
+    if rule == "midpoint":  # DPM-Solver-2 as published: W0/2 on (m1 - m0)/r1
+        w0 = difference_weights(form, h, scale, 1, "published", "midpoint")[0]
+        r1 = nodes[1]
+        weights = [w0 - 0.5 * w0 / r1, 0.5 * w0 / r1]
+    else:
+        weights = lagrange_weights(form, h, scale, nodes)
+    result = x * form.a(alpha_s, sigma_s, alpha_t, sigma_t, h)
+    for w, (_, m) in zip(weights, outputs):
+        result = result + w * m
+    return result
+
+
+def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), check_finite: bool = True) -> AdaptiveResult:
+    cfg = plan.config
+    order = cfg.order
+    exact = cfg.coefficients == "exact"
+    lam_start = float(plan.lambdas[0])
+    lam_end = float(plan.schedule.lambda_at(0.0))
+    calls = _Model(plan, model)
+    start = time.perf_counter()
+    h = H_INIT
+    lam_s = lam_start
+    x_prev = x
+    attempts: list[dict] = []
+    cached = None  # (m_s, out_s) at lam_s, valid while x has not moved
+    accepted = 0
+    while lam_end - lam_s > LAMBDA_TOL:
+        lam_t = min(lam_s + h, lam_end)
+        step = lam_t - lam_s
+        if cached is None:
+            cached = calls(x, lam_s)
+        m_s, out_s = cached
+        if order == 2:
+            lam_1 = lam_s + 0.5 * step
+            x_lower = _update(plan, x, lam_s, lam_t, [(lam_s, m_s)], "exact")
+            u1 = _update(plan, x, lam_s, lam_1, [(lam_s, m_s)], "exact")
+            m_1, _ = calls(u1, lam_1)
+            x_higher = _update(plan, x, lam_s, lam_t, [(lam_s, m_s), (lam_1, m_1)], "exact" if exact else "midpoint")
+        else:
+            lam_1, lam_2 = lam_s + step / 3.0, lam_s + 2.0 * step / 3.0
+            u1 = _update(plan, x, lam_s, lam_1, [(lam_s, m_s)], "exact")
+            m_1, _ = calls(u1, lam_1)
+            x_lower = _update(plan, x, lam_s, lam_t, [(lam_s, m_s), (lam_1, m_1)], "exact" if exact else "midpoint")
+            u2 = _update(plan, x, lam_s, lam_2, [(lam_s, m_s), (lam_1, m_1)], "exact")
+            m_2, _ = calls(u2, lam_2)
+            finals = [(lam_s, m_s), (lam_1, m_1), (lam_2, m_2)] if exact else [(lam_s, m_s), (lam_2, m_2)]
+            x_higher = _update(plan, x, lam_s, lam_t, finals, "exact")
+        delta = torch.maximum(torch.full_like(x_lower, cfg.atol), cfg.rtol * torch.maximum(x_lower.abs(), x_prev.abs()))
+        scaled = ((x_higher - x_lower) / delta).reshape(x.shape[0], -1)
+        error = scaled.pow(2).mean(dim=1).sqrt().max().item()
+        if check_finite and not math.isfinite(error):
+            raise NumericalError(f"adaptive step at lambda {lam_s:.6g} (h {step:.3g}): the update contains NaN or Inf")
+        ok = error <= 1.0
+        attempts.append({"lambda": lam_s, "h": step, "error": error, "accepted": ok, "nfe": calls.calls})
+        if ok:
+            info = {
+                "step": accepted, "stage": 0, "timestep": float(plan.schedule.timestep_at(lam_s)), "sigma": math.exp(-lam_s),
+                "alpha_t": _vp(lam_s)[0], "sigma_t": _vp(lam_s)[1], "lambda": lam_s, "h": step, "order": order,
+            }
+            event = AdaptiveEvent(accepted, x, out_s, x_higher, info, data_prediction_at(plan, x, out_s, lam_s))
+            for callback in callbacks:
+                callback(event)
+            accepted += 1
+            lam_s, x_prev, x = lam_t, x_lower, x_higher
+            cached = None
+        h = min(THETA * step * max(error, 1e-10) ** (-1.0 / order), lam_end - lam_s) if lam_end - lam_s > LAMBDA_TOL else h
+    if plan.sigmas[-1] == 0.0:
+        # final sigma 0: one last first-order step, which returns the data prediction
+        m_s, out_s = calls(x, lam_s)
+        x0 = data_prediction_at(plan, x, out_s, lam_s)
+        info = {
+            "step": accepted, "stage": 0, "timestep": float(plan.schedule.timestep_at(lam_s)), "sigma": math.exp(-lam_s),
+            "alpha_t": _vp(lam_s)[0], "sigma_t": _vp(lam_s)[1], "lambda": lam_s, "h": math.inf, "order": 1,
+        }
+        for callback in callbacks:
+            callback(AdaptiveEvent(accepted, x, out_s, x0, info, x0))
+        x = x0
+    return AdaptiveResult(samples=x, nfe=calls.calls, seconds=time.perf_counter() - start, attempts=attempts)
+
+
+def data_prediction_at(plan: Plan, x: torch.Tensor, out: torch.Tensor, lam: float) -> torch.Tensor:
+    alpha, sigma, _ = _vp(lam)
+    x0_p, x0_q = _conversion(True, plan.config.prediction_type, alpha, sigma)
+    return out * x0_q if x0_p == 0.0 else x * x0_p + out * x0_q
