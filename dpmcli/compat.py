@@ -72,3 +72,74 @@ def diffusers_step_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, order:
                 # diffusers' third order always uses the heun-form D1 weight.
                 b = differences_to_linear(3, float(w0), float(w1_heun), float(w2), r0, r1)
     return float(a), tuple(b), float(c), float(alpha_s), float(sigma_s)
+
+
+def diffusers_singlestep_orders(cfg: SolverConfig, steps: int) -> list[int]:
+    """DPMSolverSinglestepScheduler's order per grid point (its get_order_list, quirks included)."""
+    order = cfg.order
+    lower = cfg.lower_order_final or steps % order != 0 or cfg.final_sigma == "zero"  # diffusers forces it on then
+    if order == 1:
+        orders = [1] * steps
+    elif not lower:
+        orders = [1, 2, 3][:order] * (steps // order)
+    elif order == 2:
+        orders = [1, 2] * (steps // 2 - 1) + [1, 1] if steps % 2 == 0 else [1, 2] * (steps // 2) + [1]
+    elif steps % 3 == 0:
+        orders = [1, 2, 3] * (steps // 3 - 1) + [1, 2] + [1]
+    elif steps % 3 == 1:
+        orders = [1, 2, 3] * (steps // 3) + [1]
+    else:
+        orders = [1, 2, 3] * (steps // 3) + [1, 2]
+    if cfg.final_sigma == "zero":
+        orders[-1] = 1
+    return orders
+
+
+def diffusers_singlestep_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, order: int):
+    """(a, b, c) of grid point i as DPMSolverSinglestepScheduler computes them (float32).
+
+    Its "singlestep" reuses grid points: a group of ``order`` grid points is one step from the
+    group's first point (the anchor), the later points serving as the intermediate nodes. ``b``
+    weighs the model outputs of points i, i-1, ..., i-order+1 (the anchor last).
+    """
+    anchor = i - order + 1
+    alpha_t, sigma_t, lam_t = _vp32(sigmas[i + 1])
+    alpha_a, sigma_a, lam_a = _vp32(sigmas[anchor])
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        h = lam_t - lam_a
+        one, two, half = f32(1.0), f32(2.0), f32(0.5)
+        em, ep, e2 = np.exp(-h), np.exp(h), np.exp(f32(-2.0) * h)
+        heun = cfg.solver_type == "heun"
+        c = f32(0.0)
+        if cfg.algo == "dpmsolver++":
+            a = sigma_t / sigma_a
+            w0 = -(alpha_t * (em - one))
+            w1_mid, w1_heun = -half * (alpha_t * (em - one)), alpha_t * ((em - one) / h + one)
+            w2 = -(alpha_t * ((em - one + h) / h**2 - half))
+        elif cfg.algo == "dpmsolver":
+            a = alpha_t / alpha_a
+            w0 = -(sigma_t * (ep - one))
+            w1_mid, w1_heun = -half * (sigma_t * (ep - one)), -(sigma_t * ((ep - one) / h - one))
+            w2 = -(sigma_t * ((ep - one - h) / h**2 - half))
+        else:  # sde-dpmsolver++
+            a = sigma_t / sigma_a * em
+            w0 = alpha_t * (one - e2)
+            w1_mid, w1_heun = half * (alpha_t * (one - e2)), alpha_t * ((one - e2) / (f32(-2.0) * h) + one)
+            w2 = alpha_t * ((one - e2 + (f32(-2.0) * h)) / (f32(-2.0) * h) ** 2 - half)
+            c = sigma_t * np.sqrt(one - e2)
+        if order == 1:
+            b = [float(w0)]
+        elif order == 2:
+            r0 = float((_vp32(sigmas[i])[2] - lam_a) / h)
+            w1 = float(w1_heun if heun else w1_mid)
+            b = [w1 / r0, float(w0) - w1 / r0]
+        else:
+            r0 = float((_vp32(sigmas[i])[2] - lam_a) / h)
+            r1 = float((_vp32(sigmas[i - 1])[2] - lam_a) / h)
+            if heun:
+                on_d10 = (float(w1_heun) * r0 - 2.0 * float(w2)) / (r0 - r1)  # D1_0 = (m1 - m2) / r1
+                on_d11 = (2.0 * float(w2) - float(w1_heun) * r1) / (r0 - r1)  # D1_1 = (m0 - m2) / r0
+            else:  # midpoint: the linear term through the anchor and the last point only
+                on_d10, on_d11 = 0.0, float(w1_heun)
+            b = [on_d11 / r0, on_d10 / r1, float(w0) - on_d11 / r0 - on_d10 / r1]
+    return float(a), tuple(b), float(c)

@@ -38,6 +38,7 @@ SPACINGS = (
 # Spacings that diffusers' DPMSolverMultistepScheduler can produce (logsnr is its use_lu_lambdas).
 DIFFUSERS_SPACINGS = ("linspace", "leading", "trailing", "karras", "exponential", "beta", "logsnr")
 FINAL_SIGMAS = ("zero", "sigma-min")
+SINGLESTEP_DIFFUSERS_SPACINGS = ("linspace", "karras", "exponential", "beta")
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,8 @@ class SolverConfig:
 def _check_method(cfg: SolverConfig) -> None:
     """Which method, order and start-up go together."""
     ode_only = {"singlestep": "--method singlestep", "adaptive": "--method adaptive"}.get(cfg.method)
+    if cfg.method == "singlestep" and cfg.compat == "diffusers" and cfg.algo == "sde-dpmsolver++":
+        ode_only = None  # diffusers' singlestep scheduler has an SDE form; compat reproduces it
     if ode_only is None and cfg.startup == "singlestep" and cfg.order > 2:
         ode_only = "--startup singlestep"
     if ode_only and cfg.is_sde:
@@ -213,8 +216,21 @@ def _check_diffusers_compat(cfg: SolverConfig) -> None:
         )
     if cfg.coefficients != "published":
         raise ConfigError("--compat diffusers: uses diffusers' own weights; drop --coefficients exact")
-    if cfg.method != "multistep" or cfg.startup != "lower-order":
-        raise ConfigError("--compat diffusers: reproduces DPMSolverMultistepScheduler only: use --method multistep --startup lower-order")
+    if cfg.method == "adaptive" or (cfg.method == "multistep" and cfg.startup != "lower-order"):
+        raise ConfigError(
+            "--compat diffusers: reproduces DPMSolverMultistepScheduler (--method multistep, --startup lower-order) "
+            "and DPMSolverSinglestepScheduler (--method singlestep)"
+        )
+    if cfg.method == "singlestep":
+        if cfg.spacing not in SINGLESTEP_DIFFUSERS_SPACINGS:
+            raise ConfigError(
+                f"--compat diffusers: DPMSolverSinglestepScheduler has no --spacing {cfg.spacing!r}; "
+                f"choose one of: {', '.join(SINGLESTEP_DIFFUSERS_SPACINGS)}"
+            )
+        if cfg.algo == "sde-dpmsolver":
+            raise ConfigError("--compat diffusers: DPMSolverSinglestepScheduler has no sde-dpmsolver")
+        if cfg.nfe is not None:
+            raise ConfigError("--compat diffusers: diffusers' singlestep scheduler takes --steps, not --nfe")
     if cfg.order > PUBLISHED_MAX_ORDER:
         raise ConfigError(f"--compat diffusers: diffusers stops at order 3; got --order {cfg.order}")
     if not cfg.predicts_data and cfg.final_sigma == "zero":

@@ -242,6 +242,15 @@ def build_plan(cfg: SolverConfig) -> Plan:
     if cfg.method == "adaptive":
         orders = np.array([cfg.order], dtype=np.int64)
         evaluations, specs = (), []
+    elif cfg.method == "singlestep" and cfg.compat == "diffusers":
+        from .compat import diffusers_singlestep_orders
+
+        orders = np.array(diffusers_singlestep_orders(cfg, n), dtype=np.int64)
+        evaluations = tuple(Evaluation(k, 0, float(lam[k]), float(timesteps[k]), float(sigmas[k])) for k in range(n))
+        specs = [
+            _Spec(int(o), None if o == 1 else k - int(o) + 1, float(lam[k + 1]), tuple(range(k, k - int(o), -1)), "compat-singlestep")
+            for k, o in enumerate(orders)
+        ]
     elif cfg.method == "singlestep":
         orders = np.array(fast if fast is not None else [cfg.order] * n, dtype=np.int64)[:n]
         if final_zero:
@@ -373,6 +382,10 @@ def _row_weights(cfg: SolverConfig, evaluations, spec: _Spec, row: int, sigmas: 
 
         a, b, c, _, _ = diffusers_step_weights(cfg, sigmas, here.step, spec.order)
         return a, b, c
+    if spec.rule == "compat-singlestep":
+        from .compat import diffusers_singlestep_weights
+
+        return diffusers_singlestep_weights(cfg, sigmas, here.step, spec.order)
     alpha_s, sigma_s, lam_s = _vp(start.lam)
     alpha_t, sigma_t, lam_t = _vp(spec.target)
     if sigma_t == 0.0:
@@ -427,7 +440,7 @@ def _make_rows(cfg: SolverConfig, evaluations, specs: list[_Spec], sigmas: np.nd
     for r, spec in enumerate(specs):
         a, b, c = _row_weights(cfg, evaluations, spec, r, sigmas)
         # the conversion of this row's model output uses the noise level of its own evaluation
-        if spec.rule == "compat":
+        if spec.rule.startswith("compat"):
             from .compat import diffusers_step_weights
 
             alpha_s, sigma_s = diffusers_step_weights(cfg, sigmas, evaluations[r].step, 1)[3:]

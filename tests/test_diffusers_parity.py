@@ -131,3 +131,62 @@ def test_own_mode_differs_from_diffusers_only_by_float64():
     for t in ours.timesteps:
         b = ours.step(model(b, t), t, b)
     assert (a.double() - b).abs().max().item() < 1e-3
+
+
+# ---------------------------------------------------------------- DPMSolverSinglestepScheduler
+
+from diffusers import DPMSolverSinglestepScheduler  # noqa: E402
+
+SINGLESTEP_SPACINGS = ("linspace", "karras", "exponential", "beta")
+
+
+def singlestep_pair(algo, order, solver_type, spacing, final, lower_order_final, steps):
+    theirs = DPMSolverSinglestepScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, algorithm_type=algo, solver_order=order,
+        solver_type=solver_type, final_sigmas_type=final.replace("-", "_"), lower_order_final=lower_order_final,
+        **SPACING_FLAGS[spacing],
+    )
+    theirs.set_timesteps(steps)
+    ours = DPMSolver(
+        algo=algo, order=order, solver_type=solver_type, spacing=spacing, final_sigma=final,
+        lower_order_final=lower_order_final, steps=steps, method="singlestep", compat="diffusers",
+    )
+    return theirs, ours
+
+
+@pytest.mark.parametrize("algo", ["dpmsolver++", "dpmsolver", "sde-dpmsolver++"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_compat_singlestep_matches_diffusers(algo, order):
+    """diffusers' singlestep groups `order` grid points into one step from the group's first point.
+
+    Step for step (same state, same noise) within 1e-5; free-running within 1e-4 for the ODE
+    algorithms and 1e-3 for the SDE one (float32 round-off amplified over the run, as above).
+    """
+    finals = ("zero", "sigma-min") if algo.endswith("++") else ("sigma-min",)
+    for solver_type, spacing, final, lower, steps in itertools.product(("midpoint", "heun"), SINGLESTEP_SPACINGS, finals, (True, False), (9, 10, 11)):
+        theirs, ours = singlestep_pair(algo, order, solver_type, spacing, final, lower, steps)
+        label = (algo, order, solver_type, spacing, final, lower, steps)
+        np.testing.assert_array_equal(theirs.timesteps.numpy(), np.array(ours.timesteps))
+        assert list(theirs.order_list) == list(ours.plan.orders), label
+        model = MixtureModel(ring(), ours.plan.schedule)
+        x_T = torch.randn(128, 2, generator=torch.Generator().manual_seed(0))
+        sde = algo.startswith("sde")
+        # diffusers' singlestep scheduler draws its own noise each step: replay the same stream
+        theirs_rng, ours_rng = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        x, worst_step = x_T.clone(), 0.0
+        for t in theirs.timesteps:
+            out = model(x, t)
+            expected = theirs.step(out, t, x, generator=theirs_rng).prev_sample
+            z = torch.randn(x.shape, generator=ours_rng) if sde else None
+            got = ours.step(out, t, x, noise=z)
+            worst_step = max(worst_step, (got - expected).abs().max().item() / max(1.0, expected.abs().max().item()))
+            x = expected
+        assert worst_step <= 1e-5, (label, worst_step)
+        theirs, ours = singlestep_pair(algo, order, solver_type, spacing, final, lower, steps)
+        theirs_rng, ours_rng = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        a, b = x_T.clone(), x_T.clone()
+        for t in theirs.timesteps:
+            a = theirs.step(model(a, t), t, a, generator=theirs_rng).prev_sample
+            b = ours.step(model(b, t), t, b, noise=torch.randn(b.shape, generator=ours_rng) if sde else None)
+        worst_run = (a - b).abs().max().item() / max(1.0, a.abs().max().item())
+        assert worst_run <= (1e-3 if sde else 1e-4), (label, worst_run)
