@@ -107,7 +107,7 @@ def diffusers_singlestep_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, 
     alpha_a, sigma_a, lam_a = _vp32(sigmas[anchor])
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         h = lam_t - lam_a
-        one, two, half = f32(1.0), f32(2.0), f32(0.5)
+        one, half = f32(1.0), f32(0.5)
         em, ep, e2 = np.exp(-h), np.exp(h), np.exp(f32(-2.0) * h)
         heun = cfg.solver_type == "heun"
         c = f32(0.0)
