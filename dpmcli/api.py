@@ -33,6 +33,8 @@ class DPMSolver:
         self.seed = seed
         self.timesteps = self.plan.timestep_values  # one per model call (singlestep adds inner points)
         self.sigmas = self.plan.sigmas
+        self._rows = self.plan.rows
+        self._threshold = (self.plan.config.dynamic_thresholding_ratio, self.plan.config.sample_max_value)
         self.reset()
 
     @property
@@ -63,16 +65,13 @@ class DPMSolver:
             raise ConfigError(
                 f"DPMSolver.step: got timestep {float(timestep):g}, but step {index} is at timestep {expected}"
             )
-        row = self.plan.rows[index]
+        row = self._rows[index]
         if row.sets_anchor:
             self._anchor = sample
         noise_term = None
         if row.c != 0.0:
             noise_term = self._noise(row.step, sample, row.c) if noise is None else noise * row.c
-        cfg = self.plan.config
-        x_next, self._history = solvers.step(
-            row, sample, model_output, self._history, noise_term, cfg.dynamic_thresholding_ratio, cfg.sample_max_value,
-            self._anchor,
-        )
+        ratio, max_value = self._threshold
+        x_next, self._history = solvers.step(row, sample, model_output, self._history, noise_term, ratio, max_value, self._anchor)
         self._index = index + 1
         return x_next
