@@ -117,8 +117,11 @@ def run_label(key: dict, fields=SOLVER_FIELDS) -> str:
 
 
 def _fingerprint(plan: Plan) -> tuple:
-    rows = tuple((r.order, r.a, r.b, r.c, r.p, r.q) for r in plan.rows)
-    return (tuple(plan.timesteps.tolist()), tuple(plan.sigmas.tolist()), rows)
+    cfg = plan.config
+    rows = tuple((r.order, r.anchor, r.reads, r.a, r.b, r.c, r.p, r.q) for r in plan.rows)
+    # an adaptive plan has no rows: its controller settings are what tells runs apart
+    method = (cfg.method, cfg.order, cfg.coefficients, cfg.atol, cfg.rtol) if cfg.method == "adaptive" else cfg.method
+    return (method, tuple(plan.timesteps.tolist()), tuple(plan.sigmas.tolist()), rows)
 
 
 def expand(sweep: Sweep) -> tuple[list[Planned], list[dict]]:

@@ -161,3 +161,19 @@ def test_cli_usage_errors(args, option, tmp_path):
     result = invoke("compare", "--steps", 5, "--batch", 8, "--cache-dir", tmp_path, *args)
     assert result.exit_code == 2, result.stderr
     assert option in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_methods_in_a_sweep(tmp_path):
+    sweep = Sweep(
+        base=SolverConfig(spacing="logsnr", final_sigma="sigma-min"),
+        values={"algo": ["dpmsolver++"], "order": [2, 3], "steps": [8, 16], "method": ["multistep", "singlestep", "adaptive"]},
+        batch=64, dtype="float64", cache_dir=tmp_path,
+    )
+    report = run_sweep(sweep)
+    by_method = {}
+    for row in report.runs:
+        by_method.setdefault(row["method"], []).append(row)
+    assert len(by_method["adaptive"]) == 2  # one per order: adaptive runs pick their own steps
+    assert all(r["nfe"] == r["steps"] * r["order"] for r in by_method["singlestep"])
+    assert all(r["nfe"] == r["steps"] for r in by_method["multistep"])
+    assert sum("identical to" in s["reason"] for s in report.skipped) == 2

@@ -137,7 +137,10 @@ def compare_tables(report, document) -> list:
     from ..compare import SWEEP_FIELDS
 
     varying = [f for f in SWEEP_FIELDS if len(report.sweep.axis(f)) > 1 and f != "steps"]
-    shown = [f for f in ("algo", "order", "solver_type", "spacing", "final_sigma", "coefficients", "compat") if f in varying or f in ("algo", "order")]
+    shown = [
+        f for f in ("algo", "order", "method", "startup", "solver_type", "spacing", "final_sigma", "coefficients", "compat")
+        if f in varying or f in ("algo", "order")
+    ]
     runs = Table(
         title=f"{len(report.runs)} runs on {report.sweep.model} ({report.sweep.batch} samples), sorted by error; ★ best at its NFE",
         caption=f"ODE: {report.reference['ode']}\nSDE: {report.reference['sde']}",
@@ -153,7 +156,7 @@ def compare_tables(report, document) -> list:
         runs.add_row(
             "★" if r.get("best_at_nfe") else "",
             *[str(r[name]) for name in shown],
-            str(r["steps"]),
+            "auto" if r.get("method") == "adaptive" else str(r["steps"]),
             str(r["nfe"]),
             num(error, 3) if error is not None else f"[red]{r['status']}[/red]",
             r.get("error_metric", "-").replace("l2_median", "L2 median"),
