@@ -15,8 +15,8 @@ import argparse
 import numpy as np
 import torch
 
-from dpmcli import DPMSolver
-from dpmcli.models import MixtureModel, load_mixture
+from dpmcli.experiment import solve
+from dpmcli.models import load_mixture
 from dpmcli.reference import ode_solution
 
 FORMS = [(1, "exact", "midpoint"), (2, "exact", "midpoint"), (2, "published", "midpoint"), (3, "exact", "midpoint"), (3, "published", "midpoint")]
@@ -24,15 +24,10 @@ STEPS = [10, 20, 40, 80, 160]
 
 
 def run(mixture, algo, order, coefficients, solver_type, steps, x_T):
-    solver = DPMSolver(
-        algo=algo, order=order, coefficients=coefficients, solver_type=solver_type, steps=steps,
+    return solve(
+        mixture, x_T, algo=algo, order=order, coefficients=coefficients, solver_type=solver_type, steps=steps,
         spacing="logsnr", final_sigma="sigma-min", lower_order_final=False,
     )
-    model = MixtureModel(mixture, solver.plan.schedule)
-    x = x_T.clone()
-    for t in solver.timesteps:
-        x = solver.step(model(x, t), t, x)
-    return x, solver.plan
 
 
 def main() -> None:

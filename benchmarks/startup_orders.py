@@ -15,18 +15,13 @@ import argparse
 import numpy as np
 import torch
 
-from dpmcli import DPMSolver
-from dpmcli.models import MixtureModel, load_mixture
+from dpmcli.experiment import solve
+from dpmcli.models import load_mixture
 from dpmcli.reference import ode_solution
 
 
 def run(mixture, x_T, steps, **options):
-    solver = DPMSolver(steps=steps, spacing="logsnr", final_sigma="sigma-min", lower_order_final=False, **options)
-    model = MixtureModel(mixture, solver.plan.schedule)
-    x = x_T.clone()
-    for t in solver.timesteps:
-        x = solver.step(model(x, t), t, x)
-    return x, solver.plan
+    return solve(mixture, x_T, steps=steps, spacing="logsnr", final_sigma="sigma-min", lower_order_final=False, **options)
 
 
 def main() -> None:

@@ -149,3 +149,16 @@ def run(prepared: Prepared, on_step: Callable | None = None, extra: tuple[Callab
     final = tensor_stats(result.samples)
     summary = mixture_summary(prepared.model.mixture, result.samples)
     return SampleReport(prepared, result, recorder.rows, final, summary)
+
+
+def solve(mixture, x_T: torch.Tensor, **options):
+    """Run the solver that ``options`` describe (SolverConfig's names) on a mixture's exact model,
+    from x_T; returns (samples, plan). A short way to get errors for convergence studies."""
+    from .api import DPMSolver
+
+    solver = DPMSolver(**options)
+    model = MixtureModel(mixture, solver.plan.schedule, solver.config.prediction_type)
+    x = x_T.clone()
+    for t in solver.timesteps:
+        x = solver.step(model(x, t), t, x)
+    return x, solver.plan

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dpmcli import ConfigError, DPMSolver, SolverConfig, build_plan
+from dpmcli import ConfigError, SolverConfig, build_plan
 from dpmcli.adaptive import sample_adaptive
+from dpmcli.experiment import solve
 from dpmcli.models import MixtureModel, ring
 from dpmcli.plan import fast_singlestep_orders
 from dpmcli.reference import ode_solution
@@ -100,13 +101,9 @@ def errors(problem, steps, **options):
     x_T, reference = problem
     out, nfes = [], []
     for n in steps:
-        solver = DPMSolver(steps=n, spacing="logsnr", final_sigma="sigma-min", lower_order_final=False, **options)
-        model = MixtureModel(MIXTURE, solver.plan.schedule)
-        x = x_T.clone()
-        for t in solver.timesteps:
-            x = solver.step(model(x, t), t, x)
+        x, plan = solve(MIXTURE, x_T, steps=n, spacing="logsnr", final_sigma="sigma-min", lower_order_final=False, **options)
         out.append((x - reference).norm(dim=1).median().item())
-        nfes.append(solver.plan.nfe)
+        nfes.append(plan.nfe)
     return out, nfes
 
 

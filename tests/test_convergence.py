@@ -4,24 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from dpmcli import DPMSolver
-from dpmcli.models import MixtureModel, ring
+from dpmcli.experiment import solve as run
+from dpmcli.models import ring
 from dpmcli.reference import ode_solution
 
 STEPS = (20, 40, 80, 160)
 MIXTURE = ring()
 
 
-def solve(algo, order, coefficients, steps, x_T):
-    solver = DPMSolver(
-        algo=algo, order=order, coefficients=coefficients, steps=steps,
-        spacing="logsnr", final_sigma="sigma-min", lower_order_final=False,
+def solve(algo, order, coefficients, steps, x_T, **options):
+    return run(
+        MIXTURE, x_T, algo=algo, order=order, coefficients=coefficients, steps=steps,
+        spacing="logsnr", final_sigma="sigma-min", lower_order_final=False, **options,
     )
-    model = MixtureModel(MIXTURE, solver.plan.schedule)
-    x = x_T.clone()
-    for t in solver.timesteps:
-        x = solver.step(model(x, t), t, x)
-    return x, solver.plan
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +50,6 @@ def test_published_third_order_converges_at_order_two(algo, problem):
 def test_both_second_order_forms_converge_at_order_two(problem):
     for solver_type in ("midpoint", "heun"):
         x_T, reference = problem
-        errors = []
-        for n in STEPS:
-            solver = DPMSolver(order=2, solver_type=solver_type, steps=n, spacing="logsnr", final_sigma="sigma-min", lower_order_final=False)
-            model = MixtureModel(MIXTURE, solver.plan.schedule)
-            x = x_T.clone()
-            for t in solver.timesteps:
-                x = solver.step(model(x, t), t, x)
-            errors.append((x - reference).norm(dim=1).median().item())
+        errors = [(solve("dpmsolver++", 2, "published", n, x_T, solver_type=solver_type)[0] - reference).norm(dim=1).median().item() for n in STEPS]
         slope = -np.polyfit(np.log(STEPS), np.log(errors), 1)[0]
         assert abs(slope - 2.0) < 0.3, (solver_type, slope, errors)
