@@ -23,6 +23,7 @@ from .errors import NumericalError
 from .plan import Plan, _conversion, _vp
 
 H_INIT = 0.05  # first step in lambda
+MAX_ATTEMPTS = 20_000  # a controller still stepping after this many attempts is stuck
 THETA = 0.9  # safety factor of the controller
 LAMBDA_TOL = 1e-5  # done when this close to the end
 
@@ -103,6 +104,9 @@ def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), 
     cfg = plan.config
     order = cfg.order
     exact = cfg.coefficients == "exact"
+    dtype = x.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # the solver arithmetic runs in float32 at least; the result is cast back
     lam_start = float(plan.lambdas[0])
     lam_end = float(plan.schedule.lambda_at(0.0))
     calls = _Model(plan, model)
@@ -114,6 +118,11 @@ def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), 
     cached = None  # (m_s, out_s) at lam_s, valid while x has not moved
     accepted = 0
     while lam_end - lam_s > LAMBDA_TOL:
+        if len(attempts) >= MAX_ATTEMPTS:
+            raise NumericalError(
+                f"adaptive: {MAX_ATTEMPTS} attempted steps and still at lambda {lam_s:.6g} of {lam_end:.6g}; "
+                "the tolerances are too tight for this precision, loosen --atol/--rtol"
+            )
         lam_t = min(lam_s + h, lam_end)
         step = lam_t - lam_s
         if cached is None:
@@ -138,7 +147,8 @@ def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), 
         scaled = ((x_higher - x_lower) / delta).reshape(x.shape[0], -1)
         error = scaled.pow(2).mean(dim=1).sqrt().max().item()
         if check_finite and not math.isfinite(error):
-            raise NumericalError(f"adaptive step at lambda {lam_s:.6g} (h {step:.3g}): the update contains NaN or Inf")
+            bad = "the update contains NaN or Inf" if not bool(torch.isfinite(x_higher).all()) else "the error estimate overflows (tolerances too tight)"
+            raise NumericalError(f"adaptive step at lambda {lam_s:.6g} (h {step:.3g}): {bad}")
         ok = error <= 1.0
         attempts.append({"lambda": lam_s, "h": step, "error": error, "accepted": ok, "nfe": calls.calls})
         if ok:
@@ -164,7 +174,7 @@ def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), 
         for callback in callbacks:
             callback(AdaptiveEvent(accepted, x, out_s, x0, info, x0))
         x = x0
-    return AdaptiveResult(samples=x, nfe=calls.calls, seconds=time.perf_counter() - start, attempts=attempts)
+    return AdaptiveResult(samples=x.to(dtype), nfe=calls.calls, seconds=time.perf_counter() - start, attempts=attempts)
 
 
 def data_prediction_at(plan: Plan, x: torch.Tensor, out: torch.Tensor, lam: float) -> torch.Tensor:

@@ -30,6 +30,8 @@ class DPMSolver:
         if "sigmas" in options and options["sigmas"] is not None:
             options["sigmas"] = tuple(float(s) for s in options["sigmas"])
         self.plan: Plan = build_plan(SolverConfig(**options))
+        if self.plan.config.method == "adaptive":
+            raise ConfigError("DPMSolver: --method adaptive picks its steps while it runs; use dpmcli.adaptive.sample_adaptive")
         self.seed = seed
         self.timesteps = self.plan.timestep_values  # one per model call (singlestep adds inner points)
         self.sigmas = self.plan.sigmas

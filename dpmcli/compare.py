@@ -26,9 +26,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import ALGOS, SolverConfig
+from .config import ALGOS, COEFFICIENTS, COMPAT, FINAL_SIGMAS, METHODS, SOLVER_TYPES, SPACINGS, STARTUPS, SolverConfig
 from .devices import resolve_device, resolve_dtype
-from .errors import ConfigError, NumericalError
+from .errors import ConfigError, NumericalError, bad_choice
 from .models import MixtureModel, load_mixture
 from .noise import initial_latents
 from .plan import Plan, build_plan
@@ -89,14 +89,6 @@ class Planned:
     key: dict  # the swept values of this run
     plan: Plan
 
-    @property
-    def solver_key(self) -> tuple:
-        return tuple(self.key[f] for f in SOLVER_FIELDS)
-
-    @property
-    def run_key(self) -> tuple:
-        return tuple(self.key[f] for f in SWEEP_FIELDS)
-
 
 def run_label(key: dict, fields=SOLVER_FIELDS) -> str:
     parts = []
@@ -124,8 +116,27 @@ def _fingerprint(plan: Plan) -> tuple:
     return (method, tuple(plan.timesteps.tolist()), tuple(plan.sigmas.tolist()), rows)
 
 
+AXIS_VALUES = {
+    "algo": ALGOS, "method": METHODS, "startup": STARTUPS, "spacing": SPACINGS, "solver_type": SOLVER_TYPES,
+    "final_sigma": FINAL_SIGMAS, "coefficients": COEFFICIENTS, "compat": COMPAT,
+}
+
+
+def check_axes(sweep: Sweep) -> None:
+    """A misspelt value is a usage error, not a run to skip."""
+    for name, allowed in AXIS_VALUES.items():
+        for value in sweep.axis(name):
+            if value not in allowed:
+                raise bad_choice(f"--{name.replace('_', '-')}", value, allowed)
+    for name in ("order", "steps"):
+        for value in sweep.axis(name):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name}: {value!r} is not allowed; give positive integers")
+
+
 def expand(sweep: Sweep) -> tuple[list[Planned], list[dict]]:
     """Every valid combination as a plan; invalid or duplicate ones are listed with a reason."""
+    check_axes(sweep)
     axes = [sweep.axis(name) for name in SWEEP_FIELDS]
     planned: list[Planned] = []
     skipped: list[dict] = []
@@ -201,7 +212,8 @@ class _References:
         cfg = plan.config
         fine_cfg = cfg.with_options(
             order=REFERENCE_ORDER, coefficients="exact", steps=self.sweep.reference_steps, spacing="logsnr",
-            lower_order_final=False, euler_at_final=False, compat="none", sigmas=None,
+            lower_order_final=False, euler_at_final=False, compat="none", sigmas=None, method="multistep",
+            startup="lower-order", nfe=None, final_sigma="zero" if plan.sigmas[-1] == 0 else "sigma-min",
         )
         if fine_cfg not in self.fine_plans:
             self.fine_plans[fine_cfg] = build_plan(fine_cfg)
@@ -210,10 +222,11 @@ class _References:
         from .brownian import PATH_VERSION
 
         description = {
-            "kind": "sde", "algo": cfg.algo, "path_version": PATH_VERSION, "seed": self.sweep.seed, "steps": fine.steps, "order": REFERENCE_ORDER,
-            "lambda_start": lam0, "lambda_end": lam1, "schedule": _schedule_key(cfg), "prediction_type": cfg.prediction_type,
+            "kind": "sde", "path_version": PATH_VERSION, "seed": self.sweep.seed,
+            "lambda_start": lam0, "lambda_end": lam1, "config": fine_cfg.to_dict(),
+            "trained_betas": None if cfg.trained_betas is None else list(cfg.trained_betas),
         }
-        key = ("sde", cfg.algo, lam0, lam1)
+        key = ReferenceCache.key(description)
         if key not in self.memory:
 
             def compute():
@@ -224,15 +237,7 @@ class _References:
         return self.memory[key]
 
 
-def _schedule_key(cfg: SolverConfig) -> dict:
-    return {
-        "beta_schedule": cfg.beta_schedule, "beta_start": cfg.beta_start, "beta_end": cfg.beta_end,
-        "train_steps": cfg.train_steps, "rescale_zero_snr": cfg.rescale_zero_snr,
-        "trained_betas": None if cfg.trained_betas is None else hash(cfg.trained_betas),
-    }
-
-
-def run_sweep(sweep: Sweep, on_run: Callable[[str], None] | None = None) -> SweepReport:
+def run_sweep(sweep: Sweep, on_run: Callable[[str], None] | None = None, planned=None, skipped=None) -> SweepReport:
     """Run every valid combination; returns the report (rows sorted by error within each kind)."""
     from .brownian import BrownianNoise
     from .metrics import default_bandwidth, log_likelihood_gap, mmd2_to_mixture, mode_flips
@@ -242,13 +247,17 @@ def run_sweep(sweep: Sweep, on_run: Callable[[str], None] | None = None) -> Swee
         raise ConfigError(f"--batch: {sweep.batch} is not allowed; compare needs at least 2 samples")
     if sweep.reference_steps < 10:
         raise ConfigError(f"--reference-steps: {sweep.reference_steps} is not allowed; use at least 10")
-    planned, skipped = expand(sweep)
+    if sweep.reference_steps > sweep.base.train_steps:
+        raise ConfigError(
+            f"--reference-steps: {sweep.reference_steps} is more than --train-steps ({sweep.base.train_steps}); use at most that"
+        )
+    if sweep.bandwidth is not None and not (math.isfinite(sweep.bandwidth) and sweep.bandwidth > 0):
+        raise ConfigError(f"--bandwidth: {sweep.bandwidth} is not allowed; it must be a positive number")
+    planned, skipped = expand(sweep) if planned is None else (planned, skipped or [])
     device = resolve_device(sweep.device)
     dtype = resolve_dtype(sweep.dtype, device)
     mixture = load_mixture(sweep.model)
     bandwidth = default_bandwidth(mixture) if sweep.bandwidth is None else float(sweep.bandwidth)
-    if not bandwidth > 0:
-        raise ConfigError(f"--bandwidth: {sweep.bandwidth} is not allowed; it must be positive")
     x_T = initial_latents(sweep.seed, (sweep.batch, mixture.dims), device, dtype)
     references = _References(sweep, mixture, x_T)
     trees: dict = {}
@@ -378,11 +387,12 @@ def check_gates(report: SweepReport, max_error=None, baseline: dict | None = Non
             before, after = old[key].get("error"), row.get("error")
             if after is None and before is not None:
                 failures.append(f"{row['run']}: no error value ({row['status']}), baseline {before:.4g}")
-            elif before is not None and after is not None and after > before * (1 + tolerance) and after - before > 1e-15:
-                worse = after / before - 1 if before > 0 else math.inf
+            elif before is not None and after is not None and after - before > tolerance * abs(before) + 1e-15:
+                # relative to |baseline|: MMD^2 is unbiased and may be negative
+                worse = (after - before) / abs(before) if before != 0 else math.inf
                 failures.append(
                     f"{row['run']}: {row['error_metric']} {after:.4g} vs baseline {before:.4g} "
-                    f"({worse:+.1%}, tolerance {tolerance:.0%})"
+                    f"({worse:+.1%} of the baseline's size, tolerance {tolerance:.0%})"
                 )
         for key, row in old.items():
             if key not in new:

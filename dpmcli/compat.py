@@ -26,46 +26,51 @@ def _vp32(sigma: float):
     return alpha, sig, lam
 
 
+def _terms32(algo: str, alpha_t, sigma_t, alpha_a, sigma_a, h):
+    """diffusers' float32 pieces of a step of length h: (a, W0, W1 midpoint, W1 heun, W2, c)."""
+    one, two, half = f32(1.0), f32(2.0), f32(0.5)
+    em, ep, e2 = np.exp(-h), np.exp(h), np.exp(f32(-2.0) * h)
+    c = f32(0.0)
+    if algo == "dpmsolver++":
+        a = sigma_t / sigma_a
+        w0 = -(alpha_t * (em - one))
+        w1_mid, w1_heun = -half * (alpha_t * (em - one)), alpha_t * ((em - one) / h + one)
+        w2 = -(alpha_t * ((em - one + h) / h**2 - half))
+    elif algo == "dpmsolver":
+        a = alpha_t / alpha_a
+        w0 = -(sigma_t * (ep - one))
+        w1_mid, w1_heun = -half * (sigma_t * (ep - one)), -(sigma_t * ((ep - one) / h - one))
+        w2 = -(sigma_t * ((ep - one - h) / h**2 - half))
+    elif algo == "sde-dpmsolver++":
+        a = sigma_t / sigma_a * em
+        w0 = alpha_t * (one - e2)
+        w1_mid, w1_heun = half * (alpha_t * (one - e2)), alpha_t * ((one - e2) / (f32(-2.0) * h) + one)
+        w2 = alpha_t * ((one - e2 - two * h) / (two * h) ** 2 - half)  # diffusers' sign: see docs/mathematics.md
+        c = sigma_t * np.sqrt(one - e2)
+    else:  # sde-dpmsolver (no third order in diffusers; validation refuses it)
+        a = alpha_t / alpha_a
+        w0 = -two * (sigma_t * (ep - one))
+        w1_mid, w1_heun = -(sigma_t * (ep - one)), -two * (sigma_t * ((ep - one) / h - one))
+        w2 = f32(0.0)
+        c = sigma_t * np.sqrt(np.exp(two * h) - one)
+    return a, w0, w1_mid, w1_heun, w2, c
+
+
 def diffusers_step_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, order: int):
-    """(a, b, c, alpha_s, sigma_s) of step i exactly as diffusers computes them (float32)."""
+    """(a, b, c, alpha_s, sigma_s) of step i exactly as diffusers' multistep scheduler computes them (float32)."""
     alpha_t, sigma_t, lam_t = _vp32(sigmas[i + 1])
     alpha_s, sigma_s, lam_s = _vp32(sigmas[i])
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         h = lam_t - lam_s
-        one, two, half = f32(1.0), f32(2.0), f32(0.5)
-        em, ep = np.exp(-h), np.exp(h)
-        e2 = np.exp(f32(-2.0) * h)
-        algo, heun = cfg.algo, cfg.solver_type == "heun"
-        c = f32(0.0)
-        if algo == "dpmsolver++":
-            a = sigma_t / sigma_s
-            w0 = -(alpha_t * (em - one))
-            w1_mid, w1_heun = -half * (alpha_t * (em - one)), alpha_t * ((em - one) / h + one)
-            w2 = -(alpha_t * ((em - one + h) / h**2 - half))
-        elif algo == "dpmsolver":
-            a = alpha_t / alpha_s
-            w0 = -(sigma_t * (ep - one))
-            w1_mid, w1_heun = -half * (sigma_t * (ep - one)), -(sigma_t * ((ep - one) / h - one))
-            w2 = -(sigma_t * ((ep - one - h) / h**2 - half))
-        elif algo == "sde-dpmsolver++":
-            a = sigma_t / sigma_s * em
-            w0 = alpha_t * (one - e2)
-            w1_mid, w1_heun = half * (alpha_t * (one - e2)), alpha_t * ((one - e2) / (f32(-2.0) * h) + one)
-            w2 = alpha_t * ((one - e2 - two * h) / (two * h) ** 2 - half)
-            c = sigma_t * np.sqrt(one - e2)
-        else:  # sde-dpmsolver (no third order in diffusers; validation refuses it)
-            a = alpha_t / alpha_s
-            w0 = -two * (sigma_t * (ep - one))
-            w1_mid, w1_heun = -(sigma_t * (ep - one)), -two * (sigma_t * ((ep - one) / h - one))
-            w2 = f32(0.0)
-            c = sigma_t * np.sqrt(np.exp(two * h) - one)
+        a, w0, w1_mid, w1_heun, w2, c = _terms32(cfg.algo, alpha_t, sigma_t, alpha_s, sigma_s, h)
         if order == 1:
             b = [float(w0)]
         else:
             lam_1 = _vp32(sigmas[i - 1])[2]
             r0 = float((lam_s - lam_1) / h)
             if order == 2:
-                b = differences_to_linear(2, float(w0), float(w1_heun if heun else w1_mid), 0.0, r0, 1.0)
+                w1 = w1_heun if cfg.solver_type == "heun" else w1_mid
+                b = differences_to_linear(2, float(w0), float(w1), 0.0, r0, 1.0)
             else:
                 lam_2 = _vp32(sigmas[i - 2])[2]
                 r1 = float((lam_1 - lam_2) / h)
@@ -107,26 +112,8 @@ def diffusers_singlestep_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, 
     alpha_a, sigma_a, lam_a = _vp32(sigmas[anchor])
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         h = lam_t - lam_a
-        one, half = f32(1.0), f32(0.5)
-        em, ep, e2 = np.exp(-h), np.exp(h), np.exp(f32(-2.0) * h)
+        a, w0, w1_mid, w1_heun, w2, c = _terms32(cfg.algo, alpha_t, sigma_t, alpha_a, sigma_a, h)
         heun = cfg.solver_type == "heun"
-        c = f32(0.0)
-        if cfg.algo == "dpmsolver++":
-            a = sigma_t / sigma_a
-            w0 = -(alpha_t * (em - one))
-            w1_mid, w1_heun = -half * (alpha_t * (em - one)), alpha_t * ((em - one) / h + one)
-            w2 = -(alpha_t * ((em - one + h) / h**2 - half))
-        elif cfg.algo == "dpmsolver":
-            a = alpha_t / alpha_a
-            w0 = -(sigma_t * (ep - one))
-            w1_mid, w1_heun = -half * (sigma_t * (ep - one)), -(sigma_t * ((ep - one) / h - one))
-            w2 = -(sigma_t * ((ep - one - h) / h**2 - half))
-        else:  # sde-dpmsolver++
-            a = sigma_t / sigma_a * em
-            w0 = alpha_t * (one - e2)
-            w1_mid, w1_heun = half * (alpha_t * (one - e2)), alpha_t * ((one - e2) / (f32(-2.0) * h) + one)
-            w2 = alpha_t * ((one - e2 + (f32(-2.0) * h)) / (f32(-2.0) * h) ** 2 - half)
-            c = sigma_t * np.sqrt(one - e2)
         if order == 1:
             b = [float(w0)]
         elif order == 2:

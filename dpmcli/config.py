@@ -7,7 +7,7 @@ where diffusers has a word for the same thing, diffusers' vocabulary.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from .errors import ConfigError, bad_choice
 
@@ -103,7 +103,8 @@ class SolverConfig:
         _choice("--coefficients", cfg.coefficients, COEFFICIENTS)
         _choice("--compat", cfg.compat, COMPAT)
         _choice("--prediction-type", cfg.prediction_type, PREDICTION_TYPES)
-        _choice("--final-sigma", cfg.final_sigma, FINAL_SIGMAS)
+        if cfg.sigmas is None:  # a custom grid sets its own final sigma
+            _choice("--final-sigma", cfg.final_sigma, FINAL_SIGMAS)
         _choice("--spacing", cfg.spacing, SPACINGS)
         if cfg.trained_betas is None:
             _choice("--beta-schedule", cfg.beta_schedule, BETA_SCHEDULES)
@@ -173,6 +174,10 @@ def _check_method(cfg: SolverConfig) -> None:
         if not isinstance(cfg.nfe, int) or cfg.nfe < 1:
             raise ConfigError(f"--nfe: {cfg.nfe!r} is not allowed; it must be a positive integer")
     if cfg.method == "adaptive":
+        if cfg.thresholding:
+            raise ConfigError("--thresholding: not available with --method adaptive; use multistep or singlestep")
+        if cfg.sigmas is not None:
+            raise ConfigError("--sigmas: --method adaptive chooses its own steps; drop --sigmas")
         for name in ("atol", "rtol"):
             value = getattr(cfg, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -242,6 +247,3 @@ def _check_diffusers_compat(cfg: SolverConfig) -> None:
     if cfg.rho != 7.0 and cfg.spacing == "karras":
         raise ConfigError("--compat diffusers: diffusers fixes rho at 7 for karras sigmas; drop --rho")
 
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(SolverConfig)]

@@ -51,8 +51,8 @@ class ArrayNoise:
         want = (steps, *shape)
         if array.shape != want:
             raise ConfigError(f"--noise: {path} has shape {array.shape}; this run needs {want} (steps x batch x dims)")
-        if not np.all(np.isfinite(array)):
-            raise ConfigError(f"--noise: {path} contains NaN or Inf")
+        if not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
+            raise ConfigError(f"--noise: {path} must hold finite numbers")
         return cls(array)
 
     def __call__(self, step: int, like: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

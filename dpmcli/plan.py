@@ -21,7 +21,7 @@ import numpy as np
 
 from .coefficients import FORMS, AlgoForm, difference_weights, differences_to_linear, lagrange_weights
 from .config import PUBLISHED_MAX_ORDER, SolverConfig
-from .schedule import Schedule, vp_coefficients
+from .schedule import Schedule, alpha_sigma, vp_coefficients
 from .spacing import make_grid
 
 # Source slots of a row's linear combination (see solvers.step).
@@ -116,6 +116,8 @@ class Plan:
         cfg = self.config
         if cfg.method == "multistep" and cfg.order == 3 and cfg.coefficients == "published":
             return 2
+        if cfg.method == "multistep" and cfg.order >= 4 and cfg.startup == "lower-order":
+            return 2  # the first-order first step caps it (measured 2.4-2.7 and falling)
         return cfg.order
 
     @property
@@ -132,8 +134,10 @@ class Plan:
             )
         weights = "exact" if cfg.order > PUBLISHED_MAX_ORDER else cfg.coefficients
         note = f"order {cfg.order} with {weights} weights"
-        if cfg.order >= 3 and cfg.startup == "lower-order":
-            return note + ": the first-order first step caps the asymptotic order at 2; --startup singlestep reaches the full order"
+        if cfg.order >= 4 and cfg.startup == "lower-order":
+            return note + ": the first-order first step caps the order at 2; --startup singlestep keeps order " + str(cfg.order)
+        if cfg.order == 3 and cfg.startup == "lower-order":
+            return note + ": converges at order 3 at practical step counts (the first-order first step caps it at 2 asymptotically)"
         return note + f": converges at order {cfg.order}"
 
     def step_row(self, i: int) -> dict:
@@ -223,7 +227,11 @@ def build_plan(cfg: SolverConfig) -> Plan:
     """Validate ``cfg`` and compute the whole table."""
     cfg = cfg.validated()
     if cfg.method == "singlestep" and cfg.nfe is not None:
-        fast = fast_singlestep_orders(cfg.nfe, cfg.order)
+        if cfg.final_sigma == "zero" and cfg.nfe > 1:
+            # the step to sigma 0 is first order: plan the rest with the calls it leaves
+            fast = fast_singlestep_orders(cfg.nfe - 1, cfg.order) + [1]
+        else:
+            fast = fast_singlestep_orders(cfg.nfe, cfg.order)
         cfg = cfg.with_options(steps=len(fast)).validated()
     else:
         fast = None
@@ -412,9 +420,8 @@ def _row_weights(cfg: SolverConfig, evaluations, spec: _Spec, row: int, sigmas: 
 
 
 def _vp(lam: float) -> tuple[float, float, float]:
-    if math.isinf(lam):
-        return 1.0, 0.0, lam
-    return math.sqrt(0.5 * (1.0 + math.tanh(lam))), math.sqrt(0.5 * (1.0 - math.tanh(lam))), lam
+    alpha, sigma = alpha_sigma(lam)
+    return alpha, sigma, lam
 
 
 def _make_rows(cfg: SolverConfig, evaluations, specs: list[_Spec], sigmas: np.ndarray) -> tuple:
@@ -441,9 +448,9 @@ def _make_rows(cfg: SolverConfig, evaluations, specs: list[_Spec], sigmas: np.nd
         a, b, c = _row_weights(cfg, evaluations, spec, r, sigmas)
         # the conversion of this row's model output uses the noise level of its own evaluation
         if spec.rule.startswith("compat"):
-            from .compat import diffusers_step_weights
+            from .compat import _vp32  # diffusers converts with its float32 alpha and sigma
 
-            alpha_s, sigma_s = diffusers_step_weights(cfg, sigmas, evaluations[r].step, 1)[3:]
+            alpha_s, sigma_s = (float(v) for v in _vp32(sigmas[evaluations[r].step])[:2])
         else:
             alpha_s, sigma_s, _ = _vp(evaluations[r].lam)
         positions = {e: int(stored_before[r] - stored_before[e + 1]) for e in spec.reads if e != r}

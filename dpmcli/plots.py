@@ -195,7 +195,10 @@ def run_figure(rows: list[dict], final: dict, title: str, attempts: list[dict] |
             ("x0", 1): fig.add_subplot(grid[1, 1]),
         }
         ax_order = fig.add_subplot(grid[2, :])
-        steps = np.array([r["step"] for r in rows], dtype=float)
+        # one point per model call (several per step for singlestep methods)
+        steps = np.arange(len(rows), dtype=float)
+        calls = any(r.get("stage", 0) for r in rows)
+        axis_name = "model call" if calls else "step"
         orders = [r["order"] for r in rows]
         n = len(rows)
         for kind, prefix, heading in (("latent", "", "latent x (input of each step)"), ("x0", "x0_", "x0 prediction")):
@@ -217,7 +220,7 @@ def run_figure(rows: list[dict], final: dict, title: str, attempts: list[dict] |
             bottom.plot(xs, std, "o-", color=PALETTE[1], markersize=3, label="std")
             bottom.plot(xs, norm, "s-", color=PALETTE[2], markersize=3, label="mean per-sample L2 norm")
             bottom.set_ylabel("std, norm")
-            bottom.set_xlabel("step" + (" (the last point: final samples)" if kind == "latent" else ""))
+            bottom.set_xlabel(axis_name + (" (the last point: final samples)" if kind == "latent" else ""))
             bottom.legend(loc="best")
         if attempts:
             good = [a for a in attempts if a["accepted"]]
@@ -234,7 +237,7 @@ def run_figure(rows: list[dict], final: dict, title: str, attempts: list[dict] |
             ax_order.step(steps, orders, where="mid", color=PALETTE[3])
             ax_order.plot(steps, orders, "o", color=PALETTE[3], markersize=3)
             ax_order.set_ylabel("order")
-            ax_order.set_xlabel("step")
+            ax_order.set_xlabel(axis_name)
             ax_order.set_yticks(sorted(set(orders)))
             ax_order.set_ylim(min(orders) - 0.5, max(orders) + 0.5)
             ax_order.set_xlim(-0.5, n + 0.5)

@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .schedule import alpha_sigma
+
 
 def alpha_of_lambda(lam: float) -> float:
-    return math.sqrt(0.5 * (1.0 + math.tanh(lam)))
+    return alpha_sigma(lam)[0]
 
 
 def sigma_of_lambda(lam: float) -> float:
-    return math.sqrt(0.5 * (1.0 - math.tanh(lam)))
+    return alpha_sigma(lam)[1]
 
 
 def ode_solution(mixture, x_start: torch.Tensor, lambda_start: float, lambda_end: float, rtol: float = 1e-10, atol: float = 1e-12) -> torch.Tensor:

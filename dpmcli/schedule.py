@@ -99,6 +99,17 @@ class Schedule:
         return np.interp(lam, self.lambdas[::-1], np.arange(self.train_steps, dtype=np.float64)[::-1])
 
 
+def alpha_sigma(lam: float) -> tuple[float, float]:
+    """(alpha_t, sigma_t) at half-log-SNR lambda, accurate for every lambda (+inf gives (1, 0))."""
+    if lam > 0:
+        e = math.exp(-lam)
+        alpha = 1.0 / math.sqrt(1.0 + e * e)
+        return alpha, e * alpha
+    e = math.exp(lam)
+    sigma = 1.0 / math.sqrt(1.0 + e * e)
+    return e * sigma, sigma
+
+
 def vp_coefficients(sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(alpha_t, sigma_t, lambda) of diffusers' sigma; sigma = 0 gives (1, 0, +inf) without a warning."""
     s = np.asarray(sigma, dtype=np.float64)

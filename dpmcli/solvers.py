@@ -55,7 +55,7 @@ def step(
     stored = None
     if row.thresholding:
         out = integrated_output(row, x, out, threshold_ratio, threshold_max)
-        stored = out
+        stored = out if row.keep else None
     sources = (x, out, noise_term, anchor) + history
     terms = row.terms
     if terms:

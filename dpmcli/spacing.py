@@ -61,11 +61,11 @@ def integer_timesteps(cfg: SolverConfig, last_timestep: int, exact_count: bool =
         ratio = last_timestep // (n + 1)
         t = (np.arange(0, n + 1) * ratio).round()[::-1][:-1] + cfg.steps_offset
     elif cfg.spacing == "trailing":
-        ratio = cfg.train_steps / n
         if exact_count:
-            t = (last_timestep - np.arange(n) * ratio).round() - 1
+            # over the kept range (diffusers divides the full range, which overshoots when clipped)
+            t = (last_timestep - np.arange(n) * (last_timestep / n)).round() - 1
         else:
-            t = np.arange(last_timestep, 0, -ratio).round() - 1
+            t = np.arange(last_timestep, 0, -(cfg.train_steps / n)).round() - 1
     else:  # pragma: no cover - guarded by the caller
         raise ValueError(cfg.spacing)
     return t.astype(np.int64)
@@ -134,7 +134,9 @@ def _own_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
     elif cfg.spacing in ("karras", "exponential", "beta"):
         count = n if cfg.final_sigma == "zero" else n + 1
         ramp = _sigma_ramp(cfg.spacing, sigma_max, sigma_min, count, cfg.rho)
-        ramp[0], ramp[-1] = sigma_max, sigma_min  # pin the ends against round-off
+        ramp[0] = sigma_max  # pin the ends against round-off
+        if count > 1:
+            ramp[-1] = sigma_min
         evals = ramp[:n]
         sigmas = np.concatenate([evals, [final]])
         timesteps = schedule.timestep_at(-np.log(evals))
@@ -175,6 +177,8 @@ def _diffusers_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
     if cfg.spacing in ("linspace", "leading", "trailing"):
         timesteps = integer_timesteps(cfg, last, exact_count=False)
         _check_timestep_range(timesteps, schedule, cfg)
+        if len(timesteps) != n:
+            warnings.append(f"grid: diffusers' {cfg.spacing} spacing gives {len(timesteps)} timesteps for --steps {n}; running {len(timesteps)}")
         sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
     elif cfg.spacing == "logsnr":
         # diffusers' use_lu_lambdas: uniform in log sigma over N points.
@@ -219,11 +223,7 @@ def _check_grid(schedule: Schedule, cfg: SolverConfig, grid: Grid) -> None:
                 "kept as diffusers would run them"
             )
         else:
-            keep = np.ones(len(sig), dtype=bool)
-            keep[same + 1] = False
-            keep[-1] = True
-            if sig[-2] == sig[-1]:
-                keep[-2] = False
+            keep = np.r_[sig[:-1] != sig[1:], True]  # the last point of each run of equal sigmas
             new_sig = sig[keep]
             new_ts = ts[keep[:-1]]
             grid.warnings.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -12,14 +13,10 @@ from .run import check_writable
 
 FORMATS = ("table", "json", "csv", "markdown")
 CSV_COLUMNS = [
-    "run", "solver", "algo", "order", "solver_type", "spacing", "steps", "final_sigma", "coefficients", "compat",
+    "run", "solver", "algo", "order", "method", "startup", "solver_type", "spacing", "steps", "final_sigma", "coefficients", "compat",
     "kind", "nfe", "error", "error_metric", "error_max", "mode_flips", "mmd2", "strong_error", "log_likelihood_gap",
     "convergence_order", "best_at_nfe", "seconds", "status",
 ]
-
-
-def _int(value: str) -> int:
-    return int(value)
 
 
 def _load_baseline(path: Path) -> dict:
@@ -29,8 +26,12 @@ def _load_baseline(path: Path) -> dict:
         raise ConfigError(f"--baseline: cannot read {path}: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--baseline: {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(document, dict) or not isinstance(document.get("runs"), list):
-        raise ConfigError(f"--baseline: {path} is not a dpmcli compare results.json (no 'runs' list)")
+    runs = document.get("runs") if isinstance(document, dict) else None
+    if not isinstance(runs, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("run"), str) and (r.get("error") is None or isinstance(r.get("error"), (int, float)))
+        for r in runs
+    ):
+        raise ConfigError(f"--baseline: {path} is not a dpmcli compare results.json (a 'runs' list of runs with errors)")
     return document
 
 
@@ -43,19 +44,21 @@ def _check_out_dir(out: Path) -> None:
 
 def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, reference_steps, bandwidth, cache_dir, no_cache,
                 max_error, baseline, tolerance, min_order, fmt, out, plot, dpi, quiet) -> int:
-    from ..compare import Sweep, check_gates, run_sweep
+    from ..compare import Sweep, check_gates, expand, run_sweep
     from ..reference import default_cache_dir
     from .console import progress_bar, show_progress, warn
     from .plotting import check_figure_path
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r} is not allowed; choose one of: {', '.join(FORMATS)}")
-    converters = {"order": _int, "steps": _int}
+    converters = {"order": int, "steps": int}
     values = {name: split_list(f"--{name.replace('_', '-')}", raw, converters.get(name, str)) for name, raw in sweep_values.items()}
-    if tolerance < 0:
-        raise ConfigError(f"--tolerance: {tolerance} is not allowed; it must be >= 0")
-    if max_error is not None and not max_error > 0:
-        raise ConfigError(f"--max-error: {max_error} is not allowed; it must be positive")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ConfigError(f"--tolerance: {tolerance} is not allowed; it must be a number >= 0")
+    if max_error is not None and not (math.isfinite(max_error) and max_error > 0):
+        raise ConfigError(f"--max-error: {max_error} is not allowed; it must be a positive number")
+    if min_order is not None and not math.isfinite(min_order):
+        raise ConfigError(f"--min-order: {min_order} is not allowed; it must be a number")
     baseline_doc = _load_baseline(baseline) if baseline is not None else None
     if out is not None:
         _check_out_dir(out)
@@ -68,17 +71,20 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
         reference_steps=reference_steps, bandwidth=bandwidth,
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
     )
-    from ..compare import expand
-
-    planned, _ = expand(sweep)  # usage errors (nothing valid) surface before any work
+    planned, skipped = expand(sweep)  # usage errors (nothing valid) surface before any work
     with progress_bar(len(planned), "compare", show_progress(quiet)) as advance:
-        report = run_sweep(sweep, on_run=advance)
+        report = run_sweep(sweep, on_run=advance, planned=planned, skipped=skipped)
     invalid = [s for s in report.skipped if not s["reason"].startswith("identical to")]
     merged = len(report.skipped) - len(invalid)
     warn([f"skipped {s['run']}: {s['reason']}" for s in invalid], quiet)
     if merged:
         warn([f"{merged} combination(s) give the same update as another run and were not run twice (listed under 'skipped')"], quiet)
     failures, notes = check_gates(report, max_error, baseline_doc, tolerance, min_order)
+    if baseline_doc is not None:
+        before, now = baseline_doc.get("config", {}), document_config(report)
+        differ = [k for k in ("model", "batch", "seed", "dtype") if k in before and before[k] != now[k]]
+        if differ:
+            notes.insert(0, "the baseline was made with other inputs: " + ", ".join(f"{k} {before[k]!r} (now {now[k]!r})" for k in differ))
     document = report.document()
     document["gates"] = {
         "max_error": max_error, "baseline": None if baseline is None else str(baseline), "tolerance": tolerance,
@@ -102,6 +108,10 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
             print(f"  FAIL {failure}", file=sys.stderr)
         return EXIT_GATE_FAILED
     return 0
+
+
+def document_config(report) -> dict:
+    return report.sweep.to_dict()
 
 
 def _title(report) -> str:

@@ -84,7 +84,7 @@ def sample(
         str, typer.Option("--model", "-m", help="ring (2-D, 8 Gaussians), gmm64 (64-D, 10 Gaussians) or gmm:PATH.json.", rich_help_panel=RUN)
     ] = "ring",
     batch: Annotated[
-        Optional[int], typer.Option("--batch", "-b", help="Number of samples.  [default: 1024]", show_default=False, rich_help_panel=RUN)
+        Optional[int], typer.Option("--batch", "-b", help="Number of samples.", show_default="1024", rich_help_panel=RUN)
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of x_T and of the SDE noise.", rich_help_panel=RUN)] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUN)] = "auto",
@@ -154,15 +154,15 @@ def plot_schedule(
     solver,
     spacing: Annotated[
         Optional[list[str]],
-        typer.Option("--spacing", help="Step grid(s); repeat or give a comma list to overlay several.  [default: linspace]", show_default=False, rich_help_panel="Schedule and grid"),
+        typer.Option("--spacing", help="Step grid(s); repeat or give a comma list to overlay several.", show_default="linspace", rich_help_panel="Schedule and grid"),
     ] = None,
     beta_schedule: Annotated[
         Optional[list[str]],
-        typer.Option("--beta-schedule", help="Training betas; repeat or comma list.  [default: scaled_linear]", show_default=False, rich_help_panel="Schedule and grid"),
+        typer.Option("--beta-schedule", help="Training betas; repeat or comma list.", show_default="scaled_linear", rich_help_panel="Schedule and grid"),
     ] = None,
     steps: Annotated[
         Optional[list[str]],
-        typer.Option("--steps", help="Number of steps; repeat or comma list.  [default: 20]", show_default=False, rich_help_panel="Solver"),
+        typer.Option("--steps", help="Number of steps; repeat or comma list.", show_default="20", rich_help_panel="Solver"),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Figure file: .png, .svg or .pdf.", rich_help_panel=OUTPUT)] = Path("schedule.png"),
     dpi: Dpi = 150,
@@ -183,7 +183,7 @@ def plot_schedule(
 
 
 def _sweep_option(flag: str, what: str, default: str, panel: str = "Sweep"):
-    return typer.Option(flag, help=f"{what}; comma list or repeat.  [default: {default}]", show_default=False, rich_help_panel=panel)
+    return typer.Option(flag, help=f"{what}; comma list or repeat.", show_default=f"{default}", rich_help_panel=panel)
 
 
 SweepList = Optional[list[str]]
@@ -197,7 +197,7 @@ def compare(
     algo: Annotated[SweepList, _sweep_option("--algo", "Algorithms", "all four")] = None,
     order: Annotated[SweepList, _sweep_option("--order", "Orders", "1,2,3")] = None,
     steps: Annotated[SweepList, _sweep_option("--steps", "Step counts", "5,10,20,50")] = None,
-    method: Annotated[SweepList, _sweep_option("--method", "multistep, singlestep (and adaptive, via sample)", "multistep")] = None,
+    method: Annotated[SweepList, _sweep_option("--method", "multistep, singlestep, adaptive (adaptive runs ignore --steps)", "multistep")] = None,
     startup: Annotated[SweepList, _sweep_option("--startup", "Multistep start-ups", "lower-order")] = None,
     spacing: Annotated[SweepList, _sweep_option("--spacing", "Step grids", "linspace")] = None,
     solver_type: Annotated[SweepList, _sweep_option("--solver-type", "Second-order forms", "midpoint")] = None,
@@ -216,7 +216,7 @@ def compare(
         Optional[float], typer.Option("--bandwidth", help="Gaussian-kernel bandwidth of MMD^2 (default: from the mixture, stated in the output).", rich_help_panel="Ground truth")
     ] = None,
     cache_dir: Annotated[
-        Optional[Path], typer.Option("--cache-dir", help="Where reference solutions are cached.  [default: ~/.cache/dpmcli or $DPMCLI_CACHE]", show_default=False, rich_help_panel="Ground truth")
+        Optional[Path], typer.Option("--cache-dir", help="Where reference solutions are cached.", show_default="$DPMCLI_CACHE, else $XDG_CACHE_HOME/dpmcli or ~/.cache/dpmcli", rich_help_panel="Ground truth")
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute references afresh and store nothing.", rich_help_panel="Ground truth")] = False,
     max_error: Annotated[Optional[float], typer.Option("--max-error", help="Gate: any run with error above this fails (exit 1).", rich_help_panel="CI gates")] = None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import os
 import typing
 from pathlib import Path
@@ -55,7 +54,7 @@ Order = Annotated[
 ]
 Steps = Annotated[
     Optional[int],
-    typer.Option("--steps", help="Number of steps (model evaluations).  [default: 20]", show_default=False, rich_help_panel=SOLVER),
+    typer.Option("--steps", help="Number of grid steps (multistep with the classic start-up: also the number of model calls).", show_default="20", rich_help_panel=SOLVER),
 ]
 Method = Annotated[
     str,
@@ -152,9 +151,9 @@ def read_numbers(option: str, value: str) -> tuple[float, ...]:
     if os.path.exists(value):
         try:
             array = np.load(value, allow_pickle=False) if value.endswith(".npy") else np.loadtxt(value, delimiter=None, ndmin=1)
-        except (OSError, ValueError) as exc:
+            numbers = np.asarray(array, dtype=np.float64).reshape(-1)
+        except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"{option}: cannot read numbers from {value} ({exc})") from None
-        numbers = np.asarray(array, dtype=np.float64).reshape(-1)
     else:
         try:
             numbers = np.array([float(part) for part in value.split(",") if part.strip()], dtype=np.float64)
@@ -200,9 +199,9 @@ def solver_config(
     custom = read_numbers("--sigmas", sigmas) if sigmas is not None else None
     if custom is not None and steps is not None and steps != len(custom) - 1:
         raise ConfigError(f"--steps: {steps} conflicts with --sigmas, which gives {len(custom) - 1} steps; drop one of them")
-    betas = read_numbers("--trained-betas", str(trained_betas)) if trained_betas is not None else None
     if trained_betas is not None and not os.path.exists(str(trained_betas)):
         raise ConfigError(f"--trained-betas: {trained_betas} does not exist")
+    betas = read_numbers("--trained-betas", str(trained_betas)) if trained_betas is not None else None
     return SolverConfig(
         algo=algo,
         order=order,
@@ -227,7 +226,7 @@ def solver_config(
         train_steps=train_steps,
         trained_betas=betas,
         rescale_zero_snr=rescale_zero_snr,
-        lambda_min_clipped=-math.inf if lambda_min_clipped is None else lambda_min_clipped,
+        lambda_min_clipped=lambda_min_clipped,
         spacing=spacing,
         steps_offset=steps_offset,
         rho=rho,

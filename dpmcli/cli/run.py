@@ -47,7 +47,7 @@ def run_sample(
     recorder = None
     if trace is not None or plot_samples is not None:
         recorder = Trace(stride=trace_stride, keep_all=trace is not None, trajectories=12 if plot_samples is not None else 0)
-    with progress(prepared.plan.steps, f"{config.algo} order {config.order}", progress_enabled) as advance:
+    with progress(prepared.plan.nfe or None, f"{config.algo} order {config.order}", progress_enabled) as advance:
         report = experiment.run(prepared, on_step=advance, extra=() if recorder is None else (recorder,))
     if save is not None:
         samples = report.result.samples.detach().cpu()

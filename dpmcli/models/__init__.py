@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 
 from ..errors import ConfigError
-from ..schedule import Schedule
+from ..schedule import Schedule, alpha_sigma
 from .mixture import GaussianMixture, gmm64, load_json, ring
 
 MODEL_NAMES = ("ring", "gmm64", "gmm:PATH.json")
@@ -32,11 +31,7 @@ class MixtureModel:
     def noise_level(self, timestep) -> tuple[float, float]:
         if isinstance(timestep, torch.Tensor):
             timestep = timestep.reshape(-1)[0].item()
-        lam = float(self.schedule.lambda_at(float(timestep)))
-        # alpha^2 = sigmoid(2 lambda), sigma^2 = sigmoid(-2 lambda), without overflow.
-        alpha = math.sqrt(0.5 * (1.0 + math.tanh(lam)))
-        sigma = math.sqrt(0.5 * (1.0 - math.tanh(lam)))
-        return alpha, sigma
+        return alpha_sigma(float(self.schedule.lambda_at(float(timestep))))
 
     def __call__(self, x: torch.Tensor, timestep) -> torch.Tensor:
         alpha, sigma = self.noise_level(timestep)

@@ -116,8 +116,8 @@ def from_dict(data: dict, name: str) -> GaussianMixture:
     if weights.ndim != 1 or len(weights) == 0:
         raise ConfigError(f"--model {name}: weights must be a non-empty list")
     k = len(weights)
-    if means.ndim != 2 or means.shape[0] != k:
-        raise ConfigError(f"--model {name}: means must be a list of {k} vectors (one per weight)")
+    if means.ndim != 2 or means.shape[0] != k or means.shape[1] == 0:
+        raise ConfigError(f"--model {name}: means must be a list of {k} non-empty vectors (one per weight)")
     if stds.ndim == 1 and stds.shape[0] == k:
         stds = np.repeat(stds[:, None], means.shape[1], axis=1)
     if stds.shape != means.shape:
