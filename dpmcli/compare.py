@@ -33,6 +33,7 @@ from .models import MixtureModel, load_mixture
 from .noise import initial_latents
 from .plan import Plan, build_plan
 from .reference import ReferenceCache, default_cache_dir, ode_limit
+from .experiment import run_plan
 from .sampler import sample
 
 SWEEP_FIELDS = ("algo", "order", "steps", "method", "startup", "spacing", "solver_type", "final_sigma", "coefficients", "compat")
@@ -276,12 +277,7 @@ def run_sweep(sweep: Sweep, on_run: Callable[[str], None] | None = None, planned
         row = {"run": label, "solver": run_label(key, shown), **key, "nfe": plan.nfe, "kind": "sde" if plan.config.is_sde else "ode",
                "convergence_order": plan.convergence_order, "status": "ok"}
         try:
-            if plan.config.method == "adaptive":
-                from .adaptive import sample_adaptive
-
-                result = sample_adaptive(plan, model, x_T.clone())
-            else:
-                result = sample(plan, model, x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
+            result = run_plan(plan, model, x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
         except NumericalError as exc:
             row.update({"status": "nan", "message": str(exc), "error": None, "seconds": None})
             runs.append(row)

@@ -136,16 +136,20 @@ def prepare(config: SolverConfig, spec: RunSpec) -> Prepared:
     return Prepared(plan, model, x, noise, spec, device, dtype, warnings)
 
 
+def run_plan(plan: Plan, model, x: torch.Tensor, noise=None, callbacks=()):
+    """The loop a plan asks for: the plan's rows, or the adaptive controller."""
+    if plan.config.method == "adaptive":
+        from .adaptive import sample_adaptive
+
+        return sample_adaptive(plan, model, x, callbacks)
+    return sample(plan, model, x, noise, callbacks)
+
+
 def run(prepared: Prepared, on_step: Callable | None = None, extra: tuple[Callable, ...] = ()) -> SampleReport:
     """Run the loop with per-step statistics; NumericalError on the first NaN/Inf."""
     recorder = StepStatistics()
     callbacks = (recorder, *extra) + (() if on_step is None else (on_step,))
-    if prepared.plan.config.method == "adaptive":
-        from .adaptive import sample_adaptive
-
-        result = sample_adaptive(prepared.plan, prepared.model, prepared.x_init, callbacks)
-    else:
-        result = sample(prepared.plan, prepared.model, prepared.x_init, prepared.noise, callbacks)
+    result = run_plan(prepared.plan, prepared.model, prepared.x_init, prepared.noise, callbacks)
     final = tensor_stats(result.samples)
     summary = mixture_summary(prepared.model.mixture, result.samples)
     return SampleReport(prepared, result, recorder.rows, final, summary)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import EXIT_GATE_FAILED, EXIT_NUMERICAL, ConfigError
-from .options import split_list
+from .options import check_format, split_list
 from .run import check_writable
 
 FORMATS = ("table", "json", "csv", "markdown")
@@ -47,10 +47,9 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     from ..compare import Sweep, check_gates, expand, run_sweep
     from ..reference import default_cache_dir
     from .console import progress_bar, show_progress, warn
-    from .plotting import check_figure_path
+    from .plotting import check_dpi, check_figure_path
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format: {fmt!r} is not allowed; choose one of: {', '.join(FORMATS)}")
+    check_format(fmt, FORMATS)
     converters = {"order": int, "steps": int}
     values = {name: split_list(f"--{name.replace('_', '-')}", raw, converters.get(name, str)) for name, raw in sweep_values.items()}
     if not (math.isfinite(tolerance) and tolerance >= 0):
@@ -64,8 +63,7 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
         _check_out_dir(out)
     if plot is not None:
         check_figure_path("--plot", plot)
-    if dpi < 10 or dpi > 1200:
-        raise ConfigError(f"--dpi: {dpi} is not allowed; choose 10 to 1200")
+    check_dpi(dpi)
     sweep = Sweep(
         base=solver(), values=values, model=model, batch=batch, seed=seed, device=device, dtype=dtype,
         reference_steps=reference_steps, bandwidth=bandwidth,

@@ -8,9 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import ConfigError
 from .console import handle_errors, progress_bar, show_progress, stdout_console, warn
-from .options import OUTPUT, RUN, with_solver_options
+from .options import OUTPUT, RUN, check_format, with_solver_options
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok · 1 a compare gate failed · 2 usage or configuration error · "
@@ -32,12 +31,6 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and 
 Dpi = Annotated[int, typer.Option("--dpi", help="Resolution of .png figures.", rich_help_panel=OUTPUT)]
 
 
-def _check_format(value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ConfigError(f"--format: {value!r} is not allowed; choose one of: {', '.join(allowed)}")
-    return value
-
-
 @app.command(epilog=EXIT_CODES_HELP)
 @handle_errors
 @with_solver_options
@@ -53,7 +46,7 @@ def schedule(solver, format: Format = "table", quiet: Quiet = False):
     from ..plan import build_plan
     from ..report import csv_text, dumps_json
 
-    fmt = _check_format(format, ("table", "json", "csv"))
+    fmt = check_format(format, ("table", "json", "csv"))
     plan = build_plan(solver())
     warn(plan.warnings, quiet)
     columns = ["step", "timestep", "sigma", "alpha_t", "sigma_t", "lambda", "h", "order", "evaluations"]
@@ -124,7 +117,7 @@ def sample(
     """
     from .run import run_sample
 
-    fmt = _check_format(format, ("table", "json"))
+    fmt = check_format(format, ("table", "json"))
     run_sample(
         config=solver(),
         model_name=model,

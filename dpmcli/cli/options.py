@@ -146,6 +146,12 @@ FinalSigma = Annotated[
 ]
 
 
+def check_format(value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"--format: {value!r} is not allowed; choose one of: {', '.join(allowed)}")
+    return value
+
+
 def read_numbers(option: str, value: str) -> tuple[float, ...]:
     """A comma list, or a .npy / whitespace-separated text file of numbers."""
     if os.path.exists(value):

@@ -11,6 +11,11 @@ from .options import split_list
 from .run import check_writable
 
 
+def check_dpi(dpi: int) -> None:
+    if dpi < 10 or dpi > 1200:
+        raise ConfigError(f"--dpi: {dpi} is not allowed; choose 10 to 1200")
+
+
 def check_figure_path(option: str, path: Path) -> None:
     from ..plots import figure_format
 
@@ -24,12 +29,13 @@ def plot_schedule_command(solver, spacing, beta_schedule, steps, out: Path, dpi:
     from .console import warn
 
     check_figure_path("--out", out)
-    if dpi < 10 or dpi > 1200:
-        raise ConfigError(f"--dpi: {dpi} is not allowed; choose 10 to 1200")
+    check_dpi(dpi)
     spacings = split_list("--spacing", spacing) or [None]
     betas = split_list("--beta-schedule", beta_schedule) or [None]
     counts = split_list("--steps", steps, int) or [None]
     combos = list(itertools.product(spacings, betas, counts))
+    if solver().sigmas is not None and len(combos) > 1:
+        raise ConfigError("--sigmas: a custom grid is one curve; drop the lists of --spacing/--beta-schedule/--steps")
     if len(combos) > 12:
         raise ConfigError(f"--spacing/--beta-schedule/--steps: {len(combos)} combinations; draw at most 12 in one figure")
     plans = []
@@ -56,8 +62,7 @@ def check_sample_outputs(plot, plot_samples, trace, trace_stride: int, dpi: int)
         check_writable("--trace", trace, ".npz")
     if trace_stride < 1:
         raise ConfigError(f"--trace-stride: {trace_stride} is not allowed; it must be at least 1")
-    if dpi < 10 or dpi > 1200:
-        raise ConfigError(f"--dpi: {dpi} is not allowed; choose 10 to 1200")
+    check_dpi(dpi)
 
 
 def write_sample_outputs(report, trace_recorder, plot, plot_samples, trace, dpi: int, title: str) -> list[Path]:

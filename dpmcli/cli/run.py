@@ -51,7 +51,7 @@ def run_sample(
         report = experiment.run(prepared, on_step=advance, extra=() if recorder is None else (recorder,))
     if save is not None:
         samples = report.result.samples.detach().cpu()
-        if samples.dtype not in (torch.float32, torch.float64):  # numpy has no bfloat16
+        if samples.dtype not in (torch.float32, torch.float64):  # half types are written as float32
             samples = samples.float()
         save_npy(save, samples.numpy())
     from .render import config_line
