@@ -41,7 +41,7 @@ def step(
     threshold_max: float = 1.0,
     anchor: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """One multistep update. Returns (x_next, history_next); history is most recent first.
+    """One row of the plan: returns (x_next, history_next); history is most recent first.
 
     ``history`` holds what the plan says earlier steps stored (their m0 up to a scale the
     plan already folded into this step's weights). ``noise_term`` is the step's noise already
