@@ -152,10 +152,7 @@ def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), 
         ok = error <= 1.0
         attempts.append({"lambda": lam_s, "h": step, "error": error, "accepted": ok, "nfe": calls.calls})
         if ok:
-            info = {
-                "step": accepted, "stage": 0, "timestep": float(plan.schedule.timestep_at(lam_s)), "sigma": math.exp(-lam_s),
-                "alpha_t": _vp(lam_s)[0], "sigma_t": _vp(lam_s)[1], "lambda": lam_s, "h": step, "order": order,
-            }
+            info = _info(plan, accepted, lam_s, step, order)
             event = AdaptiveEvent(accepted, x, out_s, x_higher, info, data_prediction_at(plan, x, out_s, lam_s))
             for callback in callbacks:
                 callback(event)
@@ -167,14 +164,20 @@ def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), 
         # final sigma 0: one last first-order step, which returns the data prediction
         m_s, out_s = calls(x, lam_s)
         x0 = data_prediction_at(plan, x, out_s, lam_s)
-        info = {
-            "step": accepted, "stage": 0, "timestep": float(plan.schedule.timestep_at(lam_s)), "sigma": math.exp(-lam_s),
-            "alpha_t": _vp(lam_s)[0], "sigma_t": _vp(lam_s)[1], "lambda": lam_s, "h": math.inf, "order": 1,
-        }
+        info = _info(plan, accepted, lam_s, math.inf, 1)
         for callback in callbacks:
             callback(AdaptiveEvent(accepted, x, out_s, x0, info, x0))
         x = x0
     return AdaptiveResult(samples=x.to(dtype), nfe=calls.calls, seconds=time.perf_counter() - start, attempts=attempts)
+
+
+def _info(plan: Plan, step: int, lam: float, h: float, order: int) -> dict:
+    """The per-step columns (as ``Plan.eval_row``) of an accepted step starting at lambda."""
+    alpha, sigma, _ = _vp(lam)
+    return {
+        "step": step, "stage": 0, "timestep": float(plan.schedule.timestep_at(lam)), "sigma": math.exp(-lam),
+        "alpha_t": alpha, "sigma_t": sigma, "lambda": lam, "h": h, "order": order,
+    }
 
 
 def data_prediction_at(plan: Plan, x: torch.Tensor, out: torch.Tensor, lam: float) -> torch.Tensor:
