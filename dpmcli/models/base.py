@@ -1,0 +1,71 @@
+"""What the loop, the statistics and ``compare`` need from a model, whatever it is.
+
+A model is called as ``model(x, timestep) -> prediction`` on a batch of latents ``x`` shaped
+``(batch, *sample_shape)``; the prediction is of type ``prediction_type`` (what the network
+was trained to output). Everything else is optional and has a neutral default here:
+
+* ``schedule_options``: SolverConfig fields the model was trained with (betas, number of
+  training steps, prediction type, the pipeline's timestep spacing). They replace dpmcli's
+  defaults; options the user gives on the command line win over them.
+* ``bind(plan)``: called once the plan is built (the exact mixtures need its schedule).
+* ``mixture``: the exact data distribution when it is known (ground truth for ``compare``).
+* ``to_images(x)``: final latents as images in [0, 1], (batch, channels, height, width), for
+  ``--save-images``; None when the model has no image view.
+* ``quality(samples)``: sample-quality numbers that need no download (a dict; empty if none).
+* ``describe()``: what the JSON reports say about the model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Denoiser:
+    """Base class of dpmcli's models; see the module docstring for the contract."""
+
+    name: str = "model"
+    prediction_type: str = "epsilon"
+    sample_shape: tuple[int, ...] = ()
+    mixture = None
+    # the latents' dtype: networks run in --dtype, the solver arithmetic stays in this one
+    latent_dtype: torch.dtype | None = None
+
+    @property
+    def schedule_options(self) -> dict:
+        return {}
+
+    @property
+    def dims(self) -> int:
+        count = 1
+        for size in self.sample_shape:
+            count *= int(size)
+        return count
+
+    def bind(self, plan) -> None:
+        """Called once with the run's plan before the first model call."""
+
+    def __call__(self, x: torch.Tensor, timestep) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def quality(self, samples: torch.Tensor) -> dict:
+        return {}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "prediction_type": self.prediction_type, "sample_shape": list(self.sample_shape)}
+
+
+def timestep_batch(timestep, x: torch.Tensor) -> torch.Tensor:
+    """A timestep (float, int or 0-d tensor) as a (batch,) float32 tensor on x's device."""
+    if isinstance(timestep, torch.Tensor):
+        value = timestep.reshape(-1)[0].item()
+    else:
+        value = float(timestep)
+    return torch.full((x.shape[0],), value, device=x.device, dtype=torch.float32)
+
+
+def guided(unconditional: torch.Tensor, conditional: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: u + s (c - u); s = 1 is the conditional model alone, 0 the unconditional."""
+    return unconditional + scale * (conditional - unconditional)
