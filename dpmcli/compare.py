@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +29,7 @@ import torch
 from .config import ALGOS, COEFFICIENTS, COMPAT, FINAL_SIGMAS, METHODS, SOLVER_TYPES, SPACINGS, STARTUPS, SolverConfig
 from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, NumericalError, bad_choice
-from .models import MixtureModel, load_mixture
+from .models import Denoiser, MixtureModel, load_model
 from .noise import initial_latents
 from .plan import Plan, build_plan
 from .reference import ReferenceCache, default_cache_dir, ode_limit
@@ -44,6 +44,9 @@ DEFAULT_SWEEP = {
     "steps": [5, 10, 20, 50],
 }
 REFERENCE_ORDER = 2  # the fine-step SDE reference: order 2, exact weights, logsnr grid
+MIXTURE_REFERENCE_STEPS = 1000
+NETWORK_REFERENCE_STEPS = 200
+MIXTURE_BATCH = 4096
 
 
 @dataclass
@@ -57,9 +60,12 @@ class Sweep:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
-    reference_steps: int = 1000
+    reference_steps: int | None = None  # mixtures: 1000 (fine SDE run); networks: NETWORK_REFERENCE_STEPS
     bandwidth: float | None = None
     cache_dir: Path | None = field(default_factory=default_cache_dir)
+    conditioning: dict = field(default_factory=dict)  # class_label, prompt, ... for real models
+    guidance: list = field(default_factory=lambda: [None])  # guidance scales: one block of runs each
+    explicit: frozenset = frozenset()  # options the user typed: they win over the model's schedule
 
     def axis(self, name: str) -> list:
         if name in self.values and self.values[name]:
@@ -82,6 +88,8 @@ class Sweep:
             "dtype": self.dtype,
             "reference_steps": self.reference_steps,
             "bandwidth": self.bandwidth,
+            **{k: v for k, v in self.conditioning.items() if v is not None and v is not False},
+            **({"guidance_scale": self.guidance} if self.guidance != [None] else {}),
         }
 
 
@@ -172,10 +180,17 @@ class SweepReport:
     samples: dict  # run label -> final samples (CPU numpy), for plots
     mixture: object
     seconds: float
+    model: Denoiser | None = None
+    batch: int | None = None
+    notes: list = field(default_factory=list)
 
     def document(self) -> dict:
+        config = self.sweep.to_dict()
+        config["batch"] = self.batch if self.batch is not None else config["batch"]
+        if self.model is not None:
+            config["model_info"] = self.model.describe()
         return {
-            "config": self.sweep.to_dict(),
+            "config": config,
             "runs": self.runs,
             "skipped": self.skipped,
             "orders": self.orders,
@@ -189,11 +204,12 @@ def _median_l2(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return distance.median().item(), distance.max().item()
 
 
-class _References:
+class _MixtureReferences:
     """Ground truth of a sweep, computed once per distinct (kind, lambda range) and cached on disk."""
 
     def __init__(self, sweep: Sweep, mixture, x_T: torch.Tensor):
         self.sweep, self.mixture, self.x_T = sweep, mixture, x_T.detach().double().cpu()
+        self.reference_steps = sweep.reference_steps or MIXTURE_REFERENCE_STEPS
         self.cache = ReferenceCache(sweep.cache_dir)
         self.memory: dict = {}
         self.fine_plans: dict = {}
@@ -212,7 +228,7 @@ class _References:
     def sde(self, plan: Plan, noise_for: Callable) -> torch.Tensor:
         cfg = plan.config
         fine_cfg = cfg.with_options(
-            order=REFERENCE_ORDER, coefficients="exact", steps=self.sweep.reference_steps, spacing="logsnr",
+            order=REFERENCE_ORDER, coefficients="exact", steps=self.reference_steps, spacing="logsnr",
             lower_order_final=False, euler_at_final=False, compat="none", sigmas=None, method="multistep",
             startup="lower-order", nfe=None, final_sigma="zero" if plan.sigmas[-1] == 0 else "sigma-min",
         )
@@ -231,94 +247,220 @@ class _References:
         if key not in self.memory:
 
             def compute():
-                model = MixtureModel(self.mixture, fine.schedule, cfg.prediction_type)
+                model = MixtureModel(self.mixture)
+                model.bind(fine)
                 return sample(fine, model, self.x_T.clone(), noise_for(fine)).samples
 
             self.memory[key] = self.cache.get_or_compute(description, self._arrays, compute)
         return self.memory[key]
 
 
-def run_sweep(sweep: Sweep, on_run: Callable[[str], None] | None = None, planned=None, skipped=None) -> SweepReport:
-    """Run every valid combination; returns the report (rows sorted by error within each kind)."""
-    from .brownian import BrownianNoise
-    from .metrics import default_bandwidth, log_likelihood_gap, mmd2_to_mixture, mode_flips
+    def score(self, plan: Plan, final: torch.Tensor, noise_for: Callable) -> dict:
+        from .metrics import log_likelihood_gap, mmd2_to_mixture, mode_flips
 
-    start = time.perf_counter()
-    if sweep.batch < 2:
+        row = {"log_likelihood_gap": log_likelihood_gap(final, self.mixture)["gap"]}
+        if plan.config.is_sde:
+            row["mmd2"] = mmd2_to_mixture(final, self.mixture, self.bandwidth)["mmd2"]
+            reference = self.sde(plan, noise_for)
+            row["strong_error"] = _median_l2(final, reference)[0]
+            row["error"], row["error_metric"] = row["mmd2"], "mmd2"
+        else:
+            reference = self.ode(plan)
+            row["error"], row["error_max"] = _median_l2(final, reference)
+            row["error_metric"] = "l2_median"
+        row["mode_flips"] = mode_flips(final, reference, self.mixture)
+        return row
+
+    def describe(self) -> dict:
+        return {
+            "kind": "exact",
+            "ode": "exact probability-flow ODE solution from the same x_T (scipy DOP853, rtol 1e-10); "
+            "error = median per-sample L2 distance",
+            "sde": f"distribution: MMD^2 against the exact mixture (Gaussian kernel, bandwidth {self.bandwidth:.6g}); "
+            f"strong error: median L2 distance to a {self.reference_steps}-step order-{REFERENCE_ORDER} exact-weight "
+            "solution of the same SDE on the same Brownian path",
+            "bandwidth": self.bandwidth,
+            "reference_steps": self.reference_steps,
+            "cache": None if self.sweep.cache_dir is None else str(self.sweep.cache_dir),
+            "cache_hits": self.cache.hits,
+            "cache_misses": self.cache.misses,
+        }
+
+
+class _ReferenceRuns:
+    """Ground truth for a network, which has no exact answer: reference runs of the same model.
+
+    ODE runs are measured against a many-step run of an exact-weight third-order solver (with
+    the singlestep start-up, so it keeps order 3) from the same x_T over the same lambda range;
+    SDE runs against a many-step order-2 exact-weight run of the same SDE on the same Brownian
+    path. Both grids are uniform in lambda. They are computed in this process, not cached on
+    disk (a network's identity is not hashed).
+    """
+
+    def __init__(self, sweep: Sweep, model: Denoiser, x_T: torch.Tensor, steps: int):
+        self.sweep, self.model, self.x_T, self.steps = sweep, model, x_T, steps
+        self.memory: dict = {}
+        self.nfe = 0
+
+    def _grid(self, plan: Plan) -> tuple[float, ...]:
+        first, last = float(plan.sigmas[0]), float(plan.sigmas[-1])
+        # sigma 0 is lambda = inf: go uniformly to the schedule's smallest sigma, then one step to 0
+        low = last if last > 0 else float(np.exp(-np.max(plan.schedule.lambdas[np.isfinite(plan.schedule.lambdas)])))
+        points = self.steps + 1 if last > 0 else self.steps
+        sigmas = np.exp(-np.linspace(-np.log(first), -np.log(low), points))
+        return tuple(float(v) for v in sigmas) + (() if last > 0 else (0.0,))
+
+    def _run(self, key: tuple, config: SolverConfig, noise_for: Callable | None) -> torch.Tensor:
+        key = (*key, getattr(self.model, "guidance_scale", None))
+        if key not in self.memory:
+            fine = build_plan(config)
+            self.model.bind(fine)
+            result = run_plan(fine, self.model, self.x_T.clone(), None if noise_for is None else noise_for(fine))
+            self.nfe += result.nfe
+            self.memory[key] = result.samples.detach().double().cpu()
+        return self.memory[key]
+
+    def reference(self, plan: Plan, noise_for: Callable) -> torch.Tensor:
+        cfg = plan.config
+        grid = self._grid(plan)
+        common = dict(sigmas=grid, steps=len(grid) - 1, coefficients="exact", method="multistep", compat="none",
+                      lower_order_final=False, euler_at_final=False, nfe=None)
+        if cfg.is_sde:
+            fine = cfg.with_options(order=REFERENCE_ORDER, startup="lower-order", **common)
+            return self._run(("sde", cfg.algo, grid), fine, noise_for)
+        fine = cfg.with_options(algo="dpmsolver++", order=3, startup="singlestep", **common)
+        return self._run(("ode", grid), fine, None)
+
+    def score(self, plan: Plan, final: torch.Tensor, noise_for: Callable) -> dict:
+        reference = self.reference(plan, noise_for)
+        self.model.bind(plan)
+        error, worst = _median_l2(final, reference)
+        row = {"error": error, "error_max": worst, "error_metric": "l2_median_vs_reference"}
+        if plan.config.is_sde:
+            row["strong_error"] = error
+        return row
+
+    def describe(self) -> dict:
+        return {
+            "kind": "reference run",
+            "ode": f"reference run: {self.steps}-step dpmsolver++ order 3 (exact weights, singlestep start-up, uniform "
+            "in lambda) of the same model from the same x_T; error = median per-sample L2 distance",
+            "sde": f"reference run: {self.steps}-step order-{REFERENCE_ORDER} exact-weight solution of the same SDE on the "
+            "same Brownian path; error = median per-sample L2 distance (strong error)",
+            "reference_steps": self.steps,
+            "reference_nfe": self.nfe,
+            "cache": None,
+        }
+
+
+@dataclass
+class PreparedSweep:
+    """A sweep with its model loaded and its runs planned on the model's schedule."""
+
+    sweep: Sweep
+    model: Denoiser
+    planned: list
+    skipped: list
+    notes: list[str]
+    device: torch.device
+    dtype: torch.dtype
+
+
+def prepare_sweep(sweep: Sweep) -> PreparedSweep:
+    """Check the numbers, load the model, plan every run; ConfigError before any sampling."""
+    from .experiment import apply_model_schedule
+
+    if sweep.batch is not None and sweep.batch < 2:
         raise ConfigError(f"--batch: {sweep.batch} is not allowed; compare needs at least 2 samples")
-    if sweep.reference_steps < 10:
+    if sweep.reference_steps is not None and sweep.reference_steps < 10:
         raise ConfigError(f"--reference-steps: {sweep.reference_steps} is not allowed; use at least 10")
-    if sweep.reference_steps > sweep.base.train_steps:
+    if sweep.bandwidth is not None and not (math.isfinite(sweep.bandwidth) and sweep.bandwidth > 0):
+        raise ConfigError(f"--bandwidth: {sweep.bandwidth} is not allowed; it must be a positive number")
+    for scale in sweep.guidance:
+        if scale is not None and not (math.isfinite(scale) and scale >= 0):
+            raise ConfigError(f"--guidance-scale: {scale} is not allowed; give numbers >= 0")
+    check_axes(sweep)
+    device = resolve_device(sweep.device)
+    dtype = resolve_dtype(sweep.dtype, device)
+    model = load_model(sweep.model, device=device, dtype=dtype, guidance_scale=sweep.guidance[0], **sweep.conditioning)
+    if model.mixture is not None and (sweep.reference_steps or MIXTURE_REFERENCE_STEPS) > sweep.base.train_steps:
         raise ConfigError(
             f"--reference-steps: {sweep.reference_steps} is more than --train-steps ({sweep.base.train_steps}); use at most that"
         )
-    if sweep.bandwidth is not None and not (math.isfinite(sweep.bandwidth) and sweep.bandwidth > 0):
-        raise ConfigError(f"--bandwidth: {sweep.bandwidth} is not allowed; it must be a positive number")
-    planned, skipped = expand(sweep) if planned is None else (planned, skipped or [])
-    device = resolve_device(sweep.device)
-    dtype = resolve_dtype(sweep.dtype, device)
-    mixture = load_mixture(sweep.model)
-    bandwidth = default_bandwidth(mixture) if sweep.bandwidth is None else float(sweep.bandwidth)
-    x_T = initial_latents(sweep.seed, (sweep.batch, mixture.dims), device, dtype)
-    references = _References(sweep, mixture, x_T)
+    base, notes = apply_model_schedule(sweep.base, model.schedule_options, sweep.explicit)
+    sweep = replace(sweep, base=base)
+    planned, skipped = expand(sweep)
+    return PreparedSweep(sweep, model, planned, skipped, notes, device, dtype)
+
+
+def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None = None) -> SweepReport:
+    """Run every valid combination; returns the report (rows sorted by error within each kind)."""
+    from .brownian import BrownianNoise
+    from .metrics import default_bandwidth
+
+    start = time.perf_counter()
+    prepared = sweep if isinstance(sweep, PreparedSweep) else prepare_sweep(sweep)
+    sweep, model = prepared.sweep, prepared.model
+    mixture = model.mixture
+    batch = sweep.batch or (MIXTURE_BATCH if mixture is not None else getattr(model, "compare_batch", model.default_batch))
+    shape = (batch, *model.sample_shape)
+    x_T = initial_latents(sweep.seed, shape, prepared.device, model.latent_dtype or prepared.dtype)
+    if mixture is not None:
+        references = _MixtureReferences(sweep, mixture, x_T)
+        references.bandwidth = default_bandwidth(mixture) if sweep.bandwidth is None else float(sweep.bandwidth)
+    else:
+        references = _ReferenceRuns(sweep, model, x_T, sweep.reference_steps or NETWORK_REFERENCE_STEPS)
     trees: dict = {}
 
     def noise_for(plan: Plan):
-        return BrownianNoise.shared(sweep.seed, plan, (sweep.batch, mixture.dims), trees)
+        return BrownianNoise.shared(sweep.seed, plan, shape, trees)
 
     # Labels name the algorithm, the order and whatever else the sweep varies.
     shown = tuple(f for f in SOLVER_FIELDS if f in ("algo", "order") or len(sweep.axis(f)) > 1)
     runs: list[dict] = []
     samples: dict = {}
-    for item in planned:
-        plan, key = item.plan, item.key
-        label = run_label(key, shown + ("steps",))
-        model = MixtureModel(mixture, plan.schedule, plan.config.prediction_type)
-        row = {"run": label, "solver": run_label(key, shown), **key, "nfe": plan.nfe, "kind": "sde" if plan.config.is_sde else "ode",
-               "convergence_order": plan.convergence_order, "status": "ok"}
-        try:
-            result = run_plan(plan, model, x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
-        except NumericalError as exc:
-            row.update({"status": "nan", "message": str(exc), "error": None, "seconds": None})
+    for scale in sweep.guidance:
+        if scale is not None:
+            model.guidance_scale = scale
+        for item in prepared.planned:
+            plan, key = item.plan, item.key
+            label = run_label(key, shown + ("steps",))
+            if len(sweep.guidance) > 1:
+                label = f"{label} cfg {scale:g}"
+            solver = run_label(key, shown) + (f" cfg {scale:g}" if len(sweep.guidance) > 1 else "")
+            row = {"run": label, "solver": solver, **key, "nfe": plan.nfe, "kind": "sde" if plan.config.is_sde else "ode",
+                   "convergence_order": plan.convergence_order, "status": "ok"}
+            if scale is not None:
+                row["guidance_scale"] = scale
+            model.bind(plan)
+            try:
+                result = run_plan(plan, model, x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
+            except NumericalError as exc:
+                row.update({"status": "nan", "message": str(exc), "error": None, "seconds": None})
+                runs.append(row)
+                if on_run:
+                    on_run(label)
+                continue
+            final = result.samples.detach().double().cpu()
+            row["seconds"] = result.seconds
+            row["nfe"] = result.nfe
+            row.update(references.score(plan, final, noise_for))
+            if mixture is None:
+                row.update(_scalar_quality(model.quality(result.samples)))
+            samples[label] = final.numpy()
             runs.append(row)
             if on_run:
                 on_run(label)
-            continue
-        final = result.samples.detach().double().cpu()
-        row["seconds"] = result.seconds
-        row["nfe"] = result.nfe
-        row["log_likelihood_gap"] = log_likelihood_gap(final, mixture)["gap"]
-        if plan.config.is_sde:
-            row["mmd2"] = mmd2_to_mixture(final, mixture, bandwidth)["mmd2"]
-            reference = references.sde(plan, noise_for)
-            row["strong_error"] = _median_l2(final, reference)[0]
-            row["error"] = row["mmd2"]
-            row["error_metric"] = "mmd2"
-            row["mode_flips"] = mode_flips(final, reference, mixture)
-        else:
-            reference = references.ode(plan)
-            row["error"], row["error_max"] = _median_l2(final, reference)
-            row["error_metric"] = "l2_median"
-            row["mode_flips"] = mode_flips(final, reference, mixture)
-        samples[label] = final.numpy()
-        runs.append(row)
-        if on_run:
-            on_run(label)
     _mark_best(runs)
     runs.sort(key=lambda r: (r["kind"], math.inf if r.get("error") is None else r["error"]))
     orders = fit_orders(runs)
-    reference = {
-        "ode": "exact probability-flow ODE solution from the same x_T (scipy DOP853, rtol 1e-10); "
-        "error = median per-sample L2 distance",
-        "sde": f"distribution: MMD^2 against the exact mixture (Gaussian kernel, bandwidth {bandwidth:.6g}); "
-        f"strong error: median L2 distance to a {sweep.reference_steps}-step order-{REFERENCE_ORDER} exact-weight "
-        "solution of the same SDE on the same Brownian path",
-        "bandwidth": bandwidth,
-        "cache": None if sweep.cache_dir is None else str(sweep.cache_dir),
-        "cache_hits": references.cache.hits,
-        "cache_misses": references.cache.misses,
-    }
-    return SweepReport(sweep, runs, skipped, orders, reference, samples, mixture, time.perf_counter() - start)
+    return SweepReport(sweep, runs, prepared.skipped, orders, references.describe(), samples, mixture, time.perf_counter() - start,
+                       model=model, batch=batch, notes=prepared.notes)
+
+
+def _scalar_quality(quality: dict) -> dict:
+    """The model's scalar quality numbers, as run columns (lists such as class shares stay out)."""
+    return {key: value for key, value in quality.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def _mark_best(runs: list[dict]) -> None:

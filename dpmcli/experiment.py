@@ -15,13 +15,16 @@ import torch
 from .config import SolverConfig
 from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError
-from .models import MixtureModel, load_mixture
+from .models import Denoiser, MixtureModel, load_model
 from .noise import ArrayNoise, GaussianNoise, initial_latents
 from .plan import Plan, build_plan
 from .sampler import RunResult, sample
-from .stats import StepStatistics, mixture_summary, tensor_stats
+from .stats import StepStatistics, tensor_stats
 
 DEFAULT_BATCH = 1024
+# The training schedule travels as a group: mixing a model's betas with the user's would
+# describe a process the network never saw.
+BETA_OPTIONS = ("beta_schedule", "beta_start", "beta_end", "train_steps", "trained_betas", "rescale_zero_snr")
 
 
 @dataclass
@@ -35,6 +38,21 @@ class RunSpec:
     dtype: str = "float32"
     x_init: Path | None = None
     noise: Path | None = None
+    class_label: str | int | None = None
+    guidance_scale: float | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    height: int | None = None
+    width: int | None = None
+    allow_download: bool = False
+
+    def conditioning(self) -> dict:
+        """The options that go to the model's loader (None: not given)."""
+        return {
+            "class_label": self.class_label, "guidance_scale": self.guidance_scale, "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt, "height": self.height, "width": self.width,
+            "allow_download": self.allow_download,
+        }
 
     def to_dict(self) -> dict:
         return {
@@ -45,13 +63,14 @@ class RunSpec:
             "dtype": self.dtype,
             "x_init": None if self.x_init is None else str(self.x_init),
             "noise": None if self.noise is None else str(self.noise),
+            **{k: v for k, v in self.conditioning().items() if v is not None and v is not False},
         }
 
 
 @dataclass
 class Prepared:
     plan: Plan
-    model: MixtureModel
+    model: Denoiser
     x_init: torch.Tensor
     noise: Callable
     spec: RunSpec
@@ -66,7 +85,11 @@ class SampleReport:
     result: RunResult
     steps: list[dict]
     final: dict
-    mixture: dict
+    quality: dict  # the model's sample-quality numbers (mixtures: the exact-distribution summary)
+
+    @property
+    def mixture(self) -> dict | None:
+        return self.quality if self.prepared.model.mixture is not None else None
 
     def _adaptive_summary(self) -> dict:
         attempts = getattr(self.result, "attempts", None)
@@ -90,7 +113,8 @@ class SampleReport:
             "nfe": self.result.nfe,
             "seconds": self.result.seconds,
             "final": self.final,
-            "mixture": self.mixture,
+            "model": self.prepared.model.describe(),
+            **({"mixture": self.quality} if self.mixture is not None else {"quality": self.quality}),
             "convergence_order": plan.convergence_order,
             "order_note": plan.order_note,
             **self._adaptive_summary(),
@@ -98,13 +122,14 @@ class SampleReport:
         }
 
 
-def _load_x_init(path: Path, dims: int, batch: int | None) -> torch.Tensor:
+def _load_x_init(path: Path, shape: tuple[int, ...], batch: int | None) -> torch.Tensor:
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--x-init: cannot read {path} as a .npy array ({exc})") from None
-    if array.ndim != 2 or array.shape[1] != dims or array.shape[0] < 1:
-        raise ConfigError(f"--x-init: {path} has shape {array.shape}; this model needs (batch, {dims})")
+    if array.ndim != 1 + len(shape) or tuple(array.shape[1:]) != tuple(shape) or array.shape[0] < 1:
+        want = ", ".join(str(s) for s in shape)
+        raise ConfigError(f"--x-init: {path} has shape {array.shape}; this model needs (batch, {want})")
     if batch is not None and batch != array.shape[0]:
         raise ConfigError(f"--batch: {batch} conflicts with --x-init, which holds {array.shape[0]} rows; drop one of them")
     if not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
@@ -112,21 +137,56 @@ def _load_x_init(path: Path, dims: int, batch: int | None) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float64))
 
 
-def prepare(config: SolverConfig, spec: RunSpec) -> Prepared:
-    """Validate everything and build the run's inputs; raises ConfigError before any work."""
-    plan = build_plan(config)
+def apply_model_schedule(config: SolverConfig, options: dict, explicit=frozenset()) -> tuple[SolverConfig, list[str]]:
+    """The model's own schedule in place of dpmcli's defaults; options the user typed win.
+
+    Returns the config and notes for the options that overrode the model's.
+    """
+    if not options:
+        return config, []
+    notes = []
+    changes = {k: v for k, v in options.items() if k not in explicit}
+    typed_betas = [k for k in BETA_OPTIONS if k in explicit]
+    if typed_betas and any(k in options for k in BETA_OPTIONS):
+        for k in BETA_OPTIONS:
+            changes.pop(k, None)
+        notes.append(f"--{typed_betas[0].replace('_', '-')} replaces the training schedule the model was trained with")
+    for key in sorted(set(options) & set(explicit) - set(BETA_OPTIONS)):
+        if options[key] != getattr(config, key):
+            notes.append(f"--{key.replace('_', '-')} {getattr(config, key)} overrides the model's {options[key]}")
+    if "trained_betas" in changes and changes["trained_betas"] is not None:
+        changes["trained_betas"] = tuple(float(b) for b in changes["trained_betas"])
+    return config.with_options(**changes), notes
+
+
+def load_and_plan(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> tuple[Denoiser, Plan, torch.device, torch.dtype, list[str]]:
+    """Validate the options, load the model, and build the plan on the model's schedule."""
+    build_plan(config)  # the user's options are checked before a model is loaded
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     if spec.batch is not None and spec.batch < 1:
         raise ConfigError(f"--batch: {spec.batch} is not allowed; it must be at least 1")
-    mixture = load_mixture(spec.model)
-    model = MixtureModel(mixture, plan.schedule, plan.config.prediction_type)
+    model = load_model(spec.model, device=device, dtype=dtype, **spec.conditioning())
+    config, notes = apply_model_schedule(config, model.schedule_options, explicit)
+    plan = build_plan(config)
+    model.bind(plan)
+    return model, plan, device, dtype, notes
+
+
+def prepare(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> Prepared:
+    """Validate everything and build the run's inputs; raises ConfigError before any work.
+
+    ``explicit`` names the options the user typed (they win over the model's schedule).
+    """
+    model, plan, device, dtype, notes = load_and_plan(config, spec, explicit)
+    latent_dtype = model.latent_dtype or dtype
+    shape = tuple(model.sample_shape)
     if spec.x_init is not None:
-        x = _load_x_init(spec.x_init, mixture.dims, spec.batch).to(device=device, dtype=dtype)
+        x = _load_x_init(spec.x_init, shape, spec.batch).to(device=device, dtype=latent_dtype)
     else:
-        batch = DEFAULT_BATCH if spec.batch is None else spec.batch
-        x = initial_latents(spec.seed, (batch, mixture.dims), device, dtype)
-    warnings = list(plan.warnings)
+        batch = getattr(model, "default_batch", DEFAULT_BATCH) if spec.batch is None else spec.batch
+        x = initial_latents(spec.seed, (batch, *shape), device, latent_dtype)
+    warnings = list(plan.warnings) + notes
     if spec.noise is not None:
         noise = ArrayNoise.load(spec.noise, plan.steps, tuple(x.shape))
         if not plan.config.is_sde:
@@ -151,8 +211,7 @@ def run(prepared: Prepared, on_step: Callable | None = None, extra: tuple[Callab
     callbacks = (recorder, *extra) + (() if on_step is None else (on_step,))
     result = run_plan(prepared.plan, prepared.model, prepared.x_init, prepared.noise, callbacks)
     final = tensor_stats(result.samples)
-    summary = mixture_summary(prepared.model.mixture, result.samples)
-    return SampleReport(prepared, result, recorder.rows, final, summary)
+    return SampleReport(prepared, result, recorder.rows, final, prepared.model.quality(result.samples))
 
 
 def solve(mixture, x_T: torch.Tensor, **options):
@@ -161,7 +220,8 @@ def solve(mixture, x_T: torch.Tensor, **options):
     from .api import DPMSolver
 
     solver = DPMSolver(**options)
-    model = MixtureModel(mixture, solver.plan.schedule, solver.config.prediction_type)
+    model = MixtureModel(mixture)
+    model.bind(solver.plan)
     x = x_T.clone()
     for t in solver.timesteps:
         x = solver.step(model(x, t), t, x)

@@ -43,8 +43,8 @@ def _check_out_dir(out: Path) -> None:
 
 
 def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, reference_steps, bandwidth, cache_dir, no_cache,
-                max_error, baseline, tolerance, min_order, fmt, out, plot, dpi, quiet) -> int:
-    from ..compare import Sweep, check_gates, expand, run_sweep
+                max_error, baseline, tolerance, min_order, fmt, out, plot, dpi, quiet, conditioning=None, guidance=None) -> int:
+    from ..compare import Sweep, check_gates, prepare_sweep, run_sweep
     from ..reference import default_cache_dir
     from .console import progress_bar, show_progress, warn
     from .plotting import check_dpi, check_figure_path
@@ -64,14 +64,17 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     if plot is not None:
         check_figure_path("--plot", plot)
     check_dpi(dpi)
+    scales = split_list("--guidance-scale", guidance, float) or [None]
     sweep = Sweep(
         base=solver(), values=values, model=model, batch=batch, seed=seed, device=device, dtype=dtype,
         reference_steps=reference_steps, bandwidth=bandwidth,
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
+        conditioning=dict(conditioning or {}), guidance=scales, explicit=getattr(solver, "explicit", frozenset()),
     )
-    planned, skipped = expand(sweep)  # usage errors (nothing valid) surface before any work
-    with progress_bar(len(planned), "compare", show_progress(quiet)) as advance:
-        report = run_sweep(sweep, on_run=advance, planned=planned, skipped=skipped)
+    prepared = prepare_sweep(sweep)  # usage errors (nothing valid) surface before any work
+    warn(prepared.notes, quiet)
+    with progress_bar(len(prepared.planned) * len(scales), "compare", show_progress(quiet)) as advance:
+        report = run_sweep(prepared, on_run=advance)
     invalid = [s for s in report.skipped if not s["reason"].startswith("identical to")]
     merged = len(report.skipped) - len(invalid)
     warn([f"skipped {s['run']}: {s['reason']}" for s in invalid], quiet)
@@ -108,13 +111,25 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     return 0
 
 
+def _quality_columns(report) -> dict:
+    if report.mixture is not None or report.model is None:
+        return {}
+    return dict(getattr(report.model, "quality_columns", {}))
+
+
+def csv_columns(report) -> list[str]:
+    """The fixed columns, then guidance and the model's quality numbers when a network ran."""
+    extra = (["guidance_scale"] if any("guidance_scale" in r for r in report.runs) else []) + list(_quality_columns(report))
+    return CSV_COLUMNS[:-2] + extra + CSV_COLUMNS[-2:]
+
+
 def document_config(report) -> dict:
     return report.sweep.to_dict()
 
 
 def _title(report) -> str:
     sweep = report.sweep
-    return f"{sweep.model}, {sweep.batch} samples, seed {sweep.seed}: error against NFE"
+    return f"{sweep.model}, {report.batch or sweep.batch} samples, seed {sweep.seed}: error against NFE"
 
 
 def emit(report, document: dict, fmt: str) -> None:
@@ -123,7 +138,7 @@ def emit(report, document: dict, fmt: str) -> None:
     if fmt == "json":
         sys.stdout.write(dumps_json(document))
     elif fmt == "csv":
-        sys.stdout.write(csv_text(report.runs, CSV_COLUMNS))
+        sys.stdout.write(csv_text(report.runs, csv_columns(report)))
     elif fmt == "markdown":
         sys.stdout.write(markdown_summary(report, document))
     else:
@@ -142,17 +157,45 @@ def write_out_dir(report, document: dict, out: Path, dpi: int) -> None:
     out.mkdir(exist_ok=True)
     files = {
         "results.json": dumps_json(document),
-        "results.csv": csv_text(report.runs, CSV_COLUMNS),
+        "results.csv": csv_text(report.runs, csv_columns(report)),
         "summary.md": markdown_summary(report, document),
         "config.json": dumps_json(document["config"]),
     }
     for name, text in files.items():
         atomic_write(out / name, lambda handle, text=text: handle.write(text.encode()))
     save_figure(error_figure(report.runs, _title(report)), out / "error_vs_nfe.png", dpi)
-    if report.mixture.dims == 2:
+    if report.mixture is None and report.model is not None and len(report.model.sample_shape) == 3:
+        write_image_panels(report, out / "samples.png")
+    elif report.mixture is not None and report.mixture.dims == 2:
         panels = sample_panels(report)
         if panels:
             save_figure(compare_samples_figure(report.mixture, panels, f"{report.sweep.model}: final samples per solver"), out / "samples.png", dpi)
+
+
+def write_image_panels(report, path: Path, per_run: int = 10) -> None:
+    """Image models: one row per solver at the shared step count, the first ``per_run`` samples each."""
+    import torch
+
+    from ..images import save_image_grid
+
+    rows = _panel_rows(report)
+    if not rows:
+        return
+    images = []
+    for row in rows:
+        final = torch.from_numpy(report.samples[row["run"]][:per_run])
+        images.append(report.model.to_images(final))
+    count = min(len(i) for i in images)
+    save_image_grid(path, torch.cat([i[:count] for i in images]), columns=count)
+
+
+def _panel_rows(report) -> list:
+    steps = sorted({r["steps"] for r in report.runs if r["status"] == "ok"})
+    if not steps:
+        return []
+    chosen = steps[1] if len(steps) > 1 else steps[0]
+    rows = [r for r in report.runs if r["steps"] == chosen and r["status"] == "ok"]
+    return sorted(rows, key=lambda r: (r["kind"], r["solver"]))[:16]
 
 
 def sample_panels(report) -> list:
@@ -189,7 +232,7 @@ def markdown_summary(report, document: dict) -> str:
     lines = [
         "# dpmcli compare",
         "",
-        f"Model `{sweep['model']}`, {sweep['batch']} samples, seed {sweep['seed']}, dtype {sweep['dtype']}; "
+        f"Model `{sweep['model']}`, {report.batch or sweep['batch']} samples, seed {sweep['seed']}, dtype {sweep['dtype']}; "
         f"{len(report.runs)} runs, {len(report.skipped)} skipped, {report.seconds:.1f} s.",
         "",
         f"- ODE ground truth: {report.reference['ode']}",
@@ -197,14 +240,21 @@ def markdown_summary(report, document: dict) -> str:
         "",
         "## Runs (sorted by error; ★ = best at its NFE)",
         "",
-        "| | solver | steps | NFE | error | metric | mode flips | strong error | log-lik gap | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    quality = _quality_columns(report)
+    middle = (
+        {"mode_flips": "mode flips", "strong_error": "strong error", "log_likelihood_gap": "log-lik gap"}
+        if report.mixture is not None else quality
+    )
+    lines += [
+        "| | solver | steps | NFE | error | metric | " + " | ".join(middle.values()) + " | seconds |",
+        "|---|---|---|---|---|---|" + "---|" * len(middle) + "---|",
     ]
     for r in report.runs:
+        cells = " | ".join(_md_number(r.get(key)) for key in middle)
         lines.append(
             f"| {_md_number(r.get('best_at_nfe'))} | {r['solver']} | {r['steps']} | {r['nfe']} | {_md_number(r.get('error'))} | "
-            f"{r.get('error_metric', r['status'])} | {_md_number(r.get('mode_flips'))} | {_md_number(r.get('strong_error'))} | "
-            f"{_md_number(r.get('log_likelihood_gap'))} | {_md_number(r.get('seconds'))} |"
+            f"{r.get('error_metric', r['status'])} | {cells} | {_md_number(r.get('seconds'))} |"
         )
     lines += ["", "## Convergence orders (slope of log error against log NFE)", "",
               "| solver | metric | nominal | expected | fitted |", "|---|---|---|---|---|"]

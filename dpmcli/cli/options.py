@@ -277,6 +277,32 @@ _DEFAULTS = SolverConfig()
 _NONE_DEFAULT = {"steps", "trained_betas", "sigmas", "nfe"}
 
 
+class SolverOptions:
+    """The parsed solver options of a command: ``solver(**overrides)`` builds the SolverConfig.
+
+    ``explicit`` names the options the user typed; a model's own schedule (betas, prediction
+    type, spacing) replaces dpmcli's defaults but never these.
+    """
+
+    def __init__(self, values: dict, explicit: frozenset[str] = frozenset()):
+        self.values = values
+        self.explicit = explicit
+
+    def __call__(self, **overrides) -> SolverConfig:
+        return solver_config(**{**self.values, **overrides})
+
+
+def _given_on_command_line(names) -> frozenset[str]:
+    import click
+    from click.core import ParameterSource
+
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return frozenset()
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
+    return frozenset(name for name in names if context.get_parameter_source(name) in given)
+
+
 def with_solver_options(command=None, *, exclude: tuple[str, ...] = ()):
     """Add every shared solver/schedule option to ``command``; it receives them as ``solver``.
 
@@ -305,7 +331,7 @@ def with_solver_options(command=None, *, exclude: tuple[str, ...] = ()):
     @functools.wraps(command)
     def wrapper(**kwargs):
         values = {**defaults, **{name: kwargs.pop(name) for name, _ in chosen}}
-        return command(solver=lambda **overrides: solver_config(**{**values, **overrides}), **kwargs)
+        return command(solver=SolverOptions(values, _given_on_command_line(name for name, _ in chosen)), **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=own + shared)
     annotations = {p.name: p.annotation for p in own}

@@ -105,15 +105,17 @@ def sample_tables(report) -> list:
 
     final = report.final
     mixture = report.mixture
-    summary = Table(title="Final samples", show_header=False, header_style="bold")
+    summary = Table(title=f"Final samples ({report.prepared.model.name})", show_header=False, header_style="bold")
     summary.add_column("what")
     summary.add_column("value", justify="right")
     summary.add_row("NFE", str(report.result.nfe))
     summary.add_row("seconds", f"{report.result.seconds:.3f}")
-    summary.add_row("samples", f"{report.result.samples.shape[0]} x {report.result.samples.shape[1]}")
+    summary.add_row("samples", " x ".join(str(n) for n in report.result.samples.shape))
     summary.add_row("mean / std", f"{num(final['mean'])} / {num(final['std'])}")
     summary.add_row("min / max", f"{num(final['min'])} / {num(final['max'])}")
     summary.add_row("mean L2 norm", num(final["norm"]))
+    if mixture is None:
+        return [steps, summary, *quality_tables(report.quality, summary)]
     gap = mixture["mean_log_likelihood"] - mixture["expected_log_likelihood"]
     summary.add_row(
         "mean log-likelihood under the mixture",
@@ -133,6 +135,27 @@ def sample_tables(report) -> list:
     return [steps, summary, shares]
 
 
+def _label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def quality_tables(quality: dict, summary: Table) -> list:
+    """A learned model's sample-quality numbers: scalars go into ``summary``, lists of shares get a bar table."""
+    tables = []
+    for key, value in quality.items():
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
+            shares = Table(title=_label(key).capitalize(), header_style="bold")
+            shares.add_column("index", justify="right")
+            shares.add_column("share", justify="right")
+            shares.add_column("", justify="left")
+            for index, share in enumerate(value):
+                shares.add_row(str(index), f"{share:.3f}", Text("█" * int(round(40 * share)), style="cyan"))
+            tables.append(shares)
+        elif isinstance(value, (int, float, str)) or value is None:
+            summary.add_row(_label(key), "—" if value is None else num(value) if isinstance(value, float) else str(value))
+    return tables
+
+
 def compare_tables(report, document) -> list:
     from ..compare import SWEEP_FIELDS
 
@@ -141,28 +164,42 @@ def compare_tables(report, document) -> list:
         f for f in ("algo", "order", "method", "startup", "solver_type", "spacing", "final_sigma", "coefficients", "compat")
         if f in varying or f in ("algo", "order")
     ]
+    batch = report.batch or report.sweep.batch
     runs = Table(
-        title=f"{len(report.runs)} runs on {report.sweep.model} ({report.sweep.batch} samples), sorted by error; ★ best at its NFE",
+        title=f"{len(report.runs)} runs on {report.sweep.model} ({batch} samples), sorted by error; ★ best at its NFE",
         caption=f"ODE: {report.reference['ode']}\nSDE: {report.reference['sde']}",
         header_style="bold",
     )
+    exact = report.mixture is not None
+    quality = {} if exact or report.model is None else dict(getattr(report.model, "quality_columns", {}))
+    guided = any(r.get("guidance_scale") is not None for r in report.runs)
     runs.add_column("")
     for name in shown:
         runs.add_column(name.replace("_", " "))
-    for name in ("steps", "NFE", "error", "metric", "mode flips", "strong err", "log-lik gap", "seconds"):
+    if guided:
+        runs.add_column("cfg", justify="right")
+    middle = ("mode flips", "strong err", "log-lik gap") if exact else tuple(quality.values())
+    for name in ("steps", "NFE", "error", "metric", *middle, "seconds"):
         runs.add_column(name, justify="right")
     for r in report.runs:
         error = r.get("error")
+        if exact:
+            extra = (
+                f"{r['mode_flips']:.1%}" if r.get("mode_flips") is not None else "-",
+                num(r.get("strong_error"), 3),
+                num(r.get("log_likelihood_gap"), 3),
+            )
+        else:
+            extra = tuple(num(r.get(key), 3) for key in quality)
         runs.add_row(
             "★" if r.get("best_at_nfe") else "",
             *[str(r[name]) for name in shown],
+            *((num(r.get("guidance_scale"), 3),) if guided else ()),
             "auto" if r.get("method") == "adaptive" else str(r["steps"]),
             str(r["nfe"]),
             num(error, 3) if error is not None else f"[red]{r['status']}[/red]",
-            r.get("error_metric", "-").replace("l2_median", "L2 median"),
-            f"{r['mode_flips']:.1%}" if r.get("mode_flips") is not None else "-",
-            num(r.get("strong_error"), 3),
-            num(r.get("log_likelihood_gap"), 3),
+            r.get("error_metric", "-").replace("l2_median_vs_reference", "L2 vs ref").replace("l2_median", "L2 median"),
+            *extra,
             num(r.get("seconds"), 2),
         )
     orders = Table(title="Empirical convergence order per solver (slope of log error against log NFE)", header_style="bold")

@@ -23,8 +23,8 @@ def check_writable(option: str, path: Path, suffix: str | None = None) -> None:
 
 
 def run_sample(
-    *, config, model_name, batch, seed, device_name, dtype_name, x_init, noise_path, save, plot, plot_samples, trace,
-    trace_stride, dpi, fmt, quiet, progress, progress_enabled,
+    *, config, explicit=frozenset(), model_name, conditioning=None, batch, seed, device_name, dtype_name, x_init, noise_path,
+    save, save_images=None, plot, plot_samples, trace, trace_stride, dpi, fmt, quiet, progress, progress_enabled,
 ):
     import torch
 
@@ -36,17 +36,23 @@ def run_sample(
 
     if save is not None:
         check_writable("--save", save, ".npy")
+    if save_images is not None:
+        check_writable("--save-images", save_images, ".png")
     check_sample_outputs(plot, plot_samples, trace, trace_stride, dpi)
-    spec = experiment.RunSpec(model_name, batch, seed, device_name, dtype_name, x_init, noise_path)
-    prepared = experiment.prepare(config, spec)
-    if plot_samples is not None and prepared.model.dims != 2:
+    spec = experiment.RunSpec(model_name, batch, seed, device_name, dtype_name, x_init, noise_path, **(conditioning or {}))
+    prepared = experiment.prepare(config, spec, explicit)
+    if plot_samples is not None and (prepared.model.mixture is None or prepared.model.dims != 2):
         raise ConfigError(
-            f"--plot-samples: model {model_name!r} is {prepared.model.dims}-D; sample plots need a 2-D model such as ring"
+            f"--plot-samples: model {model_name!r} is not a 2-D mixture; sample plots need one such as ring"
+            + (" (use --save-images for image models)" if len(prepared.model.sample_shape) == 3 else "")
         )
+    if save_images is not None and len(prepared.model.sample_shape) != 3:
+        raise ConfigError(f"--save-images: model {model_name!r} makes points, not images; use --plot-samples or --save")
     warn(prepared.warnings, quiet)
     recorder = None
     if trace is not None or plot_samples is not None:
         recorder = Trace(stride=trace_stride, keep_all=trace is not None, trajectories=12 if plot_samples is not None else 0)
+    config = prepared.plan.config
     with progress(prepared.plan.nfe or None, f"{config.algo} order {config.order}", progress_enabled) as advance:
         report = experiment.run(prepared, on_step=advance, extra=() if recorder is None else (recorder,))
     if save is not None:
@@ -56,7 +62,13 @@ def run_sample(
         save_npy(save, samples.numpy())
     from .render import config_line
 
-    written = write_sample_outputs(report, recorder, plot, plot_samples, trace, dpi, config_line(config))
+    written = write_sample_outputs(report, recorder, plot, plot_samples, trace, dpi, config_line(prepared.plan.config))
+    if save_images is not None:
+        from ..images import save_image_grid
+
+        images = prepared.model.to_images(report.result.samples)
+        save_image_grid(save_images, images, columns=getattr(prepared.model, "grid_columns", None))
+        written.append(save_images)
     if fmt == "json":
         sys.stdout.write(dumps_json(report.document()))
         print_written(([save] if save is not None else []) + written, quiet)

@@ -1,4 +1,4 @@
-"""Things that look like a network: ``model(x, timestep) -> prediction``."""
+"""Things that look like a network: ``model(x, timestep) -> prediction`` (contract: base.py)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,40 @@ import torch
 
 from ..errors import ConfigError
 from ..schedule import Schedule, alpha_sigma
+from .base import Denoiser
 from .mixture import GaussianMixture, gmm64, load_json, ring
 
-MODEL_NAMES = ("ring", "gmm64", "gmm:PATH.json")
+MODEL_NAMES = ("ring", "gmm64", "gmm:PATH.json", "digits", "digits:DIR", "diffusers:PATH")
 
 
-class MixtureModel:
+class MixtureModel(Denoiser):
     """An exact denoiser for a Gaussian mixture, in the configured prediction type.
 
     The timestep is mapped to (alpha_t, sigma_t) through the same schedule the plan uses, so
     fractional timesteps give exactly the noise level the solver assumes.
     """
 
-    def __init__(self, mixture: GaussianMixture, schedule: Schedule, prediction_type: str = "epsilon"):
+    default_batch = 1024
+
+    def __init__(self, mixture: GaussianMixture, schedule: Schedule | None = None, prediction_type: str = "epsilon"):
         self.mixture = mixture
         self.schedule = schedule
         self.prediction_type = prediction_type
+        self.name = mixture.name
 
     @property
-    def dims(self) -> int:
-        return self.mixture.dims
+    def sample_shape(self) -> tuple[int, ...]:
+        return (self.mixture.dims,)
+
+    def bind(self, plan) -> None:
+        # an exact model answers any prediction type, on whatever schedule the plan uses
+        self.schedule = plan.schedule
+        self.prediction_type = plan.config.prediction_type
+
+    def quality(self, samples: torch.Tensor) -> dict:
+        from ..stats import mixture_summary
+
+        return mixture_summary(self.mixture, samples)
 
     def noise_level(self, timestep) -> tuple[float, float]:
         if isinstance(timestep, torch.Tensor):
@@ -59,4 +73,63 @@ def load_mixture(name: str) -> GaussianMixture:
     raise ConfigError(f"--model: {name!r} is not allowed; choose one of: {', '.join(MODEL_NAMES)}")
 
 
-__all__ = ["GaussianMixture", "MixtureModel", "MODEL_NAMES", "load_mixture", "ring", "gmm64"]
+def parse_class_label(value) -> int | str | None:
+    """--class: not given -> 'all' (every digit in turn), 'none' -> unconditional, else 0..9."""
+    if value is None:
+        return "all"
+    if isinstance(value, int):
+        label = value
+    else:
+        text = str(value).strip().lower()
+        if text in ("all", "none"):
+            return None if text == "none" else "all"
+        try:
+            label = int(text)
+        except ValueError:
+            raise ConfigError(f"--class: {value!r} is not allowed; give a digit 0-9, 'all' (each digit in turn) or 'none' (unconditional)") from None
+    if not 0 <= label <= 9:
+        raise ConfigError(f"--class: {label} is not allowed; give a digit 0-9, 'all' or 'none'")
+    return label
+
+
+def is_mixture(name: str) -> bool:
+    return name in ("ring", "gmm64") or name.startswith("gmm:")
+
+
+def load_model(name: str, *, device=None, dtype=torch.float32, **options) -> Denoiser:
+    """The model a ``--model`` value names; ``options`` are the conditioning flags
+    (class_label, guidance_scale, prompt, negative_prompt, height, width, allow_download).
+
+    Options a model cannot use are a ConfigError, so a flag is never silently ignored.
+    """
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    if is_mixture(name):
+        if given:
+            raise ConfigError(f"--{next(iter(given)).replace('_', '-')}: model {name!r} takes no conditioning; it applies to digits and diffusers models")
+        return MixtureModel(load_mixture(name))
+    if name == "digits" or name.startswith("digits:"):
+        from .digits import load_digits_model
+
+        unknown = sorted(set(given) - {"class_label", "guidance_scale"})
+        if unknown:
+            raise ConfigError(f"--{unknown[0].replace('_', '-')}: the digits model takes --class and --guidance-scale only")
+        folder = None
+        if name.startswith("digits:"):
+            folder = name[len("digits:"):]
+            if not folder:
+                raise ConfigError("--model: 'digits:' needs a folder written by `dpmcli train digits`, as in digits:runs/digits")
+        given["class_label"] = parse_class_label(options.get("class_label"))
+        return load_digits_model(folder, device=device, dtype=dtype, **given)
+    if name.startswith("diffusers:"):
+        source = name[len("diffusers:"):]
+        if not source:
+            raise ConfigError("--model: 'diffusers:' needs a folder saved by diffusers or a hub id, as in diffusers:./ddpm-cifar10")
+        if "class_label" in given:
+            raise ConfigError("--class: diffusers models are conditioned by --prompt, not --class")
+        from .hf import load_diffusers_model
+
+        return load_diffusers_model(source, device=device, dtype=dtype, **given)
+    raise ConfigError(f"--model: {name!r} is not allowed; choose one of: {', '.join(MODEL_NAMES)}")
+
+
+__all__ = ["Denoiser", "GaussianMixture", "MixtureModel", "MODEL_NAMES", "is_mixture", "load_mixture", "load_model", "ring", "gmm64"]

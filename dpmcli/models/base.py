@@ -29,6 +29,12 @@ class Denoiser:
     mixture = None
     # the latents' dtype: networks run in --dtype, the solver arithmetic stays in this one
     latent_dtype: torch.dtype | None = None
+    default_batch: int = 16  # samples of `dpmcli sample` when --batch is not given
+    compare_batch: int = 16  # samples per run of `dpmcli compare`
+    # quality() keys worth a column in compare tables, with their headers
+    quality_columns: dict[str, str] = {}
+    # classifier-free guidance scale, read at every call (compare sweeps it); None: not guided
+    guidance_scale: float | None = None
 
     @property
     def schedule_options(self) -> dict:
