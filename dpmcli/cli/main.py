@@ -30,6 +30,35 @@ Format = Annotated[str, typer.Option("--format", "-f", help="table, json or csv.
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings.", rich_help_panel=OUTPUT)]
 Dpi = Annotated[int, typer.Option("--dpi", help="Resolution of .png figures.", rich_help_panel=OUTPUT)]
 
+MODEL_HELP = (
+    "ring (2-D, 8 Gaussians), gmm64 (64-D, 10 Gaussians), gmm:PATH.json (exact mixtures); digits (shipped network, "
+    "8x8 digits), digits:DIR (trained by `dpmcli train digits`); diffusers:PATH (a folder saved by diffusers, or a hub id "
+    "already in the local cache)."
+)
+CONDITIONING = "Conditioning (real models)"
+ClassLabel = Annotated[
+    Optional[str],
+    typer.Option("--class", help="digits: the digit to draw (0-9), 'all' (each in turn) or 'none' (unconditional).", show_default="all", rich_help_panel=CONDITIONING),
+]
+GuidanceScale = Annotated[
+    Optional[float],
+    typer.Option(
+        "--guidance-scale",
+        help="Classifier-free guidance u + s (c - u): 1 = the conditional model alone, larger = stronger guidance.",
+        show_default="digits 2, text models 7.5", rich_help_panel=CONDITIONING,
+    ),
+]
+Prompt = Annotated[Optional[str], typer.Option("--prompt", help="Text-conditioned diffusers pipelines: the prompt.", rich_help_panel=CONDITIONING)]
+NegativePrompt = Annotated[
+    Optional[str], typer.Option("--negative-prompt", help="Text pipelines: what guidance steers away from.", rich_help_panel=CONDITIONING)
+]
+Height = Annotated[Optional[int], typer.Option("--height", help="Latent-diffusion pipelines: image height in pixels.", rich_help_panel=CONDITIONING)]
+Width = Annotated[Optional[int], typer.Option("--width", help="Latent-diffusion pipelines: image width in pixels.", rich_help_panel=CONDITIONING)]
+AllowDownload = Annotated[
+    bool,
+    typer.Option("--allow-download", help="diffusers hub ids: fetch files missing from the local cache (off: never touch the network).", rich_help_panel=CONDITIONING),
+]
+
 
 @app.command(epilog=EXIT_CODES_HELP)
 @handle_errors
@@ -73,9 +102,7 @@ def schedule(solver, format: Format = "table", quiet: Quiet = False):
 @with_solver_options
 def sample(
     solver,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="ring (2-D, 8 Gaussians), gmm64 (64-D, 10 Gaussians) or gmm:PATH.json.", rich_help_panel=RUN)
-    ] = "ring",
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP, rich_help_panel=RUN)] = "ring",
     batch: Annotated[
         Optional[int], typer.Option("--batch", "-b", help="Number of samples.", show_default="1024", rich_help_panel=RUN)
     ] = None,
@@ -89,7 +116,18 @@ def sample(
         Optional[Path],
         typer.Option("--noise", help="SDE noise from a .npy of shape (steps, batch, dims) instead of the seed.", rich_help_panel=RUN),
     ] = None,
+    class_label: ClassLabel = None,
+    guidance_scale: GuidanceScale = None,
+    prompt: Prompt = None,
+    negative_prompt: NegativePrompt = None,
+    height: Height = None,
+    width: Width = None,
+    allow_download: AllowDownload = False,
     save: Annotated[Optional[Path], typer.Option("--save", help="Write the final samples to this .npy file.", rich_help_panel=OUTPUT)] = None,
+    save_images: Annotated[
+        Optional[Path],
+        typer.Option("--save-images", help="Image models: write the final samples as one grid image (.png).", rich_help_panel=OUTPUT),
+    ] = None,
     plot: Annotated[
         Optional[Path],
         typer.Option("--plot", help="Draw the per-step statistics of x and x0 (.png, .svg or .pdf).", rich_help_panel=OUTPUT),
@@ -107,20 +145,30 @@ def sample(
     format: Annotated[str, typer.Option("--format", "-f", help="table or json.", rich_help_panel=OUTPUT)] = "table",
     quiet: Quiet = False,
 ):
-    """Run the denoising loop on a toy model with exact answers and show per-step statistics.
+    """Run the denoising loop and show per-step statistics of the latents and x0 predictions.
 
     The default is what diffusers' DPMSolverMultistepScheduler does with Stable Diffusion's
     betas: dpmsolver++, order 2, midpoint, linspace, 20 steps, final sigma zero, on the
-    [bold]ring[/bold] mixture. A final summary compares the samples with the exact distribution.
+    [bold]ring[/bold] mixture, whose exact distribution the final summary compares against.
+    [bold]--model digits[/bold] is a small network shipped with dpmcli (8x8 handwritten digits,
+    class-conditional); [bold]--model diffusers:PATH[/bold] drives a model saved by diffusers.
+    A model's own training schedule replaces the defaults; options you type win.
 
-    Example: [bold]dpmcli sample --algo sde-dpmsolver++ --order 2 --steps 30[/bold]
+    Examples: [bold]dpmcli sample --algo sde-dpmsolver++ --order 2 --steps 30[/bold]
+    · [bold]dpmcli sample --model digits --class 3 --guidance-scale 2 --save-images threes.png[/bold]
     """
     from .run import run_sample
 
     fmt = check_format(format, ("table", "json"))
     run_sample(
         config=solver(),
+        explicit=solver.explicit,
         model_name=model,
+        conditioning={
+            "class_label": class_label, "guidance_scale": guidance_scale, "prompt": prompt, "negative_prompt": negative_prompt,
+            "height": height, "width": width, "allow_download": allow_download,
+        },
+        save_images=save_images,
         batch=batch,
         seed=seed,
         device_name=device,
@@ -197,14 +245,34 @@ def compare(
     final_sigma: Annotated[SweepList, _sweep_option("--final-sigma", "Final sigmas", "zero")] = None,
     coefficients: Annotated[SweepList, _sweep_option("--coefficients", "published and/or exact", "published")] = None,
     compat: Annotated[SweepList, _sweep_option("--compat", "none and/or diffusers", "none")] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="ring, gmm64 or gmm:PATH.json.", rich_help_panel=RUN)] = "ring",
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Samples per run (shared x_T).", rich_help_panel=RUN)] = 4096,
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP, rich_help_panel=RUN)] = "ring",
+    batch: Annotated[
+        Optional[int], typer.Option("--batch", "-b", help="Samples per run (shared x_T).", show_default="4096 for mixtures, the model's for networks", rich_help_panel=RUN)
+    ] = None,
+    class_label: ClassLabel = None,
+    guidance_scale: Annotated[
+        SweepList,
+        typer.Option(
+            "--guidance-scale", help="Classifier-free guidance scale(s); comma list or repeat: each is one block of runs.",
+            show_default="digits 2, text models 7.5", rich_help_panel=CONDITIONING,
+        ),
+    ] = None,
+    prompt: Prompt = None,
+    negative_prompt: NegativePrompt = None,
+    height: Height = None,
+    width: Width = None,
+    allow_download: AllowDownload = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of x_T and of the Brownian path.", rich_help_panel=RUN)] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUN)] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="float32, float64, float16 or bfloat16.", rich_help_panel=RUN)] = "float32",
     reference_steps: Annotated[
-        int, typer.Option("--reference-steps", help="Steps of the fine-step SDE reference (order 2, exact weights, logsnr).", rich_help_panel="Ground truth")
-    ] = 1000,
+        Optional[int],
+        typer.Option(
+            "--reference-steps",
+            help="Steps of the reference runs: mixtures' fine-step SDE solution; networks' ODE and SDE reference runs.",
+            show_default="1000 for mixtures, 200 for networks", rich_help_panel="Ground truth",
+        ),
+    ] = None,
     bandwidth: Annotated[
         Optional[float], typer.Option("--bandwidth", help="Gaussian-kernel bandwidth of MMD^2 (default: from the mixture, stated in the output).", rich_help_panel="Ground truth")
     ] = None,
@@ -229,9 +297,12 @@ def compare(
     """Run many solvers on the same inputs against ground truth: who is better, by how much.
 
     Every combination of the sweep options is one run; all runs share x_T and, for SDE runs,
-    one Brownian path. ODE runs are scored against the exact ODE solution, SDE runs against
-    the exact distribution (MMD^2) and a fine-step solution on the same path. Prints a table
-    sorted by error and the fitted convergence order of each solver; gates make it a CI check.
+    one Brownian path. On the mixtures, ODE runs are scored against the exact ODE solution, SDE
+    runs against the exact distribution (MMD^2) and a fine-step solution on the same path. A
+    network has no exact answer: runs are scored against a many-step reference run of the same
+    model from the same x_T (said so in the output), with its sample-quality numbers beside.
+    Prints a table sorted by error and the fitted convergence order of each solver; gates make
+    it a CI check.
 
     Example: [bold]dpmcli compare --algo dpmsolver++ --order 3 --coefficients published,exact --steps 10,20,40,80[/bold]
     """
@@ -245,6 +316,11 @@ def compare(
         model=model, batch=batch, seed=seed, device=device, dtype=dtype, reference_steps=reference_steps,
         bandwidth=bandwidth, cache_dir=cache_dir, no_cache=no_cache, max_error=max_error, baseline=baseline,
         tolerance=tolerance, min_order=min_order, fmt=format, out=out, plot=plot, dpi=dpi, quiet=quiet,
+        conditioning={
+            "class_label": class_label, "prompt": prompt, "negative_prompt": negative_prompt, "height": height, "width": width,
+            "allow_download": allow_download,
+        },
+        guidance=guidance_scale,
     )
     if code:
         raise typer.Exit(code)
