@@ -1,0 +1,547 @@
+"""A drop-in scheduler for diffusers pipelines that steps with dpmcli's plan.
+
+    from dpmcli.diffusers import DPMSolverScheduler
+
+    pipe.scheduler = DPMSolverScheduler.from_config(pipe.scheduler.config, algo="dpmsolver++", order=3)
+    stats = pipe.scheduler.record_statistics()
+    image = pipe(prompt).images[0]
+
+The schedule options keep diffusers' names, so the configuration of the pipeline's own
+scheduler carries over; dpmcli's solver options (``algo``, ``order``, ``coefficients``,
+``compat``, ...) are config parameters too and, when given, win over diffusers' words for the
+same choice. Each model call is one row of a :class:`~dpmcli.plan.Plan`, advanced by
+``solvers.step``: the same update as ``dpmcli sample`` and :class:`dpmcli.DPMSolver`.
+
+Importing this module needs diffusers (``pip install "dpmcli[diffusers]"``); ``import dpmcli``
+never loads it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+try:
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.schedulers.scheduling_utils import (
+        KarrasDiffusionSchedulers,
+        SchedulerMixin,
+        SchedulerOutput,
+    )
+    from diffusers.utils.torch_utils import randn_tensor
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(f'dpmcli.diffusers needs the diffusers library: pip install "dpmcli[diffusers]" ({exc})') from exc
+
+from . import solvers
+from .config import SolverConfig
+from .errors import ConfigError
+from .noise import GaussianNoise
+from .plan import Evaluation, Plan, _make_rows, _multistep_spec, build_plan
+from .sampler import StepEvent
+from .schedule import (
+    Schedule,
+    make_betas,
+    rescale_to_zero_terminal_snr,
+    vp_coefficients,
+)
+from .stats import StepStatistics
+
+# Other schedulers' words for a choice DPM-Solver makes differently (diffusers maps them alike).
+ALGO_ALIASES = {"deis": "dpmsolver++"}
+SOLVER_TYPE_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
+# diffusers' boolean grid flags and the dpmcli spacing each one selects.
+SIGMA_FLAGS = {
+    "use_karras_sigmas": "karras",
+    "use_exponential_sigmas": "exponential",
+    "use_beta_sigmas": "beta",
+    "use_lu_lambdas": "logsnr",
+}
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+# Command-line flags whose config parameter is not simply the flag with underscores.
+PARAMETER_OF_FLAG = {
+    "--steps": "num_inference_steps",
+    "--train-steps": "num_train_timesteps",
+    "--rescale-zero-snr": "rescale_betas_zero_snr",
+}
+
+
+def _option_error(exc: ConfigError, where: str = "DPMSolverScheduler") -> ConfigError:
+    """The same one-line message, with the command-line flags renamed to config parameters."""
+
+    def rename(match: re.Match) -> str:
+        flag = match.group(0)
+        return PARAMETER_OF_FLAG.get(flag, flag[2:].replace("-", "_"))
+
+    return ConfigError(f"{where}: " + re.sub(r"--[a-z][a-z0-9-]*", rename, str(exc)))
+
+
+def _timestep_value(timestep) -> tuple[float, float]:
+    """(value, relative tolerance): a timestep stored in a narrow float type is only that exact."""
+    if isinstance(timestep, torch.Tensor):
+        if timestep.numel() == 0:
+            raise ConfigError("DPMSolverScheduler.step: the timestep tensor is empty")
+        eps = torch.finfo(timestep.dtype).eps if timestep.is_floating_point() else 0.0
+        value = float(timestep.reshape(-1)[0].item())
+    else:
+        eps, value = 0.0, float(timestep)
+    # float32 timestep tensors of fractional grids hold the plan's float64 values rounded
+    return value, max(eps, torch.finfo(torch.float32).eps)
+
+
+def _same_timestep(given: float, tolerance: float, expected: float) -> bool:
+    return abs(given - expected) <= tolerance * max(1.0, abs(expected))
+
+
+class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
+    """DPM-Solver, DPM-Solver++ and their SDE forms as a diffusers scheduler, stepped by dpmcli's plan.
+
+    Schedule parameters and their defaults are those of diffusers' DPMSolverMultistepScheduler.
+    dpmcli's own names (``algo``, ``order``, ``spacing``, ``final_sigma``) default to None and,
+    when given, win over ``algorithm_type``, ``solver_order``, ``timestep_spacing`` /
+    ``use_*_sigmas`` and ``final_sigmas_type``; the resolved values are written back under
+    diffusers' names, so the config reads the same to every diffusers scheduler.
+    """
+
+    _compatibles: ClassVar[list[str]] = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1  # model calls per entry of `timesteps` (pipelines' progress bars); not the solver order
+    init_noise_sigma = 1.0  # VP schedules start from N(0, I)
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        algorithm_type: str = "dpmsolver++",
+        solver_type: str = "midpoint",
+        lower_order_final: bool = True,
+        euler_at_final: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_lu_lambdas: bool = False,
+        use_flow_sigmas: bool = False,
+        final_sigmas_type: str = "zero",
+        lambda_min_clipped: float = -float("inf"),
+        variance_type: str | None = None,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        algo: str | None = None,
+        order: int | None = None,
+        spacing: str | None = None,
+        final_sigma: str | None = None,
+        method: str = "multistep",
+        startup: str = "lower-order",
+        coefficients: str = "published",
+        compat: str = "none",
+        rho: float = 7.0,
+        seed: int = 0,
+    ):
+        if use_flow_sigmas:
+            raise ConfigError("DPMSolverScheduler: use_flow_sigmas is not supported; DPM-Solver here needs a VP (alpha, sigma) schedule")
+        if algo is None:
+            algo = ALGO_ALIASES.get(algorithm_type, algorithm_type)
+        if order is None:
+            order = solver_order
+        if final_sigma is None:
+            final_sigma = str(final_sigmas_type).replace("_", "-")
+        solver_type = SOLVER_TYPE_ALIASES.get(solver_type, solver_type)
+        if spacing is None:
+            flagged = [SIGMA_FLAGS[name] for name, on in zip(SIGMA_FLAGS, (use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas)) if on]
+            if len(flagged) > 1:
+                raise ConfigError(f"DPMSolverScheduler: use at most one of {', '.join(SIGMA_FLAGS)}; got {', '.join(flagged)}")
+            spacing = flagged[0] if flagged else timestep_spacing
+        if trained_betas is not None:
+            trained_betas = tuple(float(b) for b in np.asarray(trained_betas, dtype=np.float64).reshape(-1))
+            if len(trained_betas) != num_train_timesteps:
+                raise ConfigError(
+                    f"DPMSolverScheduler: trained_betas holds {len(trained_betas)} values but num_train_timesteps is {num_train_timesteps}"
+                )
+        options = {
+            "algo": algo,
+            "order": order,
+            "method": method,
+            "startup": startup,
+            "solver_type": solver_type,
+            "coefficients": coefficients,
+            "compat": compat,
+            "lower_order_final": bool(lower_order_final),
+            "euler_at_final": bool(euler_at_final),
+            "prediction_type": prediction_type,
+            "thresholding": bool(thresholding),
+            "dynamic_thresholding_ratio": float(dynamic_thresholding_ratio),
+            "sample_max_value": float(sample_max_value),
+            "beta_schedule": beta_schedule,
+            "beta_start": float(beta_start),
+            "beta_end": float(beta_end),
+            "train_steps": num_train_timesteps,
+            "trained_betas": trained_betas,
+            "rescale_zero_snr": bool(rescale_betas_zero_snr),
+            "lambda_min_clipped": float(lambda_min_clipped),
+            "spacing": spacing,
+            "steps_offset": steps_offset,
+            "rho": float(rho),
+            "final_sigma": final_sigma,
+        }
+        try:
+            # validated with a placeholder step count: set_timesteps supplies the real one
+            self._base = SolverConfig(steps=num_train_timesteps, **options).validated()
+            schedule = Schedule.from_config(self._base)
+        except ConfigError as error:
+            raise _option_error(error) from None
+        if self._base.method == "adaptive":
+            raise ConfigError("DPMSolverScheduler: method 'adaptive' picks its steps while it runs; use dpmcli.adaptive.sample_adaptive")
+        self._write_back_resolved(algo, order, spacing, final_sigma, solver_type)
+
+        self.schedule = schedule
+        betas = make_betas(self._base, torch.float32)
+        self.betas = rescale_to_zero_terminal_snr(betas) if rescale_betas_zero_snr else betas
+        self.alphas_cumprod = torch.from_numpy(np.array(schedule.alphas_cumprod)).float()
+        self._callbacks: list[Callable[[StepEvent], None]] = []
+        self._plan: Plan | None = None
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
+        self.sigmas = torch.from_numpy(schedule.sigmas).float()
+        self._reset_run()
+
+    def _write_back_resolved(self, algo, order, spacing, final_sigma, solver_type) -> None:
+        """Record the resolved choices under diffusers' names; keep dpmcli's names only where diffusers has none."""
+        updates = {
+            "algorithm_type": algo,
+            "solver_order": order,
+            "final_sigmas_type": final_sigma.replace("-", "_"),
+            "solver_type": solver_type,
+            "algo": None,
+            "order": None,
+            "final_sigma": None,
+            "spacing": None,
+        }
+        updates.update({flag: spacing == value for flag, value in SIGMA_FLAGS.items()})
+        if spacing in TIMESTEP_SPACINGS:
+            updates["timestep_spacing"] = spacing
+        elif spacing not in SIGMA_FLAGS.values():
+            updates["spacing"] = spacing  # time-uniform, time-quadratic: dpmcli's own grids
+        registered = dict(self.config)
+        changed = {key: value for key, value in updates.items() if registered.get(key) != value}
+        if not changed:
+            return
+        # from_config skips keys listed as defaults: a resolved value that differs from its default
+        # must be read, and an alias reset to None must not reach schedulers that do not know it
+        parameters = inspect.signature(type(self).__init__).parameters
+        defaults = set(registered.get("_use_default_values", ()))
+        for key, value in changed.items():
+            if value == parameters[key].default:
+                defaults.add(key)
+            else:
+                defaults.discard(key)
+        self.register_to_config(**changed, _use_default_values=sorted(defaults))
+
+    # ------------------------------------------------------------------ state
+
+    def _reset_run(self) -> None:
+        self._active: Plan | None = None  # the plan being stepped: the whole one, or its tail for img2img
+        self._offset = 0  # index of the active plan's first row in `timesteps`
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._history: tuple[torch.Tensor, ...] = ()
+        self._anchor: torch.Tensor | None = None
+        self._noise = GaussianNoise(self.config.seed)
+
+    @property
+    def plan(self) -> Plan | None:
+        """The plan of the last ``set_timesteps`` (None before): one row per entry of ``timesteps``."""
+        return self._plan
+
+    @property
+    def solver_config(self) -> SolverConfig:
+        """The resolved dpmcli options (with the step count of the last ``set_timesteps``)."""
+        return self._plan.config if self._plan is not None else self._base
+
+    @property
+    def step_index(self) -> int | None:
+        """Index into ``timesteps`` of the next model call; None until the first ``step``."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the next run at ``timesteps[begin_index]`` (img2img pipelines call this)."""
+        self._begin_index = int(begin_index)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # ------------------------------------------------------------------ grid
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+    ) -> None:
+        """Build the plan for a run: ``num_inference_steps`` steps on the configured grid, or a custom grid.
+
+        ``timesteps`` (training timesteps, decreasing) or ``sigmas`` (diffusers' sigma, decreasing) give
+        the model calls' noise levels; the final sigma (``final_sigmas_type``) is appended unless
+        ``sigmas`` already ends in 0.
+        """
+        if sum(arg is not None for arg in (num_inference_steps, timesteps, sigmas)) != 1:
+            raise ConfigError("DPMSolverScheduler.set_timesteps: pass exactly one of num_inference_steps, timesteps, sigmas")
+        if num_inference_steps is not None:
+            options = {"steps": int(num_inference_steps)}
+        else:
+            options = {"sigmas": self._custom_sigmas(timesteps, sigmas)}
+        try:
+            plan = build_plan(self._base.with_options(**options))
+        except ConfigError as error:
+            raise _option_error(error, "DPMSolverScheduler.set_timesteps") from None
+        if num_inference_steps is None:
+            plan = _snap_to_integers(plan)
+        for message in plan.warnings:
+            warnings.warn(f"DPMSolverScheduler: {message}", stacklevel=2)
+        self._plan = plan
+        values = plan.timestep_values
+        dtype = torch.int64 if all(isinstance(t, int) for t in values) else torch.float32
+        self.timesteps = torch.tensor(values, dtype=dtype, device=device)
+        self.sigmas = torch.from_numpy(plan.sigmas).float()
+        self.num_inference_steps = plan.steps
+        self._reset_run()
+
+    def _custom_sigmas(self, timesteps, sigmas) -> tuple[float, ...]:
+        if timesteps is not None:
+            t = np.asarray(timesteps, dtype=np.float64).reshape(-1)
+            top = self.schedule.train_steps - 1
+            if t.size == 0 or not np.all((t >= 0) & (t <= top)):
+                raise ConfigError(f"DPMSolverScheduler.set_timesteps: timesteps must lie in 0..{top}")
+            levels = np.exp(-self.schedule.lambda_at(t))
+        else:
+            levels = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+            if levels.size and levels[-1] == 0.0:
+                return tuple(float(s) for s in levels)
+        final = 0.0 if self._base.final_sigma == "zero" else float(self.schedule.sigmas[0])
+        return tuple(float(s) for s in levels) + (final,)
+
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """VP latents go to the network as they are."""
+        return sample
+
+    # ------------------------------------------------------------------ callbacks
+
+    def add_callback(self, callback: Callable[[StepEvent], None]) -> Callable[[StepEvent], None]:
+        """Call ``callback(event)`` with a :class:`~dpmcli.sampler.StepEvent` after every model call, in every run."""
+        self._callbacks.append(callback)
+        return callback
+
+    def remove_callback(self, callback: Callable[[StepEvent], None]) -> None:
+        self._callbacks.remove(callback)
+
+    def record_statistics(self) -> StepStatistics:
+        """A :class:`~dpmcli.stats.StepStatistics` whose ``rows`` gain one row per model call, as ``dpmcli sample`` prints."""
+        return self.add_callback(StepStatistics())
+
+    # ------------------------------------------------------------------ stepping
+
+    def _require_plan(self, where: str) -> Plan:
+        if self._plan is None:
+            raise ConfigError(f"DPMSolverScheduler.{where}: call set_timesteps(num_inference_steps) first")
+        return self._plan
+
+    def _find_row(self, timestep) -> int | None:
+        given, tolerance = _timestep_value(timestep)
+        for index, expected in enumerate(self._plan.timestep_values):
+            if _same_timestep(given, tolerance, expected):
+                return index
+        return None
+
+    def _start(self, timestep) -> None:
+        """The first step of a run: from ``begin_index``, or from where the timestep sits on the grid."""
+        begin = self._begin_index
+        if begin is None:
+            # a pipeline that slices `timesteps` without set_begin_index starts where its first timestep is
+            given, tolerance = _timestep_value(timestep)
+            found = None if _same_timestep(given, tolerance, self._plan.timestep_values[0]) else self._find_row(timestep)
+            begin = 0 if found is None else found
+        if not 0 <= begin < self._plan.nfe:
+            raise ConfigError(f"DPMSolverScheduler: begin_index {begin} is outside 0..{self._plan.nfe - 1}")
+        self._active = self._plan if begin == 0 else self._tail_plan(begin)
+        self._offset = begin
+        self._step_index = begin
+
+    def _tail_plan(self, begin: int) -> Plan:
+        """The plan for a run that starts at model call ``begin``: the rest of the grid, with a fresh warm-up."""
+        plan = self._plan
+        start = plan.evaluations[begin].step
+        rest = plan.evaluations[begin:]
+        plain = all(e.stage == 0 for e in rest) and [e.step for e in rest] == list(range(start, plan.steps))
+        if plain:
+            return _multistep_tail(plan, start)
+        cfg = plan.config
+        if cfg.compat == "diffusers" or plan.evaluations[begin].stage != 0:
+            raise ConfigError(
+                f"DPMSolverScheduler: cannot start at timesteps[{begin}] (a model call inside a {cfg.method} step); "
+                "start at the beginning or use method 'multistep'"
+            )
+        try:
+            tail = build_plan(cfg.with_options(sigmas=tuple(float(s) for s in plan.sigmas[start:]), nfe=None))
+        except ConfigError as error:
+            raise _option_error(error, f"DPMSolverScheduler: starting at timesteps[{begin}]") from None
+        expected = plan.timestep_values[begin:]
+        if len(tail.timestep_values) != len(expected) or not all(
+            _same_timestep(a, 1e-9, b) for a, b in zip(tail.timestep_values, expected)
+        ):
+            raise ConfigError(
+                f"DPMSolverScheduler: cannot start at timesteps[{begin}]: a run from there calls the model at other timesteps; "
+                "start at the beginning or use startup 'lower-order'"
+            )
+        return tail
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
+        """Advance ``sample`` from ``timestep`` to the latent of the next model call (or the final one).
+
+        SDE noise: ``variance_noise`` (standard normal, shaped like ``sample``) if given, else drawn
+        with ``generator`` as diffusers draws it, else from dpmcli's stream seeded by ``seed``.
+        """
+        plan = self._require_plan("step")
+        if self._step_index is None:
+            self._start(timestep)
+        index = self._step_index
+        if index >= plan.nfe:
+            raise ConfigError(
+                f"DPMSolverScheduler.step: all {plan.nfe} steps of this run are done; call set_timesteps to sample again"
+            )
+        expected = plan.timestep_values[index]
+        given, tolerance = _timestep_value(timestep)
+        if not _same_timestep(given, tolerance, expected):
+            raise ConfigError(
+                f"DPMSolverScheduler.step: got timestep {given:g}, but step {index} of this run is at timestep {expected:g}; "
+                "step through scheduler.timesteps in order"
+            )
+        cfg = plan.config
+        row = self._active.rows[index - self._offset]
+        out = model_output
+        if self.config.variance_type in ("learned", "learned_range") and out.shape[1] == 2 * sample.shape[1]:
+            out = out[:, : sample.shape[1]]  # the second half of the channels is the learned variance
+        # the update runs in float32 at least; float64 latents stay float64
+        work = torch.float64 if torch.float64 in (sample.dtype, out.dtype) else torch.float32
+        x, out = sample.to(work), out.to(device=sample.device, dtype=work)
+        if row.sets_anchor:
+            self._anchor = x
+        z = None
+        if cfg.is_sde and variance_noise is not None:
+            z = variance_noise.to(device=x.device, dtype=work)
+        elif cfg.is_sde and generator is not None:
+            # drawn at every SDE step, as diffusers draws it, so a shared generator stays in step
+            z = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(work)
+        noise_term = None
+        if row.c != 0.0:
+            noise_term = z * row.c if z is not None else self._noise(row.step, x, row.c)
+        x_next, self._history = solvers.step(
+            row, x, out, self._history, noise_term, cfg.dynamic_thresholding_ratio, cfg.sample_max_value, self._anchor
+        )
+        self._step_index = index + 1
+        if self._callbacks:
+            event = StepEvent(self._active, row, x, out, x_next)
+            for callback in self._callbacks:
+                callback(event)
+        prev_sample = x_next.to(model_output.dtype)
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """alpha_t * x0 + sigma_t * noise at the given timesteps (img2img, inpainting).
+
+        During a run the noise level is that of the next model call (or of ``begin_index`` before
+        the first step), as diffusers does; otherwise each timestep's level, on the grid of
+        ``set_timesteps`` when it is there, else from the training schedule.
+        """
+        t = torch.as_tensor(timesteps).reshape(-1)
+        plan = self._plan
+        index = self._step_index if self._step_index is not None else self._begin_index
+        if plan is not None and index is not None:
+            level = float(plan.evaluations[index].sigma) if index < plan.nfe else float(plan.sigmas[-1])
+            levels = np.full(len(t), level)
+        else:
+            levels = np.empty(len(t))
+            for k, timestep in enumerate(t):
+                row = self._find_row(timestep) if plan is not None else None
+                if row is not None:
+                    levels[k] = plan.evaluations[row].sigma
+                else:
+                    levels[k] = math.exp(-float(self.schedule.lambda_at(float(timestep))))
+        alpha, sigma, _ = vp_coefficients(levels)
+        shape = (-1,) + (1,) * (original_samples.dim() - 1)
+        like = {"device": original_samples.device, "dtype": original_samples.dtype}
+        return torch.as_tensor(alpha, **like).reshape(shape) * original_samples + torch.as_tensor(sigma, **like).reshape(shape) * noise
+
+
+def _snap_to_integers(plan: Plan) -> Plan:
+    """A custom grid's timesteps come back from sigma through lambda: undo the round-off on integer ones."""
+    nearest = np.round(plan.timesteps)
+    snap = np.abs(plan.timesteps - nearest) <= 1e-9 * np.maximum(1.0, np.abs(nearest))
+    if not snap.any():
+        return plan
+    timesteps = np.where(snap, nearest, plan.timesteps)
+    evaluations = tuple(
+        replace(e, timestep=float(timesteps[e.step])) if e.stage == 0 and snap[e.step] else e for e in plan.evaluations
+    )
+    return replace(plan, timesteps=timesteps, evaluations=evaluations)
+
+
+def _multistep_tail(plan: Plan, start: int) -> Plan:
+    """The multistep plan of grid steps ``start`` onwards, warming up again from first order.
+
+    This is what diffusers' multistep scheduler does when a run begins mid-grid: no earlier model
+    outputs exist, so the orders climb 1, 2, ... again, while the lowered final steps stay as the
+    whole grid set them. Rows are built by the plan's own functions from the sliced grid.
+    """
+    cfg = plan.config
+    sigmas, lambdas, timesteps = plan.sigmas[start:], plan.lambdas[start:], plan.timesteps[start:]
+    count = len(timesteps)
+    orders = np.minimum(plan.orders[start:], np.arange(1, count + 1))
+    evaluations = tuple(Evaluation(j, 0, float(lambdas[j]), float(timesteps[j]), float(sigmas[j])) for j in range(count))
+    specs = [_multistep_spec(cfg, j, int(orders[j]), list(range(j, j - int(orders[j]), -1)), lambdas) for j in range(count)]
+    return Plan(
+        config=cfg,
+        schedule=plan.schedule,
+        timesteps=timesteps,
+        sigmas=sigmas,
+        alpha_t=plan.alpha_t[start:],
+        sigma_t=plan.sigma_t[start:],
+        lambdas=lambdas,
+        h=plan.h[start:],
+        orders=orders,
+        evaluations=evaluations,
+        rows=_make_rows(cfg, evaluations, specs, sigmas),
+        warnings=plan.warnings,
+    )
+
+
+__all__ = ["DPMSolverScheduler"]
