@@ -382,7 +382,9 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
     check_axes(sweep)
     device = resolve_device(sweep.device)
     dtype = resolve_dtype(sweep.dtype, device)
-    model = load_model(sweep.model, device=device, dtype=dtype, guidance_scale=sweep.guidance[0], **sweep.conditioning)
+    scales = [g for g in sweep.guidance if g is not None]
+    # loaded with the largest scale, so that whatever guidance needs (negative prompts) is prepared
+    model = load_model(sweep.model, device=device, dtype=dtype, guidance_scale=max(scales) if scales else None, **sweep.conditioning)
     if model.mixture is not None and (sweep.reference_steps or MIXTURE_REFERENCE_STEPS) > sweep.base.train_steps:
         raise ConfigError(
             f"--reference-steps: {sweep.reference_steps} is more than --train-steps ({sweep.base.train_steps}); use at most that"
@@ -390,7 +392,7 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
     base, notes = apply_model_schedule(sweep.base, model.schedule_options, sweep.explicit)
     sweep = replace(sweep, base=base)
     planned, skipped = expand(sweep)
-    return PreparedSweep(sweep, model, planned, skipped, notes, device, dtype)
+    return PreparedSweep(sweep, model, planned, skipped, list(model.notes) + notes, device, dtype)
 
 
 def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None = None) -> SweepReport:

@@ -186,7 +186,7 @@ def prepare(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> Prepar
     else:
         batch = getattr(model, "default_batch", DEFAULT_BATCH) if spec.batch is None else spec.batch
         x = initial_latents(spec.seed, (batch, *shape), device, latent_dtype)
-    warnings = list(plan.warnings) + notes
+    warnings = list(model.notes) + list(plan.warnings) + notes
     if spec.noise is not None:
         noise = ArrayNoise.load(spec.noise, plan.steps, tuple(x.shape))
         if not plan.config.is_sde:

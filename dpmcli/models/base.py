@@ -35,6 +35,7 @@ class Denoiser:
     quality_columns: dict[str, str] = {}
     # classifier-free guidance scale, read at every call (compare sweeps it); None: not guided
     guidance_scale: float | None = None
+    notes: tuple[str, ...] = ()  # what the loader decided that the user should hear (shown as warnings)
 
     @property
     def schedule_options(self) -> dict:
