@@ -274,6 +274,7 @@ SHARED_OPTIONS = (
     ("final_sigma", FinalSigma),
 )
 _DEFAULTS = SolverConfig()
+CONTEXT = "solver_options_context"
 _NONE_DEFAULT = {"steps", "trained_betas", "sigmas", "nfe"}
 
 
@@ -292,15 +293,11 @@ class SolverOptions:
         return solver_config(**{**self.values, **overrides})
 
 
-def _given_on_command_line(names) -> frozenset[str]:
-    import click
-    from click.core import ParameterSource
-
-    context = click.get_current_context(silent=True)
+def _given_on_command_line(context, names) -> frozenset[str]:
     if context is None:
         return frozenset()
-    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
-    return frozenset(name for name in names if context.get_parameter_source(name) in given)
+    sources = {name: context.get_parameter_source(name) for name in names}
+    return frozenset(name for name, source in sources.items() if getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT", "PROMPT"))
 
 
 def with_solver_options(command=None, *, exclude: tuple[str, ...] = ()):
@@ -330,11 +327,15 @@ def with_solver_options(command=None, *, exclude: tuple[str, ...] = ()):
 
     @functools.wraps(command)
     def wrapper(**kwargs):
+        context = kwargs.pop(CONTEXT, None)
         values = {**defaults, **{name: kwargs.pop(name) for name, _ in chosen}}
-        return command(solver=SolverOptions(values, _given_on_command_line(name for name, _ in chosen)), **kwargs)
+        return command(solver=SolverOptions(values, _given_on_command_line(context, [name for name, _ in chosen])), **kwargs)
 
-    wrapper.__signature__ = signature.replace(parameters=own + shared)
+    # Typer hands the click context to a parameter annotated typer.Context: it says which options were typed
+    context = inspect.Parameter(CONTEXT, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=typer.Context)
+    wrapper.__signature__ = signature.replace(parameters=[*own, *shared, context])
     annotations = {p.name: p.annotation for p in own}
+    annotations[CONTEXT] = typer.Context
     annotations.update(dict(chosen))
     wrapper.__annotations__ = annotations
     return wrapper
