@@ -1,0 +1,92 @@
+"""``dpmcli train``: check the options, train with a progress bar per stage, render the measurements."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+
+TARGETS = ("digits",)
+STAGES = {"classifier": "classifier (epochs)", "denoiser": "denoiser (iterations)", "evaluation": "evaluation (runs)"}
+
+
+class _StageBars:
+    """A progress callback that opens one bar per stage (the console's bar, shown only on a terminal)."""
+
+    def __init__(self, progress_bar, enabled: bool):
+        self.progress_bar = progress_bar
+        self.enabled = enabled
+        self.stack = contextlib.ExitStack()
+        self.stage = None
+        self.advance = None
+
+    def __call__(self, stage: str, done: int, total) -> None:
+        if stage != self.stage:
+            self.stack.close()
+            self.stack = contextlib.ExitStack()
+            self.stage = stage
+            self.advance = self.stack.enter_context(self.progress_bar(total, STAGES.get(stage, stage), self.enabled))
+        self.advance()
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def check_options(target: str, out: Path, iterations: int, minutes: float | None, threads: int) -> None:
+    if target not in TARGETS:
+        raise ConfigError(f"TARGET: {target!r} is not allowed; choose one of: {', '.join(TARGETS)}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file; give a folder (it is created if missing)")
+    if iterations < 1:
+        raise ConfigError(f"--iterations: {iterations} is not allowed; it must be a positive integer")
+    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+        raise ConfigError(f"--minutes: {minutes!r} is not allowed; it must be a positive number")
+    if threads < 1:
+        raise ConfigError(f"--threads: {threads} is not allowed; it must be a positive integer")
+
+
+def run_train(*, target, out, seed, iterations, minutes, threads, fmt, quiet, progress, progress_enabled) -> None:
+    check_options(target, out, iterations, minutes, threads)
+    from ..report import dumps_json
+    from ..training import train_digits
+    from .console import stdout_console
+
+    bars = _StageBars(progress, progress_enabled)
+    try:
+        document = train_digits(out, seed=seed, iterations=iterations, minutes=minutes, threads=threads, progress=bars)
+    finally:
+        bars.close()
+    if not quiet:
+        print(f"wrote {out}/: digits.safetensors, digits.json, digits_classifier.safetensors, digits_data.npz", file=sys.stderr)
+        print(f"use it with: dpmcli sample --model digits:{out}", file=sys.stderr)
+    if fmt == "json":
+        sys.stdout.write(dumps_json(document))
+    else:
+        stdout_console().print(quality_table(document))
+
+
+def quality_table(document: dict):
+    """The measured quality of a trained digits model, one row per sampling setup and one for real digits."""
+    from rich.table import Table
+
+    setup = document["quality"]["setup"]
+    training = document["training"]
+    title = (
+        f"digits: {training['iterations']} iterations in {training['seconds']:.0f} s, seed {training['seed']}; "
+        f"{setup['algo']} order {setup['order']}, {setup['steps']} steps, {setup['batch']} samples"
+    )
+    table = Table(title=title, title_justify="left", min_width=len(title))
+    for column in ("samples", "class accuracy", "classifier confidence", "NN distance"):
+        table.add_column(column, justify="right" if column != "samples" else "left")
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for key, run in document["quality"]["runs"].items():
+        table.add_row(key.replace("_", " "), cell(run["class_accuracy"]), cell(run["classifier_confidence"]), cell(run["nn_distance"]))
+    real = document["real"]
+    table.add_row("real held-out digits", cell(real["class_accuracy"]), cell(real["classifier_confidence"]), cell(real["nn_distance"]))
+    return table
