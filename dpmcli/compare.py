@@ -470,7 +470,7 @@ def _mark_best(runs: list[dict]) -> None:
     for row in runs:
         if row.get("error") is None:
             continue
-        slot = (row["kind"], row["nfe"])
+        slot = (row["kind"], row["nfe"], row.get("guidance_scale"))
         if slot not in best or row["error"] < best[slot]["error"]:
             best[slot] = row
     for row in runs:
@@ -548,4 +548,4 @@ def check_gates(report: SweepReport, max_error=None, baseline: dict | None = Non
 
 
 def _baseline_key(row: dict) -> tuple:
-    return tuple(str(row.get(f)) for f in SWEEP_FIELDS)
+    return tuple(str(row.get(f)) for f in (*SWEEP_FIELDS, "guidance_scale"))

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+GAP = 0.5
 MIN_TILE = 48  # pixels: tiny images (8x8 digits) are enlarged, by whole factors, to at least this
 
 
 def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 1, scale: int | None = None) -> np.ndarray:
-    """(batch, channels, H, W) in [0, 1] -> one uint8 picture (rows, cols[, 3]) with a dark gap between tiles.
+    """(batch, channels, H, W) in [0, 1] -> one uint8 picture (rows, cols[, 3]) with a grey gap between tiles.
 
     One channel stays grey; three are RGB; other counts show the first three (or the first one).
     """
@@ -25,7 +26,8 @@ def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 
     rows = math.ceil(batch / columns)
     scale = scale or max(1, math.ceil(MIN_TILE / max(height, width)))
     tile_h, tile_w = height * scale, width * scale
-    grid = np.zeros((array.shape[1], rows * (tile_h + padding) + padding, columns * (tile_w + padding) + padding))
+    # mid-grey gaps: visible between dark-background tiles (digits) and light ones alike
+    grid = np.full((array.shape[1], rows * (tile_h + padding) + padding, columns * (tile_w + padding) + padding), GAP)
     for index in range(batch):
         r, c = divmod(index, columns)
         tile = array[index].repeat(scale, axis=1).repeat(scale, axis=2)  # nearest-neighbour: pixels stay visible

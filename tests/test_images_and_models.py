@@ -8,7 +8,7 @@ from dpmcli.config import SolverConfig
 from dpmcli.errors import ConfigError
 from dpmcli.experiment import apply_model_schedule
 from dpmcli.images import image_grid, save_image_grid
-from dpmcli.models import load_model, parse_class_label
+from dpmcli.models import load_model
 
 
 def test_image_grid_places_each_tile_where_it_belongs():
@@ -20,8 +20,8 @@ def test_image_grid_places_each_tile_where_it_belongs():
         top, left = 1 + r * 5, 1 + c * 7
         tile = picture[top:top + 4, left:left + 6]
         assert np.all(tile == round(255 * k / 5))
-    assert np.all(picture[0] == 0) and np.all(picture[:, 0] == 0)  # the gaps stay dark
-    assert np.all(picture[6:, 15:] == 0)  # the two missing tiles of the second row are empty
+    assert np.all(picture[0] == 128) and np.all(picture[:, 0] == 128)  # grey gaps
+    assert np.all(picture[6:, 15:] == 128)  # the two missing tiles of the second row are left grey
 
 
 def test_image_grid_colour_and_clamping():
@@ -59,17 +59,6 @@ def test_typed_options_win_and_betas_travel_as_a_group():
     assert config.beta_end == SolverConfig().beta_end  # the model's beta_end does not leak into the typed schedule
     assert config.prediction_type == "v_prediction"
     assert any("--beta-schedule" in n for n in notes) and any("--spacing karras" in n for n in notes)
-
-
-@pytest.mark.parametrize("value, expected", [(None, "all"), ("all", "all"), ("none", None), ("3", 3), (" 7 ", 7), (0, 0)])
-def test_class_labels(value, expected):
-    assert parse_class_label(value) == expected
-
-
-@pytest.mark.parametrize("value", ["10", "-1", "three"])
-def test_bad_class_labels(value):
-    with pytest.raises(ConfigError, match="--class"):
-        parse_class_label(value)
 
 
 def test_mixtures_refuse_conditioning():

@@ -135,6 +135,17 @@ def sample_tables(report) -> list:
     return [steps, summary, shares]
 
 
+QUALITY_LABELS = {
+    "classifier_confidence": "classifier confidence (mean top probability)",
+    "class_accuracy": "class accuracy (the requested digit)",
+    "class_shares": "digit shares",
+    "nn_distance": "distance to the nearest training digit (median L2)",
+    "real_classifier_confidence": "  real held-out digits: confidence",
+    "real_class_accuracy": "  real held-out digits: accuracy",
+    "real_nn_distance": "  real held-out digits: nearest-training distance",
+}
+
+
 def _label(key: str) -> str:
     return key.replace("_", " ")
 
@@ -143,16 +154,19 @@ def quality_tables(quality: dict, summary: Table) -> list:
     """A learned model's sample-quality numbers: scalars go into ``summary``, lists of shares get a bar table."""
     tables = []
     for key, value in quality.items():
-        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
-            shares = Table(title=_label(key).capitalize(), header_style="bold")
-            shares.add_column("index", justify="right")
+        if isinstance(value, (list, tuple)):
+            value = dict(enumerate(value))
+        if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
+            shares = Table(title=QUALITY_LABELS.get(key, _label(key)).capitalize(), header_style="bold")
+            shares.add_column("", justify="right")
             shares.add_column("share", justify="right")
             shares.add_column("", justify="left")
-            for index, share in enumerate(value):
-                shares.add_row(str(index), f"{share:.3f}", Text("█" * int(round(40 * share)), style="cyan"))
+            for name, share in value.items():
+                shares.add_row(str(name), f"{share:.3f}", Text("█" * int(round(40 * share)), style="cyan"))
             tables.append(shares)
-        elif isinstance(value, (int, float, str)) or value is None:
-            summary.add_row(_label(key), "—" if value is None else num(value) if isinstance(value, float) else str(value))
+        elif key != "samples" and (isinstance(value, (int, float, str)) or value is None):
+            text = "—" if value is None else num(value) if isinstance(value, float) else str(value)
+            summary.add_row(QUALITY_LABELS.get(key, _label(key)), text)
     return tables
 
 

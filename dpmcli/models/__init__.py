@@ -73,25 +73,6 @@ def load_mixture(name: str) -> GaussianMixture:
     raise ConfigError(f"--model: {name!r} is not allowed; choose one of: {', '.join(MODEL_NAMES)}")
 
 
-def parse_class_label(value) -> int | str | None:
-    """--class: not given -> 'all' (every digit in turn), 'none' -> unconditional, else 0..9."""
-    if value is None:
-        return "all"
-    if isinstance(value, int):
-        label = value
-    else:
-        text = str(value).strip().lower()
-        if text in ("all", "none"):
-            return None if text == "none" else "all"
-        try:
-            label = int(text)
-        except ValueError:
-            raise ConfigError(f"--class: {value!r} is not allowed; give a digit 0-9, 'all' (each digit in turn) or 'none' (unconditional)") from None
-    if not 0 <= label <= 9:
-        raise ConfigError(f"--class: {label} is not allowed; give a digit 0-9, 'all' or 'none'")
-    return label
-
-
 def is_mixture(name: str) -> bool:
     return name in ("ring", "gmm64") or name.startswith("gmm:")
 
@@ -118,7 +99,8 @@ def load_model(name: str, *, device=None, dtype=torch.float32, **options) -> Den
             folder = name[len("digits:"):]
             if not folder:
                 raise ConfigError("--model: 'digits:' needs a folder written by `dpmcli train digits`, as in digits:runs/digits")
-        given["class_label"] = parse_class_label(options.get("class_label"))
+        label = options.get("class_label")
+        given["class_label"] = "all" if label is None else label  # the default grid shows every digit
         return load_digits_model(folder, device=device, dtype=dtype, **given)
     if name.startswith("diffusers:"):
         source = name[len("diffusers:"):]

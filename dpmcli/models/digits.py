@@ -285,6 +285,13 @@ class DigitsModel(Denoiser):
     name = "digits"
     prediction_type = "epsilon"
     sample_shape = IMAGE_SHAPE
+    default_batch = 100  # a 10 x 10 grid: with class "all", one digit per column
+    compare_batch = 500
+    quality_columns = {"class_accuracy": "class acc", "classifier_confidence": "confidence", "nn_distance": "NN dist"}
+
+    @property
+    def grid_columns(self) -> int | None:
+        return 10 if self.class_label == "all" else None
 
     def __init__(
         self,
