@@ -39,6 +39,7 @@ def main() -> None:
          "--title", "diffusers' karras grid with 300 steps: repeated integer timesteps (red)"],
         ["sample", "--steps", "12", "--plot", OUT / "sample-run.png", "--plot-samples", OUT / "sample-samples.png", "--quiet",
          "--format", "json"],
+        ["sample", "--model", "digits", "--save-images", OUT / "digits.png", "--quiet", "--format", "json"],
     ]
     for args in figures:
         subprocess.run([sys.executable, "-m", "dpmcli", *map(str, args), "--dpi", "100"], check=True, stdout=subprocess.DEVNULL)
@@ -51,6 +52,11 @@ def main() -> None:
         shutil.copy(Path(folder) / "error_vs_nfe.png", OUT / "compare-orders.png")
         subprocess.run([sys.executable, "-m", "dpmcli", "compare", "--out", folder, "--quiet", "--dpi", "80"], check=True, stdout=subprocess.DEVNULL)
         shutil.copy(Path(folder) / "samples.png", OUT / "compare-samples.png")
+        # guided digits at 5 steps: one row of samples per solver
+        digits = ["compare", "--model", "digits", "--algo", "dpmsolver++,sde-dpmsolver++", "--order", "1,2,3", "--steps", "3,5",
+                  "--guidance-scale", "4", "--class", "all", "--out", folder, "--quiet"]
+        subprocess.run([sys.executable, "-m", "dpmcli", *digits], check=True, stdout=subprocess.DEVNULL)
+        shutil.copy(Path(folder) / "samples.png", OUT / "compare-digits.png")
 
 
 if __name__ == "__main__":

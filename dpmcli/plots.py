@@ -382,3 +382,24 @@ def compare_samples_figure(mixture, panels: list[tuple[str, np.ndarray, str]], t
             ax.set_visible(False)
         fig.suptitle(_wrap(title, 120), fontsize=12)
     return fig
+
+
+def image_rows_figure(rows: list[tuple[str, np.ndarray]], title: str) -> Figure:
+    """Image models in compare: one row of final samples per solver, labelled on the left.
+
+    ``rows`` holds (label, picture) with picture a uint8 grid from :func:`dpmcli.images.image_grid`.
+    """
+    height, width = rows[0][1].shape[:2]
+    aspect = width / max(height, 1)
+    fig = new_figure(min(14.0, 1.2 * aspect + 3.0), 0.9 * len(rows) + 0.8)
+    with matplotlib.rc_context(STYLE):
+        axes = fig.subplots(len(rows), 1, squeeze=False).ravel()
+        for ax, (label, picture) in zip(axes, rows):
+            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_ylabel(_wrap(label, 28), rotation=0, ha="right", va="center", fontsize=8)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+        fig.suptitle(_wrap(title, 110), fontsize=10)
+    return fig

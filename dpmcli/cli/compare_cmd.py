@@ -165,28 +165,30 @@ def write_out_dir(report, document: dict, out: Path, dpi: int) -> None:
         atomic_write(out / name, lambda handle, text=text: handle.write(text.encode()))
     save_figure(error_figure(report.runs, _title(report)), out / "error_vs_nfe.png", dpi)
     if report.mixture is None and report.model is not None and len(report.model.sample_shape) == 3:
-        write_image_panels(report, out / "samples.png")
+        write_image_panels(report, out / "samples.png", dpi)
     elif report.mixture is not None and report.mixture.dims == 2:
         panels = sample_panels(report)
         if panels:
             save_figure(compare_samples_figure(report.mixture, panels, f"{report.sweep.model}: final samples per solver"), out / "samples.png", dpi)
 
 
-def write_image_panels(report, path: Path, per_run: int = 10) -> None:
+def write_image_panels(report, path: Path, dpi: int, per_run: int = 10) -> None:
     """Image models: one row per solver at the shared step count, the first ``per_run`` samples each."""
     import torch
 
-    from ..images import save_image_grid
+    from ..images import image_grid
+    from ..plots import image_rows_figure, save_figure
 
-    rows = _panel_rows(report)
-    if not rows:
+    chosen = _panel_rows(report)
+    if not chosen:
         return
-    images = []
-    for row in rows:
-        final = torch.from_numpy(report.samples[row["run"]][:per_run])
-        images.append(report.model.to_images(final))
-    count = min(len(i) for i in images)
-    save_image_grid(path, torch.cat([i[:count] for i in images]), columns=count)
+    rows = []
+    for row in chosen:
+        images = report.model.to_images(torch.from_numpy(report.samples[row["run"]][:per_run]))
+        label = f"{row['solver']}\nerror {row['error']:.3g}" if row.get("error") is not None else row["solver"]
+        rows.append((label, image_grid(images, columns=per_run)))
+    title = f"{report.sweep.model}: the first {per_run} samples of each solver at {chosen[0]['steps']} steps (shared x_T)"
+    save_figure(image_rows_figure(rows, title), path, dpi)
 
 
 def _panel_rows(report) -> list:
