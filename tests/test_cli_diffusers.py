@@ -140,3 +140,14 @@ def test_conditioning_errors_are_one_line(folders):
         assert result.exit_code == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and option in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_compare_on_stable_diffusion_with_guidance_blocks(folders):
+    result = invoke("compare", "--model", f"diffusers:{folders['sd']}", "--prompt", PROMPT, "--algo", "dpmsolver++",
+                    "--order", "2", "--steps", "3,5", "--guidance-scale", "1,4", "--batch", 2, "--reference-steps", 10,
+                    "-f", "json", "-q")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert sorted({r["guidance_scale"] for r in doc["runs"]}) == [1.0, 4.0]
+    assert all(r["status"] == "ok" and np.isfinite(r["error"]) for r in doc["runs"])
+    assert doc["config"]["model_info"]["prompt"] == PROMPT

@@ -378,7 +378,7 @@ class DiffusersModel(Denoiser):
         self.conditional = prompt_embeds is not None
         self._prompt_embeds = prompt_embeds
         self._negative_embeds = negative_embeds
-        self._context_cache: dict[int, torch.Tensor] = {}
+        self._context_cache: dict[tuple[int, bool], torch.Tensor] = {}
         # UNets trained with a learned variance output twice the channels; the first half is the prediction
         self._out_channels = int(config.in_channels) if int(config.out_channels) == 2 * int(config.in_channels) else None
         self.name = f"diffusers:{source}"
@@ -411,13 +411,14 @@ class DiffusersModel(Denoiser):
 
     def _context(self, batch: int) -> torch.Tensor:
         """Prompt embeddings for a latent batch (negative prompt first when guiding), made once per batch size."""
-        context = self._context_cache.get(batch)
+        key = (batch, self.guiding)  # compare switches guidance on and off between runs
+        context = self._context_cache.get(key)
         if context is None:
             cond = self._prompt_embeds.expand(batch, -1, -1)
             if self.guiding:
                 cond = torch.cat([self._negative_embeds.expand(batch, -1, -1), cond])
             context = cond.contiguous()
-            self._context_cache = {batch: context}
+            self._context_cache = {key: context}
         return context
 
     @torch.no_grad()
