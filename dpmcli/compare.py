@@ -56,7 +56,7 @@ class Sweep:
     base: SolverConfig = field(default_factory=SolverConfig)
     values: dict = field(default_factory=dict)
     model: str = "ring"
-    batch: int = 4096
+    batch: int | None = None  # None: 4096 for the mixtures, the model's compare_batch for networks
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -189,6 +189,8 @@ class SweepReport:
         config["batch"] = self.batch if self.batch is not None else config["batch"]
         if self.model is not None:
             config["model_info"] = self.model.describe()
+            if self.sweep.guidance != [None]:
+                config["model_info"]["guidance_scale"] = list(self.sweep.guidance)  # one block per scale
         return {
             "config": config,
             "runs": self.runs,
@@ -384,13 +386,17 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
     dtype = resolve_dtype(sweep.dtype, device)
     scales = [g for g in sweep.guidance if g is not None]
     # loaded with the largest scale, so that whatever guidance needs (negative prompts) is prepared
+    if "guidance_scale" in sweep.conditioning:
+        raise ConfigError("Sweep: give guidance scales as Sweep.guidance, not in conditioning")
     model = load_model(sweep.model, device=device, dtype=dtype, guidance_scale=max(scales) if scales else None, **sweep.conditioning)
-    if model.mixture is not None and (sweep.reference_steps or MIXTURE_REFERENCE_STEPS) > sweep.base.train_steps:
+    reference_steps = sweep.reference_steps or (MIXTURE_REFERENCE_STEPS if model.mixture is not None else NETWORK_REFERENCE_STEPS)
+    if model.mixture is not None and reference_steps > sweep.base.train_steps:
         raise ConfigError(
-            f"--reference-steps: {sweep.reference_steps} is more than --train-steps ({sweep.base.train_steps}); use at most that"
+            f"--reference-steps: {reference_steps} is more than --train-steps ({sweep.base.train_steps}); use at most that"
         )
     base, notes = apply_model_schedule(sweep.base, model.schedule_options, sweep.explicit)
-    sweep = replace(sweep, base=base)
+    batch = sweep.batch or (MIXTURE_BATCH if model.mixture is not None else model.compare_batch)
+    sweep = replace(sweep, base=base, reference_steps=reference_steps, batch=batch)
     planned, skipped = expand(sweep)
     return PreparedSweep(sweep, model, planned, skipped, list(model.notes) + notes, device, dtype)
 
@@ -404,14 +410,14 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     prepared = sweep if isinstance(sweep, PreparedSweep) else prepare_sweep(sweep)
     sweep, model = prepared.sweep, prepared.model
     mixture = model.mixture
-    batch = sweep.batch or (MIXTURE_BATCH if mixture is not None else getattr(model, "compare_batch", model.default_batch))
+    batch = sweep.batch
     shape = (batch, *model.sample_shape)
     x_T = initial_latents(sweep.seed, shape, prepared.device, model.latent_dtype or prepared.dtype)
     if mixture is not None:
         references = _MixtureReferences(sweep, mixture, x_T)
         references.bandwidth = default_bandwidth(mixture) if sweep.bandwidth is None else float(sweep.bandwidth)
     else:
-        references = _ReferenceRuns(sweep, model, x_T, sweep.reference_steps or NETWORK_REFERENCE_STEPS)
+        references = _ReferenceRuns(sweep, model, x_T, sweep.reference_steps)
     trees: dict = {}
 
     def noise_for(plan: Plan):
@@ -421,43 +427,53 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     shown = tuple(f for f in SOLVER_FIELDS if f in ("algo", "order") or len(sweep.axis(f)) > 1)
     runs: list[dict] = []
     samples: dict = {}
-    for scale in sweep.guidance:
-        if scale is not None:
-            model.guidance_scale = scale
-        for item in prepared.planned:
-            plan, key = item.plan, item.key
-            label = run_label(key, shown + ("steps",))
-            if len(sweep.guidance) > 1:
-                label = f"{label} cfg {scale:g}"
-            solver = run_label(key, shown) + (f" cfg {scale:g}" if len(sweep.guidance) > 1 else "")
-            row = {"run": label, "solver": solver, **key, "nfe": plan.nfe, "kind": "sde" if plan.config.is_sde else "ode",
-                   "convergence_order": plan.convergence_order, "status": "ok"}
+    default_scale = model.guidance_scale
+    try:
+        for scale in sweep.guidance:
             if scale is not None:
-                row["guidance_scale"] = scale
-            model.bind(plan)
-            try:
-                result = run_plan(plan, model, x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
-            except NumericalError as exc:
-                row.update({"status": "nan", "message": str(exc), "error": None, "seconds": None})
-                runs.append(row)
-                if on_run:
-                    on_run(label)
-                continue
-            final = result.samples.detach().double().cpu()
-            row["seconds"] = result.seconds
-            row["nfe"] = result.nfe
-            row.update(references.score(plan, final, noise_for))
-            if mixture is None:
-                row.update(_scalar_quality(model.quality(result.samples)))
-            samples[label] = final.numpy()
-            runs.append(row)
-            if on_run:
-                on_run(label)
+                model.guidance_scale = scale
+            _run_block(sweep, prepared, model, scale, shown, x_T, references, noise_for, runs, samples, on_run)
+    finally:
+        model.guidance_scale = default_scale  # the loaded model is left as it came
     _mark_best(runs)
     runs.sort(key=lambda r: (r["kind"], math.inf if r.get("error") is None else r["error"]))
     orders = fit_orders(runs)
     return SweepReport(sweep, runs, prepared.skipped, orders, references.describe(), samples, mixture, time.perf_counter() - start,
                        model=model, batch=batch, notes=prepared.notes)
+
+
+def _run_block(sweep, prepared, model, scale, shown, x_T, references, noise_for, runs, samples, on_run) -> None:
+    """Every planned run at one guidance scale (None: the model's own)."""
+    mixture = model.mixture
+    for item in prepared.planned:
+        plan, key = item.plan, item.key
+        label = run_label(key, shown + ("steps",))
+        if len(sweep.guidance) > 1:
+            label = f"{label} cfg {scale:g}"
+        solver = run_label(key, shown) + (f" cfg {scale:g}" if len(sweep.guidance) > 1 else "")
+        row = {"run": label, "solver": solver, **key, "nfe": plan.nfe, "kind": "sde" if plan.config.is_sde else "ode",
+               "convergence_order": plan.convergence_order, "status": "ok"}
+        if scale is not None:
+            row["guidance_scale"] = scale
+        model.bind(plan)
+        try:
+            result = run_plan(plan, model, x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
+        except NumericalError as exc:
+            row.update({"status": "nan", "message": str(exc), "error": None, "seconds": None})
+            runs.append(row)
+            if on_run:
+                on_run(label)
+            continue
+        final = result.samples.detach().double().cpu()
+        row["seconds"] = result.seconds
+        row["nfe"] = result.nfe
+        row.update(references.score(plan, final, noise_for))
+        if mixture is None:
+            row.update(_scalar_quality(model.quality(result.samples)))
+        samples[label] = final.numpy()
+        runs.append(row)
+        if on_run:
+            on_run(label)
 
 
 def _scalar_quality(quality: dict) -> dict:

@@ -15,7 +15,7 @@ import torch
 from .config import SolverConfig
 from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError
-from .models import Denoiser, MixtureModel, load_model
+from .models import Denoiser, MixtureModel, is_mixture, load_model
 from .noise import ArrayNoise, GaussianNoise, initial_latents
 from .plan import Plan, build_plan
 from .sampler import RunResult, sample
@@ -161,7 +161,8 @@ def apply_model_schedule(config: SolverConfig, options: dict, explicit=frozenset
 
 def load_and_plan(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> tuple[Denoiser, Plan, torch.device, torch.dtype, list[str]]:
     """Validate the options, load the model, and build the plan on the model's schedule."""
-    build_plan(config)  # the user's options are checked before a model is loaded
+    if is_mixture(spec.model):
+        build_plan(config)  # checked before any work; a network's own schedule may make other options valid
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     if spec.batch is not None and spec.batch < 1:

@@ -244,7 +244,7 @@ def train_denoiser(
 def evaluate(folder: Path, guidance_scales=GUIDANCE_SCALES, progress: Progress | None = None, **setup) -> dict:
     """Quality of the written model at the evaluation setup: unconditional and class "all" per guidance scale."""
     setup = {**EVALUATION, **setup}
-    runs = [("unconditional", None, 1.0)] + [(f"guidance_{s:g}", "all", s) for s in guidance_scales]
+    runs = [("unconditional", None, None)] + [(f"guidance_{s:g}", "all", s) for s in guidance_scales]
     out = {}
     for k, (key, label, scale) in enumerate(runs):
         model = D.load_digits_model(folder, class_label=label, guidance_scale=scale)
@@ -333,8 +333,10 @@ def train_digits(
         "real": {k: real[k] for k in ("classifier_confidence", "class_accuracy", "nn_distance")},
         "sampling": {"class_label": "all", "guidance_scale": float(guidance_scale)},
     }
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed or interrupted run leaves nothing
     staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=out))
+    finished = False
     try:
         D.save_weights(net, staging / D.WEIGHTS_FILE)
         D.save_weights(classifier, staging / D.CLASSIFIER_FILE)
@@ -348,8 +350,11 @@ def train_digits(
         _write_json(staging / D.CONFIG_FILE, document)
         for name in (D.WEIGHTS_FILE, D.CLASSIFIER_FILE, D.DATA_FILE, D.CONFIG_FILE):  # the JSON last
             os.replace(staging / name, out / name)
+        finished = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not finished:
+            shutil.rmtree(out, ignore_errors=True)  # the folder this run made goes with it
     return document
 
 

@@ -123,7 +123,7 @@ def test_compare_on_a_pipeline_uses_reference_runs(folders, tmp_path):
     assert doc["reference"]["kind"] == "reference run" and "reference run" in doc["reference"]["ode"]
     assert len(doc["runs"]) == 8 and all(r["status"] == "ok" and r["error"] > 0 for r in doc["runs"])
     assert all(r["error_metric"] == "l2_median_vs_reference" for r in doc["runs"])
-    # a random network is no denoiser, so errors need not shrink here (tests/test_digits_cli.py checks that)
+    # a random network is no denoiser, so errors need not shrink here (tests/test_cli_digits.py checks that)
     assert all(np.isfinite(r["error"]) for r in doc["runs"])
     assert (tmp_path / "out" / "samples.png").exists() and (tmp_path / "out" / "results.csv").exists()
 
@@ -151,3 +151,18 @@ def test_compare_on_stable_diffusion_with_guidance_blocks(folders):
     assert sorted({r["guidance_scale"] for r in doc["runs"]}) == [1.0, 4.0]
     assert all(r["status"] == "ok" and np.isfinite(r["error"]) for r in doc["runs"])
     assert doc["config"]["model_info"]["prompt"] == PROMPT
+    errors = {(r["guidance_scale"], r["steps"]): r["error"] for r in doc["runs"]}
+    assert errors[(4.0, 5)] != errors[(1.0, 5)] and errors[(4.0, 3)] != errors[(1.0, 3)]  # guidance really changed
+
+
+def test_a_bare_conditional_unet_has_no_images(folders, tmp_path):
+    source = f"diffusers:{folders['sd'] / 'unet'}"
+    picture = tmp_path / "x.png"
+    result = invoke("sample", "--model", source, "--steps", 2, "--batch", 1, "--save-images", picture, "-q")
+    assert result.exit_code == 2 and "--save-images" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not picture.exists()
+    out = tmp_path / "out"
+    result = invoke("compare", "--model", source, "--algo", "dpmsolver++", "--order", "1", "--steps", "2,3", "--batch", 2,
+                    "--reference-steps", 10, "--out", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "results.json").exists() and not (out / "samples.png").exists()

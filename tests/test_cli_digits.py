@@ -126,3 +126,36 @@ def test_x_init_with_image_shape(tmp_path):
     np.save(bad, x.reshape(3, 64))
     result = invoke("sample", "--model", "digits", "--x-init", bad, "-q")
     assert result.exit_code == 2 and "(batch, 1, 8, 8)" in result.stderr
+
+
+def test_a_broken_digits_folder_is_a_usage_error(tmp_path):
+    import shutil
+
+    folder = tmp_path / "digits"
+    shutil.copytree(DATA_DIR, folder, ignore=shutil.ignore_patterns("gmm*", "__*"))
+    for text in ("[1]", json.dumps({"architecture": {}, "scheduler": {"beta_schedule": "linear"}}),
+                 json.dumps({**json.loads((DATA_DIR / "digits.json").read_text()), "architecture": {"hidden": "wide"}})):
+        (folder / "digits.json").write_text(text)
+        result = invoke("sample", "--model", f"digits:{folder}", "-q")
+        assert result.exit_code == 2, (text, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "--model digits" in result.stderr
+
+
+@pytest.mark.parametrize("args", [("--class", "none", "--guidance-scale", "3"), ("--guidance-scale", "-1")])
+def test_guidance_that_cannot_apply_is_refused(args):
+    result = invoke("sample", "--model", "digits", *args, "-q")
+    assert result.exit_code == 2 and "--guidance-scale" in result.stderr, result.stderr
+
+
+def test_compare_leaves_the_model_as_it_came():
+    from dpmcli.compare import Sweep, prepare_sweep, run_sweep
+    from dpmcli.config import SolverConfig
+
+    prepared = prepare_sweep(Sweep(base=SolverConfig(), values={"algo": ["dpmsolver++"], "order": [2], "steps": [4]},
+                                   model="digits", batch=8, reference_steps=10, guidance=[1.0, 4.0]))
+    default = prepared.model.guidance_scale
+    report = run_sweep(prepared)
+    assert prepared.model.guidance_scale == default  # restored to what the loader set
+    assert report.document()["config"]["model_info"]["guidance_scale"] == [1.0, 4.0]
+    assert [r["guidance_scale"] for r in sorted(report.runs, key=lambda r: r["guidance_scale"])] == [1.0, 4.0]
+    assert report.document()["config"]["reference_steps"] == 10 and report.document()["config"]["batch"] == 8

@@ -177,3 +177,13 @@ def test_methods_in_a_sweep(tmp_path):
     assert all(r["nfe"] == r["steps"] * r["order"] for r in by_method["singlestep"])
     assert all(r["nfe"] == r["steps"] for r in by_method["multistep"])
     assert sum("identical to" in s["reason"] for s in report.skipped) == 2
+
+
+def test_reference_steps_beyond_the_training_steps_name_the_number():
+    from typer.testing import CliRunner
+
+    from dpmcli.cli.main import app
+
+    result = CliRunner().invoke(app, ["compare", "--train-steps", "500", "--steps", "5", "-q"])
+    assert result.exit_code == 2
+    assert "--reference-steps: 1000 is more than --train-steps (500)" in result.stderr

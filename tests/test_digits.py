@@ -46,7 +46,8 @@ def test_shipped_files_are_small_and_load_without_scikit_learn():
 def test_contract_shapes_and_dtypes(model):
     assert model.name == "digits" and model.prediction_type == "epsilon" and model.sample_shape == (1, 8, 8)
     options = model.schedule_options
-    assert set(options) == {"beta_schedule", "beta_start", "beta_end", "train_steps", "prediction_type"}
+    assert set(options) == {"beta_schedule", "beta_start", "beta_end", "train_steps", "prediction_type", "spacing"}
+    assert options["spacing"] == SHIPPED["scheduler"]["timestep_spacing"]
     SolverConfig(**options).validated()
     sched = SHIPPED["scheduler"]
     assert set(sched) >= {"num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type", "timestep_spacing"}
@@ -77,7 +78,9 @@ def test_guidance_one_is_the_conditional_network_and_other_scales_mix_both():
     with torch.no_grad():
         c, u = cond.net(x, t, threes), cond.net(x, t, null)
     assert torch.equal(cond(x, 700.0), c)
-    assert torch.equal(D.load_digits_model(class_label=None, guidance_scale=4.0)(x, 700.0), u)
+    assert torch.equal(D.load_digits_model(class_label=None)(x, 700.0), u)
+    with pytest.raises(ConfigError, match="--guidance-scale"):
+        D.load_digits_model(class_label=None, guidance_scale=4.0)  # unconditional sampling is not guided
     assert torch.equal(D.load_digits_model(class_label=3, guidance_scale=0.0)(x, 700.0), u)
     # one batched forward for both halves: equal to separate forwards up to round-off
     torch.testing.assert_close(D.load_digits_model(class_label=3, guidance_scale=2.5)(x, 700.0), guided(u, c, 2.5), rtol=1e-5, atol=1e-5)

@@ -164,7 +164,7 @@ def write_out_dir(report, document: dict, out: Path, dpi: int) -> None:
     for name, text in files.items():
         atomic_write(out / name, lambda handle, text=text: handle.write(text.encode()))
     save_figure(error_figure(report.runs, _title(report)), out / "error_vs_nfe.png", dpi)
-    if report.mixture is None and report.model is not None and len(report.model.sample_shape) == 3:
+    if report.mixture is None and report.model is not None and report.model.has_images:
         write_image_panels(report, out / "samples.png", dpi)
     elif report.mixture is not None and report.mixture.dims == 2:
         panels = sample_panels(report)

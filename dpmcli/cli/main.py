@@ -104,7 +104,8 @@ def sample(
     solver,
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP, rich_help_panel=RUN)] = "ring",
     batch: Annotated[
-        Optional[int], typer.Option("--batch", "-b", help="Number of samples.", show_default="1024", rich_help_panel=RUN)
+        Optional[int],
+        typer.Option("--batch", "-b", help="Number of samples.", show_default="1024 for mixtures, 100 for digits, 4 or 1 for diffusers", rich_help_panel=RUN),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of x_T and of the SDE noise.", rich_help_panel=RUN)] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUN)] = "auto",

@@ -44,10 +44,10 @@ def run_sample(
     if plot_samples is not None and (prepared.model.mixture is None or prepared.model.dims != 2):
         raise ConfigError(
             f"--plot-samples: model {model_name!r} is not a 2-D mixture; sample plots need one such as ring"
-            + (" (use --save-images for image models)" if len(prepared.model.sample_shape) == 3 else "")
+            + (" (use --save-images for image models)" if prepared.model.has_images else "")
         )
-    if save_images is not None and len(prepared.model.sample_shape) != 3:
-        raise ConfigError(f"--save-images: model {model_name!r} makes points, not images; use --plot-samples or --save")
+    if save_images is not None and not prepared.model.has_images:
+        raise ConfigError(f"--save-images: model {model_name!r} has no images to show (no decoder, or points); use --save")
     warn(prepared.warnings, quiet)
     recorder = None
     if trace is not None or plot_samples is not None:

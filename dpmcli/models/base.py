@@ -54,6 +54,11 @@ class Denoiser:
     def __call__(self, x: torch.Tensor, timestep) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def has_images(self) -> bool:
+        """Whether ``to_images`` draws the samples (checked before a run that should write them)."""
+        return False
+
     def to_images(self, x: torch.Tensor) -> torch.Tensor | None:
         return None
 

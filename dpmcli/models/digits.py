@@ -266,11 +266,19 @@ def parse_class_label(value) -> int | str | None:
 def read_config(folder: Path) -> dict:
     path = folder / CONFIG_FILE
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"--model digits: {path} is missing; train one with: dpmcli train digits --out {folder}") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--model digits: cannot read {path} ({exc})") from None
+    needed = {"architecture": dict, "scheduler": dict}
+    if not isinstance(config, dict) or any(not isinstance(config.get(k), t) for k, t in needed.items()):
+        raise ConfigError(f"--model digits: {path} is not a digits.json written by `dpmcli train digits` (it needs 'architecture' and 'scheduler')")
+    scheduler = config["scheduler"]
+    missing = [k for k in ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction_type") if k not in scheduler]
+    if missing:
+        raise ConfigError(f"--model digits: {path} has no {', '.join(missing)} under 'scheduler'")
+    return config
 
 
 class DigitsModel(Denoiser):
@@ -288,6 +296,8 @@ class DigitsModel(Denoiser):
     default_batch = 100  # a 10 x 10 grid: with class "all", one digit per column
     compare_batch = 500
     quality_columns = {"class_accuracy": "class acc", "classifier_confidence": "confidence", "nn_distance": "NN dist"}
+
+    has_images = True
 
     @property
     def grid_columns(self) -> int | None:
@@ -309,20 +319,26 @@ class DigitsModel(Denoiser):
                 raise ConfigError(f"--model digits: {self.folder / file} is missing; `dpmcli train digits --out DIR` writes all four files")
         self.config = read_config(self.folder)
         self.class_label = parse_class_label(class_label)
+        given_scale = guidance_scale
         if guidance_scale is None:
             guidance_scale = self.config.get("sampling", {}).get("guidance_scale", 1.0)
         try:
             guidance_scale = float(guidance_scale)
         except (TypeError, ValueError):
             raise ConfigError(f"--guidance-scale: {guidance_scale!r} is not a number") from None
-        if not math.isfinite(guidance_scale):
-            raise ConfigError(f"--guidance-scale: {guidance_scale!r} is not allowed; it must be a finite number")
+        if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ConfigError(f"--guidance-scale: {guidance_scale!r} is not allowed; it must be a number >= 0")
+        if self.class_label is None and given_scale is not None:
+            raise ConfigError("--guidance-scale: unconditional sampling (--class none) is not guided; drop one of them")
         self.guidance_scale = guidance_scale
         self.device = torch.device(device)
         self.dtype = dtype
         # half-precision networks keep the solver's arithmetic in float32
         self.latent_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
-        self.net = load_weights(build_network(self.config["architecture"]), self.folder / WEIGHTS_FILE).to(device, dtype)
+        try:
+            self.net = load_weights(build_network(self.config["architecture"]), self.folder / WEIGHTS_FILE).to(device, dtype)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"--model digits: the weights in {self.folder} do not fit its digits.json ({' '.join(str(exc).split())[:200]})") from None
         self._classifier: nn.Module | None = None
         self._data: DigitsData | None = None
 
@@ -337,6 +353,7 @@ class DigitsModel(Denoiser):
             "beta_end": float(sched["beta_end"]),
             "train_steps": int(sched["num_train_timesteps"]),
             "prediction_type": sched["prediction_type"],
+            **({"spacing": sched["timestep_spacing"]} if sched.get("timestep_spacing") else {}),
         }
 
     def labels(self, batch: int, device=None) -> torch.Tensor | None:

@@ -384,6 +384,10 @@ class DiffusersModel(Denoiser):
         self.name = f"diffusers:{source}"
 
     @property
+    def has_images(self) -> bool:
+        return self.decoder is not None or self.kind != "UNet2DConditionModel"
+
+    @property
     def guiding(self) -> bool:
         # read at every call: compare sweeps the guidance scale on one loaded model
         scale = self.guidance_scale
