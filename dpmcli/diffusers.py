@@ -44,7 +44,7 @@ from . import solvers
 from .config import SolverConfig
 from .errors import ConfigError
 from .noise import GaussianNoise
-from .plan import Evaluation, Plan, _make_rows, _multistep_spec, build_plan
+from .plan import Plan, build_plan, multistep_tail
 from .sampler import StepEvent
 from .schedule import (
     Schedule,
@@ -393,7 +393,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         rest = plan.evaluations[begin:]
         plain = all(e.stage == 0 for e in rest) and [e.step for e in rest] == list(range(start, plan.steps))
         if plain:
-            return _multistep_tail(plan, start)
+            return multistep_tail(plan, start)
         cfg = plan.config
         if cfg.compat == "diffusers" or plan.evaluations[begin].stage != 0:
             raise ConfigError(
@@ -513,35 +513,6 @@ def _snap_to_integers(plan: Plan) -> Plan:
         replace(e, timestep=float(timesteps[e.step])) if e.stage == 0 and snap[e.step] else e for e in plan.evaluations
     )
     return replace(plan, timesteps=timesteps, evaluations=evaluations)
-
-
-def _multistep_tail(plan: Plan, start: int) -> Plan:
-    """The multistep plan of grid steps ``start`` onwards, warming up again from first order.
-
-    This is what diffusers' multistep scheduler does when a run begins mid-grid: no earlier model
-    outputs exist, so the orders climb 1, 2, ... again, while the lowered final steps stay as the
-    whole grid set them. Rows are built by the plan's own functions from the sliced grid.
-    """
-    cfg = plan.config
-    sigmas, lambdas, timesteps = plan.sigmas[start:], plan.lambdas[start:], plan.timesteps[start:]
-    count = len(timesteps)
-    orders = np.minimum(plan.orders[start:], np.arange(1, count + 1))
-    evaluations = tuple(Evaluation(j, 0, float(lambdas[j]), float(timesteps[j]), float(sigmas[j])) for j in range(count))
-    specs = [_multistep_spec(cfg, j, int(orders[j]), list(range(j, j - int(orders[j]), -1)), lambdas) for j in range(count)]
-    return Plan(
-        config=cfg,
-        schedule=plan.schedule,
-        timesteps=timesteps,
-        sigmas=sigmas,
-        alpha_t=plan.alpha_t[start:],
-        sigma_t=plan.sigma_t[start:],
-        lambdas=lambdas,
-        h=plan.h[start:],
-        orders=orders,
-        evaluations=evaluations,
-        rows=_make_rows(cfg, evaluations, specs, sigmas),
-        warnings=plan.warnings,
-    )
 
 
 __all__ = ["DPMSolverScheduler"]

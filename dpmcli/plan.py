@@ -532,3 +532,32 @@ def _make_row(cfg, r, evaluation, spec, a, b, c, alpha_s, sigma_s, keep, history
         pivot_coef=float(pivot_coef),
         terms=terms,
     )
+
+
+def multistep_tail(plan: Plan, start: int) -> Plan:
+    """The multistep plan of grid steps ``start`` onwards, warming up again from first order.
+
+    This is what diffusers' multistep scheduler does when a run begins mid-grid: no earlier model
+    outputs exist, so the orders climb 1, 2, ... again, while the lowered final steps stay as the
+    whole grid set them. Rows are built by the plan's own functions from the sliced grid.
+    """
+    cfg = plan.config
+    sigmas, lambdas, timesteps = plan.sigmas[start:], plan.lambdas[start:], plan.timesteps[start:]
+    count = len(timesteps)
+    orders = np.minimum(plan.orders[start:], np.arange(1, count + 1))
+    evaluations = tuple(Evaluation(j, 0, float(lambdas[j]), float(timesteps[j]), float(sigmas[j])) for j in range(count))
+    specs = [_multistep_spec(cfg, j, int(orders[j]), list(range(j, j - int(orders[j]), -1)), lambdas) for j in range(count)]
+    return Plan(
+        config=cfg,
+        schedule=plan.schedule,
+        timesteps=timesteps,
+        sigmas=sigmas,
+        alpha_t=plan.alpha_t[start:],
+        sigma_t=plan.sigma_t[start:],
+        lambdas=lambdas,
+        h=plan.h[start:],
+        orders=orders,
+        evaluations=evaluations,
+        rows=_make_rows(cfg, evaluations, specs, sigmas),
+        warnings=plan.warnings,
+    )
