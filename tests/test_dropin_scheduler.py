@@ -29,6 +29,7 @@ from diffusers import (
     UNet2DModel,
     UniPCMultistepScheduler,
 )
+from test_schedule import DIFFUSERS_FLAGS
 
 from dpmcli import ConfigError, SolverConfig, build_plan
 from dpmcli.config import SPACINGS
@@ -157,15 +158,7 @@ def test_half_precision_is_stepped_in_float32():
 
 # ---------------------------------------------------------------- compat="diffusers"
 
-SIGMA_FLAGS = {
-    "linspace": {},
-    "leading": {"timestep_spacing": "leading", "steps_offset": 1},
-    "trailing": {"timestep_spacing": "trailing"},
-    "karras": {"use_karras_sigmas": True},
-    "exponential": {"use_exponential_sigmas": True},
-    "beta": {"use_beta_sigmas": True},
-    "logsnr": {"use_lu_lambdas": True},
-}
+SIGMA_FLAGS = {**DIFFUSERS_FLAGS, "linspace": {}}  # linspace is diffusers' default: no flag at all
 COMPAT_CASES = [
     ("dpmsolver++", 2, "midpoint", "linspace", "zero", "epsilon", {}),
     ("dpmsolver++", 3, "midpoint", "karras", "zero", "v_prediction", {}),
