@@ -46,7 +46,6 @@ DEFAULT_SWEEP = {
 REFERENCE_ORDER = 2  # the fine-step SDE reference: order 2, exact weights, logsnr grid
 MIXTURE_REFERENCE_STEPS = 1000
 NETWORK_REFERENCE_STEPS = 200
-MIXTURE_BATCH = 4096
 
 
 @dataclass
@@ -56,7 +55,7 @@ class Sweep:
     base: SolverConfig = field(default_factory=SolverConfig)
     values: dict = field(default_factory=dict)
     model: str = "ring"
-    batch: int | None = None  # None: 4096 for the mixtures, the model's compare_batch for networks
+    batch: int | None = None  # None: the model's compare_batch (4096 for the mixtures)
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -181,12 +180,15 @@ class SweepReport:
     mixture: object
     seconds: float
     model: Denoiser | None = None
-    batch: int | None = None
     notes: list = field(default_factory=list)
+
+    @property
+    def quality_columns(self) -> dict:
+        """The model's quality numbers worth a column, with their headers (none for the mixtures)."""
+        return {} if self.mixture is not None or self.model is None else dict(self.model.quality_columns)
 
     def document(self) -> dict:
         config = self.sweep.to_dict()
-        config["batch"] = self.batch if self.batch is not None else config["batch"]
         if self.model is not None:
             config["model_info"] = self.model.describe()
             if self.sweep.guidance != [None]:
@@ -313,7 +315,7 @@ class _ReferenceRuns:
         return tuple(float(v) for v in sigmas) + (() if last > 0 else (0.0,))
 
     def _run(self, key: tuple, config: SolverConfig, noise_for: Callable | None) -> torch.Tensor:
-        key = (*key, getattr(self.model, "guidance_scale", None))
+        key = (*key, self.model.guidance_scale)
         if key not in self.memory:
             fine = build_plan(config)
             self.model.bind(fine)
@@ -395,7 +397,7 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
             f"--reference-steps: {reference_steps} is more than --train-steps ({sweep.base.train_steps}); use at most that"
         )
     base, notes = apply_model_schedule(sweep.base, model.schedule_options, sweep.explicit)
-    batch = sweep.batch or (MIXTURE_BATCH if model.mixture is not None else model.compare_batch)
+    batch = sweep.batch or model.compare_batch
     sweep = replace(sweep, base=base, reference_steps=reference_steps, batch=batch)
     planned, skipped = expand(sweep)
     return PreparedSweep(sweep, model, planned, skipped, list(model.notes) + notes, device, dtype)
@@ -410,8 +412,7 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     prepared = sweep if isinstance(sweep, PreparedSweep) else prepare_sweep(sweep)
     sweep, model = prepared.sweep, prepared.model
     mixture = model.mixture
-    batch = sweep.batch
-    shape = (batch, *model.sample_shape)
+    shape = (sweep.batch, *model.sample_shape)
     x_T = initial_latents(sweep.seed, shape, prepared.device, model.latent_dtype or prepared.dtype)
     if mixture is not None:
         references = _MixtureReferences(sweep, mixture, x_T)
@@ -439,7 +440,7 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     runs.sort(key=lambda r: (r["kind"], math.inf if r.get("error") is None else r["error"]))
     orders = fit_orders(runs)
     return SweepReport(sweep, runs, prepared.skipped, orders, references.describe(), samples, mixture, time.perf_counter() - start,
-                       model=model, batch=batch, notes=prepared.notes)
+                       model=model, notes=prepared.notes)
 
 
 def _run_block(sweep, prepared, model, scale, shown, x_T, references, noise_for, runs, samples, on_run) -> None:

@@ -21,7 +21,6 @@ from .plan import Plan, build_plan
 from .sampler import RunResult, sample
 from .stats import StepStatistics, tensor_stats
 
-DEFAULT_BATCH = 1024
 # The training schedule travels as a group: mixing a model's betas with the user's would
 # describe a process the network never saw.
 BETA_OPTIONS = ("beta_schedule", "beta_start", "beta_end", "train_steps", "trained_betas", "rescale_zero_snr")
@@ -185,7 +184,7 @@ def prepare(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> Prepar
     if spec.x_init is not None:
         x = _load_x_init(spec.x_init, shape, spec.batch).to(device=device, dtype=latent_dtype)
     else:
-        batch = getattr(model, "default_batch", DEFAULT_BATCH) if spec.batch is None else spec.batch
+        batch = model.default_batch if spec.batch is None else spec.batch
         x = initial_latents(spec.seed, (batch, *shape), device, latent_dtype)
     warnings = list(model.notes) + list(plan.warnings) + notes
     if spec.noise is not None:

@@ -84,6 +84,18 @@ def make_ddpm_pipeline_folder(
     return path
 
 
+# The image-space autoencoders (VQ and KL): RGB, two resolution levels, one block each.
+TINY_AUTOENCODER = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": (8, 16),
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+}
+
+
 def make_ldm_pipeline_folder(path, sample_size: int = 8, seed: int = 0) -> Path:
     """An unconditional latent-diffusion folder (LDMPipeline): a UNet2DModel on 3 x 8 x 8 latents and a VQModel."""
     from diffusers import LDMPipeline, VQModel
@@ -91,18 +103,7 @@ def make_ldm_pipeline_folder(path, sample_size: int = 8, seed: int = 0) -> Path:
     path = Path(path)
     unet = make_unet(sample_size=sample_size, seed=seed)
     torch.manual_seed(seed)
-    vqvae = VQModel(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=3,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        num_vq_embeddings=16,
-        sample_size=sample_size * 2,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    ).eval()
+    vqvae = VQModel(**TINY_AUTOENCODER, latent_channels=3, num_vq_embeddings=16, sample_size=sample_size * 2).eval()
     sched = make_scheduler("ddim", beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195)
     LDMPipeline(vqvae=vqvae, unet=unet, scheduler=sched).save_pretrained(path)
     return path
@@ -173,17 +174,7 @@ def make_sd_pipeline_folder(
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     ).eval()
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        sample_size=sample_size * 2,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    ).eval()
+    vae = AutoencoderKL(**TINY_AUTOENCODER, latent_channels=4, sample_size=sample_size * 2).eval()
     tokenizer_dir = make_tokenizer_folder(path / "_tokenizer_source")
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     text_encoder = CLIPTextModel(

@@ -111,15 +111,9 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     return 0
 
 
-def _quality_columns(report) -> dict:
-    if report.mixture is not None or report.model is None:
-        return {}
-    return dict(getattr(report.model, "quality_columns", {}))
-
-
 def csv_columns(report) -> list[str]:
     """The fixed columns, then guidance and the model's quality numbers when a network ran."""
-    extra = (["guidance_scale"] if any("guidance_scale" in r for r in report.runs) else []) + list(_quality_columns(report))
+    extra = (["guidance_scale"] if any("guidance_scale" in r for r in report.runs) else []) + list(report.quality_columns)
     return CSV_COLUMNS[:-2] + extra + CSV_COLUMNS[-2:]
 
 
@@ -129,7 +123,7 @@ def document_config(report) -> dict:
 
 def _title(report) -> str:
     sweep = report.sweep
-    return f"{sweep.model}, {report.batch or sweep.batch} samples, seed {sweep.seed}: error against NFE"
+    return f"{sweep.model}, {sweep.batch} samples, seed {sweep.seed}: error against NFE"
 
 
 def emit(report, document: dict, fmt: str) -> None:
@@ -234,7 +228,7 @@ def markdown_summary(report, document: dict) -> str:
     lines = [
         "# dpmcli compare",
         "",
-        f"Model `{sweep['model']}`, {report.batch or sweep['batch']} samples, seed {sweep['seed']}, dtype {sweep['dtype']}; "
+        f"Model `{sweep['model']}`, {sweep['batch']} samples, seed {sweep['seed']}, dtype {sweep['dtype']}; "
         f"{len(report.runs)} runs, {len(report.skipped)} skipped, {report.seconds:.1f} s.",
         "",
         f"- ODE ground truth: {report.reference['ode']}",
@@ -243,7 +237,7 @@ def markdown_summary(report, document: dict) -> str:
         "## Runs (sorted by error; ★ = best at its NFE)",
         "",
     ]
-    quality = _quality_columns(report)
+    quality = report.quality_columns
     middle = (
         {"mode_flips": "mode flips", "strong_error": "strong error", "log_likelihood_gap": "log-lik gap"}
         if report.mixture is not None else quality

@@ -178,14 +178,13 @@ def compare_tables(report, document) -> list:
         f for f in ("algo", "order", "method", "startup", "solver_type", "spacing", "final_sigma", "coefficients", "compat")
         if f in varying or f in ("algo", "order")
     ]
-    batch = report.batch or report.sweep.batch
     runs = Table(
-        title=f"{len(report.runs)} runs on {report.sweep.model} ({batch} samples), sorted by error; ★ best at its NFE",
+        title=f"{len(report.runs)} runs on {report.sweep.model} ({report.sweep.batch} samples), sorted by error; ★ best at its NFE",
         caption=f"ODE: {report.reference['ode']}\nSDE: {report.reference['sde']}",
         header_style="bold",
     )
     exact = report.mixture is not None
-    quality = {} if exact or report.model is None else dict(getattr(report.model, "quality_columns", {}))
+    quality = report.quality_columns
     guided = any(r.get("guidance_scale") is not None for r in report.runs)
     runs.add_column("")
     for name in shown:

@@ -67,7 +67,7 @@ def run_sample(
         from ..images import save_image_grid
 
         images = prepared.model.to_images(report.result.samples)
-        save_image_grid(save_images, images, columns=getattr(prepared.model, "grid_columns", None))
+        save_image_grid(save_images, images, columns=prepared.model.grid_columns)
         written.append(save_images)
     if fmt == "json":
         sys.stdout.write(dumps_json(report.document()))

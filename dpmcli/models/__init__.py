@@ -21,6 +21,7 @@ class MixtureModel(Denoiser):
     """
 
     default_batch = 1024
+    compare_batch = 4096
 
     def __init__(self, mixture: GaussianMixture, schedule: Schedule | None = None, prediction_type: str = "epsilon"):
         self.mixture = mixture

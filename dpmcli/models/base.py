@@ -17,10 +17,13 @@ was trained to output). Everything else is optional and has a neutral default he
 
 from __future__ import annotations
 
+import math
+from abc import ABC, abstractmethod
+
 import torch
 
 
-class Denoiser:
+class Denoiser(ABC):
     """Base class of dpmcli's models; see the module docstring for the contract."""
 
     name: str = "model"
@@ -36,6 +39,7 @@ class Denoiser:
     # classifier-free guidance scale, read at every call (compare sweeps it); None: not guided
     guidance_scale: float | None = None
     notes: tuple[str, ...] = ()  # what the loader decided that the user should hear (shown as warnings)
+    grid_columns: int | None = None  # images per row of --save-images (None: a square grid)
 
     @property
     def schedule_options(self) -> dict:
@@ -43,16 +47,14 @@ class Denoiser:
 
     @property
     def dims(self) -> int:
-        count = 1
-        for size in self.sample_shape:
-            count *= int(size)
-        return count
+        return math.prod(int(size) for size in self.sample_shape)
 
     def bind(self, plan) -> None:
         """Called once with the run's plan before the first model call."""
 
-    def __call__(self, x: torch.Tensor, timestep) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, x: torch.Tensor, timestep) -> torch.Tensor:
+        """The prediction of type ``prediction_type`` for latents ``x`` at ``timestep``."""
 
     @property
     def has_images(self) -> bool:
