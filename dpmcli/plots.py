@@ -313,6 +313,15 @@ _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
 _DASHES = ["-", "--", "-.", ":"]
 
 
+# (kind, measured against a reference run of a network?) -> the error axis
+Y_LABELS = {
+    ("ode", False): "median L2 error vs exact ODE solution",
+    ("sde", False): "strong error vs fine-step SDE solution",
+    ("ode", True): "median L2 distance to the reference run",
+    ("sde", True): "strong error vs the reference SDE run",
+}
+
+
 def error_figure(runs: list[dict], title: str) -> Figure:
     """Error against NFE on log-log axes, one line per solver, with reference slopes 1, 2, 3."""
     kinds = [k for k in ("ode", "sde") if any(r["kind"] == k and r.get("error") for r in runs)]
@@ -352,7 +361,8 @@ def error_figure(runs: list[dict], title: str) -> Figure:
                 ax.set_xticks(ticks, [str(t) for t in ticks])
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("NFE (model evaluations)")
-            ax.set_ylabel("median L2 error vs exact ODE solution" if kind == "ode" else "strong error vs fine-step SDE solution")
+            against_run = any(r["kind"] == kind and r.get("error_metric") == "l2_median_vs_reference" for r in runs)
+            ax.set_ylabel(Y_LABELS[kind, against_run])
             ax.set_title("ODE solvers" if kind == "ode" else "SDE solvers (same Brownian path)")
             ax.legend(loc="lower left", fontsize=7)
         fig.suptitle(_wrap(title, 120), fontsize=12)

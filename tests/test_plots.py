@@ -111,3 +111,13 @@ def test_bad_figure_options_exit_2_and_write_nothing(args, option, tmp_path):
     assert result.exit_code == 2, result.stderr
     assert option in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_error_figure_names_what_the_error_is_measured_against():
+    from dpmcli.plots import error_figure
+
+    rows = [{"kind": "ode", "solver": "dpmsolver++ order 2", "nfe": n, "error": 1.0 / n, "error_metric": metric}
+            for n in (5, 10) for metric in ("l2_median_vs_reference",)]
+    assert error_figure(rows, "t").axes[0].get_ylabel() == "median L2 distance to the reference run"
+    exact = [{**r, "error_metric": "l2_median"} for r in rows]
+    assert error_figure(exact, "t").axes[0].get_ylabel() == "median L2 error vs exact ODE solution"
