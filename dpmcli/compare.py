@@ -32,7 +32,7 @@ from .errors import ConfigError, NumericalError, bad_choice
 from .models import Denoiser, MixtureModel, load_model
 from .noise import initial_latents
 from .plan import Plan, build_plan
-from .reference import ReferenceCache, default_cache_dir, ode_limit
+from .reference import CacheDirError, ReferenceCache, check_cache_dir, default_cache_dir, far_lambda, ode_limit
 from .experiment import run_plan
 from .sampler import sample
 
@@ -181,6 +181,7 @@ class SweepReport:
     seconds: float
     model: Denoiser | None = None
     notes: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # found while running (a damaged or unwritable cache), one line each
 
     @property
     def quality_columns(self) -> dict:
@@ -200,6 +201,7 @@ class SweepReport:
             "orders": self.orders,
             "reference": self.reference,
             "seconds": self.seconds,
+            "warnings": list(dict.fromkeys([*self.notes, *self.warnings])),
         }
 
 
@@ -211,10 +213,11 @@ def _median_l2(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 class _MixtureReferences:
     """Ground truth of a sweep, computed once per distinct (kind, lambda range) and cached on disk."""
 
-    def __init__(self, sweep: Sweep, mixture, x_T: torch.Tensor):
+    def __init__(self, sweep: Sweep, mixture, x_T: torch.Tensor, cache_writable: bool = True):
         self.sweep, self.mixture, self.x_T = sweep, mixture, x_T.detach().double().cpu()
         self.reference_steps = sweep.reference_steps or MIXTURE_REFERENCE_STEPS
-        self.cache = ReferenceCache(sweep.cache_dir)
+        self.cache = ReferenceCache(sweep.cache_dir, writable=cache_writable)
+        self.expect = dict(shape=tuple(self.x_T.shape), dtype=np.float64)  # what a cached reference must be
         self.memory: dict = {}
         self.fine_plans: dict = {}
         self._arrays = (mixture.weights, mixture.means, mixture.stds, self.x_T.numpy())
@@ -222,10 +225,12 @@ class _MixtureReferences:
     def ode(self, plan: Plan) -> torch.Tensor:
         lam0, lam1 = float(plan.lambdas[0]), float(plan.lambdas[-1])
         description = {"kind": "ode", "lambda_start": lam0, "lambda_end": lam1, "rtol": 1e-10, "method": "DOP853"}
+        if not math.isfinite(lam1):
+            description["lambda_far"] = far_lambda(self.mixture, lam0)
         key = ("ode", lam0, lam1)
         if key not in self.memory:
             self.memory[key] = self.cache.get_or_compute(
-                description, self._arrays, lambda: ode_limit(self.mixture, self.x_T, lam0, lam1)
+                description, self._arrays, lambda: ode_limit(self.mixture, self.x_T, lam0, lam1), **self.expect
             )
         return self.memory[key]
 
@@ -255,7 +260,7 @@ class _MixtureReferences:
                 model.bind(fine)
                 return sample(fine, model, self.x_T.clone(), noise_for(fine)).samples
 
-            self.memory[key] = self.cache.get_or_compute(description, self._arrays, compute)
+            self.memory[key] = self.cache.get_or_compute(description, self._arrays, compute, **self.expect)
         return self.memory[key]
 
 
@@ -368,6 +373,7 @@ class PreparedSweep:
     notes: list[str]
     device: torch.device
     dtype: torch.dtype
+    cache_writable: bool = True
 
 
 def prepare_sweep(sweep: Sweep) -> PreparedSweep:
@@ -396,11 +402,22 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
         raise ConfigError(
             f"--reference-steps: {reference_steps} is more than --train-steps ({sweep.base.train_steps}); use at most that"
         )
+    unwritable = None
+    if model.mixture is not None and sweep.cache_dir is not None:
+        try:
+            unwritable = check_cache_dir(sweep.cache_dir)
+        except CacheDirError as exc:
+            raise ConfigError(f"--cache-dir: {exc}; give a folder for reference solutions, or --no-cache") from None
     base, notes = apply_model_schedule(sweep.base, model.schedule_options, sweep.explicit)
     batch = sweep.batch or model.compare_batch
     sweep = replace(sweep, base=base, reference_steps=reference_steps, batch=batch)
     planned, skipped = expand(sweep)
-    return PreparedSweep(sweep, model, planned, skipped, list(model.notes) + notes, device, dtype)
+    notes = list(model.notes) + notes
+    if unwritable:
+        notes.append(f"--cache-dir: {unwritable}")
+    # what each plan says about its grid (fewer steps than asked, ...), once per distinct message
+    notes += list(dict.fromkeys(w for item in planned for w in item.plan.warnings))
+    return PreparedSweep(sweep, model, planned, skipped, notes, device, dtype, unwritable is None)
 
 
 def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None = None) -> SweepReport:
@@ -415,7 +432,7 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     shape = (sweep.batch, *model.sample_shape)
     x_T = initial_latents(sweep.seed, shape, prepared.device, model.latent_dtype or prepared.dtype)
     if mixture is not None:
-        references = _MixtureReferences(sweep, mixture, x_T)
+        references = _MixtureReferences(sweep, mixture, x_T, prepared.cache_writable)
         references.bandwidth = default_bandwidth(mixture) if sweep.bandwidth is None else float(sweep.bandwidth)
     else:
         references = _ReferenceRuns(sweep, model, x_T, sweep.reference_steps)
@@ -437,10 +454,13 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     finally:
         model.guidance_scale = default_scale  # the loaded model is left as it came
     _mark_best(runs)
-    runs.sort(key=lambda r: (r["kind"], math.inf if r.get("error") is None else r["error"]))
+    # each guidance block has its own references: its runs stay together, in the order of the scales
+    block = {scale: i for i, scale in reversed(list(enumerate(sweep.guidance)))}
+    runs.sort(key=lambda r: (block.get(r.get("guidance_scale"), 0), r["kind"], math.inf if r.get("error") is None else r["error"]))
     orders = fit_orders(runs)
+    warnings = list(references.cache.warnings) if mixture is not None else []
     return SweepReport(sweep, runs, prepared.skipped, orders, references.describe(), samples, mixture, time.perf_counter() - start,
-                       model=model, notes=prepared.notes)
+                       model=model, notes=prepared.notes, warnings=warnings)
 
 
 def _run_block(sweep, prepared, model, scale, shown, x_T, references, noise_for, runs, samples, on_run) -> None:
@@ -448,12 +468,15 @@ def _run_block(sweep, prepared, model, scale, shown, x_T, references, noise_for,
     mixture = model.mixture
     for item in prepared.planned:
         plan, key = item.plan, item.key
-        label = run_label(key, shown + ("steps",))
+        ran = key["steps"] if plan.config.method == "adaptive" else plan.steps  # a grid may hold fewer steps than asked
+        label = run_label({**key, "steps": ran}, shown + ("steps",))
         if len(sweep.guidance) > 1:
             label = f"{label} cfg {scale:g}"
         solver = run_label(key, shown) + (f" cfg {scale:g}" if len(sweep.guidance) > 1 else "")
         row = {"run": label, "solver": solver, **key, "nfe": plan.nfe, "kind": "sde" if plan.config.is_sde else "ode",
                "convergence_order": plan.convergence_order, "status": "ok"}
+        if ran != key["steps"]:
+            row["steps"], row["steps_requested"] = ran, key["steps"]
         if scale is not None:
             row["guidance_scale"] = scale
         model.bind(plan)
@@ -471,6 +494,10 @@ def _run_block(sweep, prepared, model, scale, shown, x_T, references, noise_for,
         row.update(references.score(plan, final, noise_for))
         if mixture is None:
             row.update(_scalar_quality(model.quality(result.samples)))
+        broken = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v) and k != "seconds"]
+        if broken:  # finite samples, non-finite scores: never a number that reads as a result
+            row.update({k: None for k in broken})
+            row.update({"status": "nan", "error": None, "message": f"non-finite {', '.join(broken)} from finite samples"})
         samples[label] = final.numpy()
         runs.append(row)
         if on_run:
@@ -523,28 +550,50 @@ def fit_orders(runs: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------- gates
 
 
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_gates(report: SweepReport, max_error=None, baseline: dict | None = None, tolerance: float = 0.1, min_order=None) -> tuple[list[str], list[str]]:
-    """(failures, notes): each failure names the run and by how much."""
+    """(failures, notes): each failure names the run and by how much.
+
+    Against a baseline, runs match on their solver options, requested steps and guidance scale;
+    baseline runs without a finite error are ignored (one note lists them), and a baseline of
+    which no run matches a run of this sweep fails: it guards nothing.
+    """
     failures: list[str] = []
     notes: list[str] = []
     if max_error is not None:
         for row in report.runs:
             error = row.get("error")
-            if error is None:
+            if not _finite(error):
                 failures.append(f"{row['run']}: no error value ({row['status']}) against --max-error {max_error:g}")
             elif error > max_error:
                 failures.append(f"{row['run']}: {row['error_metric']} {error:.4g} > --max-error {max_error:g} (x{error / max_error:.2f})")
     if baseline is not None:
-        old = {_baseline_key(r): r for r in baseline.get("runs", [])}
+        old: dict = {}
+        ignored: dict = {}  # baseline runs without a usable error, by key
+        for r in baseline.get("runs", []):
+            if _finite(r.get("error")):
+                old[_baseline_key(r)] = r
+            else:
+                ignored[_baseline_key(r)] = str(r.get("run", "?"))
+        if ignored:
+            names = list(ignored.values())
+            shown = "; ".join(names[:5]) + (f"; ... ({len(names) - 5} more)" if len(names) > 5 else "")
+            notes.append(f"baseline: {len(ignored)} run(s) without a finite error are ignored: {shown}")
         new = {_baseline_key(r): r for r in report.runs}
+        matched = 0
         for key, row in new.items():
             if key not in old:
-                notes.append(f"{row['run']}: not in the baseline")
+                if key not in ignored:  # (those are in the note above)
+                    notes.append(f"{row['run']}: not in the baseline")
                 continue
-            before, after = old[key].get("error"), row.get("error")
-            if after is None and before is not None:
+            matched += 1
+            before, after = old[key]["error"], row.get("error")
+            if not _finite(after):
                 failures.append(f"{row['run']}: no error value ({row['status']}), baseline {before:.4g}")
-            elif before is not None and after is not None and after - before > tolerance * abs(before) + 1e-15:
+            elif after - before > tolerance * abs(before) + 1e-15:
                 # relative to |baseline|: MMD^2 is unbiased and may be negative
                 worse = (after - before) / abs(before) if before != 0 else math.inf
                 failures.append(
@@ -554,6 +603,11 @@ def check_gates(report: SweepReport, max_error=None, baseline: dict | None = Non
         for key, row in old.items():
             if key not in new:
                 notes.append(f"{row.get('run', key)}: in the baseline but not in this sweep")
+        if not matched:
+            failures.append(
+                f"--baseline: no run of the baseline matches a run of this sweep ({len(old)} baseline run(s) with an "
+                f"error, {len(new)} run(s) now; runs match on their solver options, steps and guidance scale)"
+            )
     if min_order is not None:
         for entry in report.orders:
             fitted = entry["fitted_order"]
@@ -565,4 +619,6 @@ def check_gates(report: SweepReport, max_error=None, baseline: dict | None = Non
 
 
 def _baseline_key(row: dict) -> tuple:
-    return tuple(str(row.get(f)) for f in (*SWEEP_FIELDS, "guidance_scale"))
+    """What makes two runs the same run: the swept values (steps as asked) and the guidance scale."""
+    values = {**row, "steps": row.get("steps_requested", row.get("steps"))}
+    return tuple(str(values.get(f)) for f in (*SWEEP_FIELDS, "guidance_scale"))

@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from .errors import NumericalError
+
 STAT_KEYS = ("mean", "std", "min", "max", "norm")
 
 
@@ -55,7 +57,7 @@ def mixture_summary(mixture, samples: torch.Tensor, reference_count: int = 100_0
     counts = torch.bincount(mixture.component_of(x), minlength=mixture.components).double()
     shares = (counts / counts.sum()).tolist()
     weights = [float(w) for w in mixture.weights]
-    return {
+    summary = {
         "mean_log_likelihood": log_p.mean().item(),
         "expected_log_likelihood": expected,
         "expected_log_likelihood_stderr": stderr,
@@ -63,6 +65,10 @@ def mixture_summary(mixture, samples: torch.Tensor, reference_count: int = 100_0
         "component_weights": weights,
         "share_total_variation": 0.5 * sum(abs(s - w) for s, w in zip(shares, weights)),
     }
+    broken = [key for key, value in summary.items() if not all(map(math.isfinite, value if isinstance(value, list) else [value]))]
+    if broken:  # a summary is never a NaN that reads as a result
+        raise NumericalError(f"mixture summary: {', '.join(broken)} is not finite (mixture {mixture.name!r})")
+    return summary
 
 
 class StepStatistics:

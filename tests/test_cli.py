@@ -160,10 +160,10 @@ def test_unwritable_save_is_refused_before_running(tmp_path):
 
 
 def test_numerical_failure_exits_3_and_writes_nothing(tmp_path):
-    mixture = tmp_path / "huge.json"
-    mixture.write_text(json.dumps({"weights": [1, 1], "means": [[3e38, 0], [-3e38, 0]], "stds": [1e38, 1e38]}))
+    x_init = tmp_path / "huge.npy"  # (an absurd mixture is refused up front: test_compare_edges.py)
+    np.save(x_init, np.full((8, 2), 3e38, dtype=np.float32))
     save = tmp_path / "x.npy"
-    result = invoke("sample", "--model", f"gmm:{mixture}", "--steps", 5, "--batch", 8, "--save", save)
+    result = invoke("sample", "--x-init", x_init, "--steps", 5, "--save", save)
     one_line_error(result, 3)
     assert "step 0" in result.stderr and "NaN or Inf" in result.stderr
     assert not save.exists()

@@ -78,6 +78,7 @@ def test_gmm_json_files(tmp_path):
     good.write_text(json.dumps({"weights": [1, 3], "means": [[0, 0, 1], [1, 1, 1]], "stds": [0.5, 0.2]}))
     mix = load_mixture(f"gmm:{good}")
     assert mix.dims == 3 and np.allclose(mix.weights, [0.25, 0.75]) and mix.stds.shape == (2, 3)
+    assert len(mix.notes) == 1 and "sum to 4" in mix.notes[0]  # relative weights are rescaled, with a warning
     cases = {
         "missing.json": None,
         "notjson.json": "{weights: 1",

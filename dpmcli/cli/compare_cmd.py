@@ -20,18 +20,26 @@ CSV_COLUMNS = [
 
 
 def _load_baseline(path: Path) -> dict:
+    if Path(path).is_dir():
+        raise ConfigError(f"--baseline: {path} is a folder; give the results.json of an earlier compare --out")
     try:
-        document = json.loads(Path(path).read_text())
+        document = json.loads(Path(path).read_bytes().decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"--baseline: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--baseline: {path} is not UTF-8 text; give the results.json of an earlier compare --out") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--baseline: {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ConfigError(f"--baseline: {path} is nested too deeply to be a dpmcli results.json") from None
     runs = document.get("runs") if isinstance(document, dict) else None
-    if not isinstance(runs, list) or not all(
-        isinstance(r, dict) and isinstance(r.get("run"), str) and (r.get("error") is None or isinstance(r.get("error"), (int, float)))
-        for r in runs
+    number = lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    if not isinstance(document, dict) or not isinstance(document.get("config"), dict) or not isinstance(runs, list) or not runs or not all(
+        isinstance(r, dict) and isinstance(r.get("run"), str) and number(r.get("error")) for r in runs
     ):
-        raise ConfigError(f"--baseline: {path} is not a dpmcli compare results.json (a 'runs' list of runs with errors)")
+        raise ConfigError(
+            f"--baseline: {path} is not a dpmcli compare results.json (a 'config' object and a non-empty 'runs' list of runs with errors)"
+        )
     return document
 
 
@@ -75,6 +83,7 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     warn(prepared.notes, quiet)
     with progress_bar(len(prepared.planned) * len(scales), "compare", show_progress(quiet)) as advance:
         report = run_sweep(prepared, on_run=advance)
+    warn(report.warnings, quiet)  # a damaged or unwritable reference cache
     invalid = [s for s in report.skipped if not s["reason"].startswith("identical to")]
     merged = len(report.skipped) - len(invalid)
     warn([f"skipped {s['run']}: {s['reason']}" for s in invalid], quiet)
@@ -212,18 +221,20 @@ def sample_panels(report) -> list:
 
 
 def _md_number(value) -> str:
-    if value is None:
-        return "—"
+    from .render import DASH, compare_cell
+
     if isinstance(value, bool):
         return "★" if value else ""
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
+    if isinstance(value, float) and math.isfinite(value):
         return f"{value:.4g}"
-    return str(value)
+    if value is None or isinstance(value, (int, float)):
+        return compare_cell(value)
+    return str(value) if str(value) else DASH
 
 
 def markdown_summary(report, document: dict) -> str:
+    from .render import DASH, guidance_blocks
+
     sweep = document["config"]
     lines = [
         "# dpmcli compare",
@@ -233,29 +244,36 @@ def markdown_summary(report, document: dict) -> str:
         "",
         f"- ODE ground truth: {report.reference['ode']}",
         f"- SDE ground truth: {report.reference['sde']}",
-        "",
-        "## Runs (sorted by error; ★ = best at its NFE)",
-        "",
     ]
     quality = report.quality_columns
     middle = (
         {"mode_flips": "mode flips", "strong_error": "strong error", "log_likelihood_gap": "log-lik gap"}
         if report.mixture is not None else quality
     )
-    lines += [
-        "| | solver | steps | NFE | error | metric | " + " | ".join(middle.values()) + " | seconds |",
-        "|---|---|---|---|---|---|" + "---|" * len(middle) + "---|",
-    ]
-    for r in report.runs:
-        cells = " | ".join(_md_number(r.get(key)) for key in middle)
-        lines.append(
-            f"| {_md_number(r.get('best_at_nfe'))} | {r['solver']} | {r['steps']} | {r['nfe']} | {_md_number(r.get('error'))} | "
-            f"{r.get('error_metric', r['status'])} | {cells} | {_md_number(r.get('seconds'))} |"
-        )
+    for scale, block in guidance_blocks(report):
+        where = f" at guidance scale {scale:g}, against its own references" if scale is not None else ""
+        lines += [
+            "",
+            f"## Runs{where}: sorted by error, ★ = best at its NFE",
+            "",
+            "| | solver | steps | NFE | error | metric | " + " | ".join(middle.values()) + " | seconds |",
+            "|---|---|---|---|---|---|" + "---|" * len(middle) + "---|",
+        ]
+        for r in block:
+            cells = " | ".join(_md_number(r.get(key)) for key in middle)
+            steps = "auto" if r.get("method") == "adaptive" else _md_number(r.get("steps"))
+            lines.append(
+                f"| {_md_number(r.get('best_at_nfe'))} | {r['solver']} | {steps} | {_md_number(r.get('nfe'))} | "
+                f"{_md_number(r.get('error'))} | {r['status'] if r['status'] != 'ok' else r.get('error_metric', DASH)} | {cells} | "
+                f"{_md_number(r.get('seconds'))} |"
+            )
     lines += ["", "## Convergence orders (slope of log error against log NFE)", "",
               "| solver | metric | nominal | expected | fitted |", "|---|---|---|---|---|"]
     for o in report.orders:
-        lines.append(f"| {o['solver']} | {o['metric']} | {o['nominal_order']} | {o['expected_order']} | {_md_number(o['fitted_order'])} |")
+        lines.append(
+            f"| {o['solver']} | {o['metric']} | {_md_number(o['nominal_order'])} | {_md_number(o['expected_order'])} | "
+            f"{_md_number(o['fitted_order'])} |"
+        )
     if report.skipped:
         lines += ["", "## Skipped", ""] + [f"- {s['run']}: {s['reason']}" for s in report.skipped]
     gates = document.get("gates", {})

@@ -170,6 +170,28 @@ def quality_tables(quality: dict, summary: Table) -> list:
     return tables
 
 
+DASH = "—"  # a missing or non-finite number in compare's outputs (table and Markdown alike)
+
+
+def compare_cell(value, digits: int = 3) -> str:
+    """A number of compare's outputs: an em dash when it is missing or not finite."""
+    if value is None or isinstance(value, bool):
+        return DASH
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return DASH
+    return f"{value:.{digits}g}"
+
+
+def guidance_blocks(report) -> list:
+    """[(scale or None, runs)]: one block per guidance scale, in the order of the sweep (one block without guidance)."""
+    scales = list(dict.fromkeys(report.sweep.guidance))
+    if scales == [None]:
+        return [(None, list(report.runs))]
+    return [(scale, [r for r in report.runs if r.get("guidance_scale") == scale]) for scale in scales]
+
+
 def compare_tables(report, document) -> list:
     from ..compare import SWEEP_FIELDS
 
@@ -178,43 +200,47 @@ def compare_tables(report, document) -> list:
         f for f in ("algo", "order", "method", "startup", "solver_type", "spacing", "final_sigma", "coefficients", "compat")
         if f in varying or f in ("algo", "order")
     ]
-    runs = Table(
-        title=f"{len(report.runs)} runs on {report.sweep.model} ({report.sweep.batch} samples), sorted by error; ★ best at its NFE",
-        caption=f"ODE: {report.reference['ode']}\nSDE: {report.reference['sde']}",
-        header_style="bold",
-    )
     exact = report.mixture is not None
     quality = report.quality_columns
-    guided = any(r.get("guidance_scale") is not None for r in report.runs)
-    runs.add_column("")
-    for name in shown:
-        runs.add_column(name.replace("_", " "))
-    if guided:
-        runs.add_column("cfg", justify="right")
     middle = ("mode flips", "strong err", "log-lik gap") if exact else tuple(quality.values())
-    for name in ("steps", "NFE", "error", "metric", *middle, "seconds"):
-        runs.add_column(name, justify="right")
-    for r in report.runs:
-        error = r.get("error")
-        if exact:
-            extra = (
-                f"{r['mode_flips']:.1%}" if r.get("mode_flips") is not None else "-",
-                num(r.get("strong_error"), 3),
-                num(r.get("log_likelihood_gap"), 3),
-            )
-        else:
-            extra = tuple(num(r.get(key), 3) for key in quality)
-        runs.add_row(
-            "★" if r.get("best_at_nfe") else "",
-            *[str(r[name]) for name in shown],
-            *((num(r.get("guidance_scale"), 3),) if guided else ()),
-            "auto" if r.get("method") == "adaptive" else str(r["steps"]),
-            str(r["nfe"]),
-            num(error, 3) if error is not None else f"[red]{r['status']}[/red]",
-            r.get("error_metric", "-").replace("l2_median_vs_reference", "L2 vs ref").replace("l2_median", "L2 median"),
-            *extra,
-            num(r.get("seconds"), 2),
+    caption = f"ODE: {report.reference['ode']}\nSDE: {report.reference['sde']}"
+    blocks = guidance_blocks(report)
+    out = []
+    for number, (scale, block) in enumerate(blocks):
+        where = f", guidance scale {scale:g} against its own references" if scale is not None else ""
+        runs = Table(
+            title=f"{len(block)} runs on {report.sweep.model} ({report.sweep.batch} samples){where}; sorted by error, "
+            "★ best at its NFE",
+            caption=caption if number == len(blocks) - 1 else None,
+            header_style="bold",
         )
+        runs.add_column("")
+        for name in shown:
+            runs.add_column(name.replace("_", " "))
+        for name in ("steps", "NFE", "error", "metric", *middle, "seconds"):
+            runs.add_column(name, justify="right")
+        for r in block:
+            error = r.get("error")
+            if exact:
+                flips = r.get("mode_flips")
+                extra = (
+                    f"{flips:.1%}" if compare_cell(flips) != DASH else DASH,
+                    compare_cell(r.get("strong_error")),
+                    compare_cell(r.get("log_likelihood_gap")),
+                )
+            else:
+                extra = tuple(compare_cell(r.get(key)) for key in quality)
+            runs.add_row(
+                "★" if r.get("best_at_nfe") else "",
+                *[str(r[name]) for name in shown],
+                "auto" if r.get("method") == "adaptive" else str(r["steps"]),
+                str(r["nfe"]),
+                compare_cell(error) if compare_cell(error) != DASH else f"[red]{r['status']}[/red]",
+                r.get("error_metric", DASH).replace("l2_median_vs_reference", "L2 vs ref").replace("l2_median", "L2 median"),
+                *extra,
+                compare_cell(r.get("seconds"), 2),
+            )
+        out.append(runs)
     orders = Table(title="Empirical convergence order per solver (slope of log error against log NFE)", header_style="bold")
     for name in ("solver", "metric", "nominal", "expected", "fitted"):
         orders.add_column(name, justify="left" if name in ("solver", "metric") else "right")
@@ -224,10 +250,10 @@ def compare_tables(report, document) -> list:
         style = "" if fitted is None or expected is None or fitted >= expected - 0.3 else "yellow"
         orders.add_row(
             o["solver"], "strong error" if o["metric"] == "strong_error" else "L2 error",
-            str(o["nominal_order"]), "-" if expected is None else str(expected),
-            Text(num(fitted, 3), style=style),
+            str(o["nominal_order"]), DASH if expected is None else str(expected),
+            Text(compare_cell(fitted), style=style),
         )
-    out = [runs, orders]
+    out.append(orders)
     gates = document.get("gates", {})
     if any(gates.get(k) is not None for k in ("max_error", "baseline", "min_order")):
         out.append(Text("gates: passed" if gates["passed"] else f"gates: {len(gates['failures'])} failure(s)",

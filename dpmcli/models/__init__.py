@@ -28,6 +28,7 @@ class MixtureModel(Denoiser):
         self.schedule = schedule
         self.prediction_type = prediction_type
         self.name = mixture.name
+        self.notes = tuple(mixture.notes)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

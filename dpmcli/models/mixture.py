@@ -33,6 +33,15 @@ class GaussianMixture:
     weights: np.ndarray
     means: np.ndarray
     stds: np.ndarray
+    notes: tuple[str, ...] = ()  # what loading it decided that the user should hear (weights rescaled)
+
+    def __post_init__(self):
+        for key in ("weights", "means", "stds"):
+            object.__setattr__(self, key, np.asarray(getattr(self, key), dtype=np.float64))
+        check_mixture(self.weights, self.means, self.stds, f"--model {self.name}")
+        total = float(self.weights.sum())
+        if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:  # from_dict rescales a file's weights; code gives them summing to 1
+            raise ConfigError(f"--model {self.name}: weights sum to {total:.10g}; they must sum to 1 (within {WEIGHT_SUM_TOLERANCE:g})")
 
     @property
     def dims(self) -> int:
@@ -103,47 +112,129 @@ def ring(components: int = 8, radius: float = 1.0, std: float = 0.1) -> Gaussian
     )
 
 
-def from_dict(data: dict, name: str) -> GaussianMixture:
-    """A mixture from ``{"weights": [...], "means": [[...]], "stds": [[...]] or [...]}``."""
-    try:
-        weights = np.asarray(data["weights"], dtype=np.float64)
-        means = np.asarray(data["means"], dtype=np.float64)
-        stds = np.asarray(data["stds"], dtype=np.float64)
-    except KeyError as exc:
-        raise ConfigError(f"--model {name}: missing key {exc.args[0]!r}; need weights, means and stds") from None
-    except (TypeError, ValueError):
-        raise ConfigError(f"--model {name}: weights, means and stds must be (nested) lists of numbers") from None
+#: Bounds on a mixture, checked whenever one is built (docs/cli.md, "gmm:PATH"). Diffusion
+#: models assume data on the unit scale; within these bounds every variance alpha^2 s^2 + sigma^2
+#: and every squared distance over it is a normal float32 number, the exact ODE reference reaches
+#: its sigma -> 0 limit to ~1e-10 (reference.ode_limit integrates until sigma is 1e-4 of the
+#: smallest std), and the exact denoiser's (batch, components, dims) arrays fit in memory.
+MIN_STD = 1e-4
+MAX_STD = 1e4
+MAX_ABS_MEAN = 1e4
+MAX_COMPONENTS = 1000
+MAX_DIMS = 4096
+MAX_SIZE = 16384  # components x dims
+WEIGHT_SUM_TOLERANCE = 1e-6
+KEYS = ("weights", "means", "stds")
+
+
+def _where(key: str, index) -> str:
+    return key + "".join(f"[{int(i)}]" for i in np.atleast_1d(index))
+
+
+def check_mixture(weights: np.ndarray, means: np.ndarray, stds: np.ndarray, label: str) -> None:
+    """ConfigError (one line starting with ``label``) unless the arrays are a mixture dpmcli can solve exactly."""
     if weights.ndim != 1 or len(weights) == 0:
-        raise ConfigError(f"--model {name}: weights must be a non-empty list")
+        raise ConfigError(f"{label}: weights must be a non-empty list of numbers")
     k = len(weights)
+    if k > MAX_COMPONENTS:
+        raise ConfigError(f"{label}: {k} components is not allowed; at most {MAX_COMPONENTS}")
     if means.ndim != 2 or means.shape[0] != k or means.shape[1] == 0:
-        raise ConfigError(f"--model {name}: means must be a list of {k} non-empty vectors (one per weight)")
-    if stds.ndim == 1 and stds.shape[0] == k:
-        stds = np.repeat(stds[:, None], means.shape[1], axis=1)
+        raise ConfigError(f"{label}: means must be a list of {k} non-empty vectors of equal length (one per weight)")
+    d = means.shape[1]
+    if d > MAX_DIMS or k * d > MAX_SIZE:
+        raise ConfigError(
+            f"{label}: {k} components x {d} dimensions is not allowed; at most {MAX_DIMS} dimensions "
+            f"and {MAX_SIZE} components x dimensions"
+        )
     if stds.shape != means.shape:
         raise ConfigError(
-            f"--model {name}: stds must have one value per component or one per component and dimension "
+            f"{label}: stds must have one value per component (shape ({k},)) or one per component and dimension "
             f"(shape {means.shape}), got shape {stds.shape}"
         )
-    if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(means)) and np.all(np.isfinite(stds))):
-        raise ConfigError(f"--model {name}: all values must be finite")
-    if np.any(weights <= 0):
-        raise ConfigError(f"--model {name}: weights must be positive")
-    if np.any(stds <= 0):
-        raise ConfigError(f"--model {name}: stds must be positive")
-    return GaussianMixture(name, weights / weights.sum(), means, stds)
+    for key, array in zip(KEYS, (weights, means, stds)):
+        bad = np.argwhere(~np.isfinite(array))
+        if len(bad):
+            raise ConfigError(f"{label}: {_where(key, bad[0])} = {array[tuple(bad[0])]} is not allowed; every value must be finite")
+    bad = np.argwhere(weights <= 0)
+    if len(bad):
+        raise ConfigError(f"{label}: {_where('weights', bad[0])} = {weights[bad[0][0]]:g} is not allowed; weights must be positive")
+    bad = np.argwhere((stds < MIN_STD) | (stds > MAX_STD))
+    if len(bad):
+        raise ConfigError(
+            f"{label}: {_where('stds', bad[0])} = {stds[tuple(bad[0])]:g} is not allowed; stds must be between "
+            f"{MIN_STD:g} and {MAX_STD:g}"
+        )
+    bad = np.argwhere(np.abs(means) > MAX_ABS_MEAN)
+    if len(bad):
+        raise ConfigError(
+            f"{label}: {_where('means', bad[0])} = {means[tuple(bad[0])]:g} is not allowed; means must be between "
+            f"{-MAX_ABS_MEAN:g} and {MAX_ABS_MEAN:g}"
+        )
+
+
+def _numbers(value, key: str, label: str) -> np.ndarray:
+    """A JSON value that must be a number or (nested) lists of numbers, as a float64 array."""
+    stack = [(value, key)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, list):
+            if not item and where != key:
+                raise ConfigError(f"{label}: {where} is an empty list; give numbers")
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, bool) or not isinstance(item, (int, float)):
+            shown = json.dumps(item)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise ConfigError(f"{label}: {where} is {shown}, not a number; {key} must be (nested) lists of numbers")
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        raise ConfigError(f"{label}: {key} holds a number too large for float64") from None
+    except (TypeError, ValueError):
+        raise ConfigError(f"{label}: {key} must be a list of numbers or of equal-length lists of numbers") from None
+
+
+def from_dict(data: dict, name: str) -> GaussianMixture:
+    """A mixture from ``{"weights": [...], "means": [[...]], "stds": [[...]] or [...]}``.
+
+    Weights are relative: they are divided by their sum, and when that sum is not 1 (within
+    ``WEIGHT_SUM_TOLERANCE``) the mixture's ``notes`` say so (the command line shows a warning).
+    Every bound of :func:`check_mixture` applies.
+    """
+    missing = [key for key in KEYS if key not in data]
+    if missing:
+        raise ConfigError(f"--model {name}: missing key {missing[0]!r}; need weights, means and stds")
+    weights, means, stds = (_numbers(data[key], key, f"--model {name}") for key in KEYS)
+    if weights.ndim == 1 and means.ndim == 2 and stds.ndim == 1 and stds.shape[0] == len(weights):
+        stds = np.repeat(stds[:, None], means.shape[1], axis=1)
+    check_mixture(weights, means, stds, f"--model {name}")
+    total = float(weights.sum())
+    notes = ()
+    if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
+        scaled = weights / total
+        shown = ", ".join(f"{w:.4g}" for w in scaled[:8]) + (", ..." if len(scaled) > 8 else "")
+        notes = (f"--model {name}: the weights sum to {total:.6g}, not 1; they are divided by their sum ({shown})",)
+    return GaussianMixture(name, weights / total, means, stds, notes)
 
 
 def load_json(path: str | Path, name: str | None = None) -> GaussianMixture:
     label = name or f"gmm:{path}"
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--model {label}: {path} is a folder; give a JSON file")
     try:
-        text = Path(path).read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"--model {label}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--model {label}: {path} is not UTF-8 text (byte {exc.start}); give a JSON file") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--model {label}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise ConfigError(f"--model {label}: the JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--model {label}: the file must hold a JSON object with weights, means and stds")
     return from_dict(data, label)
