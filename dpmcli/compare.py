@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .config import ALGOS, COEFFICIENTS, COMPAT, FINAL_SIGMAS, METHODS, SOLVER_TYPES, SPACINGS, STARTUPS, SolverConfig
-from .devices import resolve_device, resolve_dtype
+from .devices import check_batch_memory, resolve_device, resolve_dtype
 from .errors import ConfigError, NumericalError, bad_choice
 from .models import Denoiser, MixtureModel, load_model
 from .noise import initial_latents
@@ -410,7 +410,9 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
             raise ConfigError(f"--cache-dir: {exc}; give a folder for reference solutions, or --no-cache") from None
     base, notes = apply_model_schedule(sweep.base, model.schedule_options, sweep.explicit)
     batch = sweep.batch or model.compare_batch
-    sweep = replace(sweep, base=base, reference_steps=reference_steps, batch=batch)
+    check_batch_memory(model, batch, device)
+    # the report says what ran: the resolved batch and device (not "auto")
+    sweep = replace(sweep, base=base, reference_steps=reference_steps, batch=batch, device=str(device))
     planned, skipped = expand(sweep)
     notes = list(model.notes) + notes
     if unwritable:

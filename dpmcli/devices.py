@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+
 import torch
 
 from .errors import ConfigError
@@ -39,6 +42,35 @@ def resolve_device(name: str) -> torch.device:
                 )
         return torch.device(name)
     raise ConfigError(f"--device: {name!r} is not allowed; choose one of: {DEVICE_CHOICES}")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (None where it cannot be told)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, RuntimeError, AttributeError):
+        return None
+    return None
+
+
+def check_batch_memory(model, batch: int, device: torch.device) -> None:
+    """Refuse a batch whose working set alone would not fit, before any of it is allocated.
+
+    The estimate is a floor (sixteen float64 copies of the latents, and a mixture's per-component
+    posterior terms); a batch that passes can still run out, which the command line reports too.
+    """
+    numel = math.prod(model.sample_shape)
+    components = model.mixture.components if model.mixture is not None else 0
+    need = batch * numel * 8 * (16 + 4 * components)
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"--batch: {batch} samples need at least {need / 2**30:.3g} GiB on {device}, which has "
+            f"{free / 2**30:.3g} GiB free; use a smaller --batch"
+        )
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -7,6 +7,8 @@ EXIT_GATE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NUMERICAL = 3
 EXIT_INTERNAL = 4
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
+EXIT_TERMINATED = 143  # SIGTERM (a CI runner's time-out)
 
 
 class DpmcliError(Exception):

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from .config import SolverConfig
-from .devices import resolve_device, resolve_dtype
+from .devices import check_batch_memory, resolve_device, resolve_dtype
 from .errors import ConfigError
 from .models import Denoiser, MixtureModel, is_mixture, load_model
-from .noise import ArrayNoise, GaussianNoise, initial_latents
+from .noise import ArrayNoise, GaussianNoise, check_real_finite, initial_latents
 from .plan import Plan, build_plan
 from .sampler import RunResult, sample
 from .stats import StepStatistics, tensor_stats
@@ -103,6 +103,7 @@ class SampleReport:
             **plan.config.to_dict(),
             **spec.to_dict(),
             "batch": int(self.prepared.x_init.shape[0]),
+            "device": str(self.prepared.device),  # what ran; --device auto is resolved
             "resolved_device": str(self.prepared.device),
         }
         return {
@@ -131,8 +132,7 @@ def _load_x_init(path: Path, shape: tuple[int, ...], batch: int | None) -> torch
         raise ConfigError(f"--x-init: {path} has shape {array.shape}; this model needs (batch, {want})")
     if batch is not None and batch != array.shape[0]:
         raise ConfigError(f"--batch: {batch} conflicts with --x-init, which holds {array.shape[0]} rows; drop one of them")
-    if not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
-        raise ConfigError(f"--x-init: {path} must hold finite numbers")
+    check_real_finite("--x-init", path, array)
     return torch.from_numpy(array.astype(np.float64))
 
 
@@ -185,6 +185,7 @@ def prepare(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> Prepar
         x = _load_x_init(spec.x_init, shape, spec.batch).to(device=device, dtype=latent_dtype)
     else:
         batch = model.default_batch if spec.batch is None else spec.batch
+        check_batch_memory(model, batch, device)
         x = initial_latents(spec.seed, (batch, *shape), device, latent_dtype)
     warnings = list(model.notes) + list(plan.warnings) + notes
     if spec.noise is not None:

@@ -12,6 +12,8 @@ from .errors import ConfigError
 
 def derived_seed(seed: int, stream: int) -> int:
     """An independent 63-bit seed for one stream (x_T, SDE noise, ...) of a user seed."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"--seed: {seed!r} is not allowed; it must be an integer >= 0")
     return int(np.random.SeedSequence([int(seed), stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
@@ -51,13 +53,21 @@ class ArrayNoise:
         want = (steps, *shape)
         if array.shape != want:
             raise ConfigError(f"--noise: {path} has shape {array.shape}; this run needs {want} (steps x batch x dims)")
-        if not np.issubdtype(array.dtype, np.number) or not np.all(np.isfinite(array)):
-            raise ConfigError(f"--noise: {path} must hold finite numbers")
+        check_real_finite("--noise", path, array)
         return cls(array)
 
     def __call__(self, step: int, like: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         z = torch.from_numpy(np.ascontiguousarray(self.array[step])).to(like.device, like.dtype)
         return z * scale
+
+
+def check_real_finite(option: str, path, array: np.ndarray) -> None:
+    """Input arrays hold real, finite numbers: a complex array would lose its imaginary part unseen."""
+    real = np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    if not real:
+        raise ConfigError(f"{option}: {path} holds {array.dtype} values; it must hold real numbers (float or integer)")
+    if not np.all(np.isfinite(array)):
+        raise ConfigError(f"{option}: {path} holds NaN or infinite values; it must hold finite numbers")
 
 
 def initial_latents(seed: int, shape: tuple[int, ...], device, dtype) -> torch.Tensor:

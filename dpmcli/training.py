@@ -333,11 +333,15 @@ def train_digits(
         "real": {k: real[k] for k in ("classifier_confidence", "class_accuracy", "nn_distance")},
         "sampling": {"class_label": "all", "guidance_scale": float(guidance_scale)},
     }
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)  # only now: a failed or interrupted run leaves nothing
-    staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=out))
-    finished = False
+    created = None  # the outermost folder this run makes, removed if it fails
+    if not out.exists():
+        created = out
+        while not created.parent.exists():
+            created = created.parent
+    finished, staging = False, None
     try:
+        out.mkdir(parents=True, exist_ok=True)  # only now: a failed or interrupted run leaves nothing
+        staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=out))
         D.save_weights(net, staging / D.WEIGHTS_FILE)
         D.save_weights(classifier, staging / D.CLASSIFIER_FILE)
         data.save(staging / D.DATA_FILE)
@@ -351,10 +355,13 @@ def train_digits(
         for name in (D.WEIGHTS_FILE, D.CLASSIFIER_FILE, D.DATA_FILE, D.CONFIG_FILE):  # the JSON last
             os.replace(staging / name, out / name)
         finished = True
+    except OSError as exc:  # a full disk, a folder that went away: the environment, not a bug
+        raise ConfigError(f"--out: cannot write into {out}: {exc.strerror or exc}") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not finished:
-            shutil.rmtree(out, ignore_errors=True)  # the folder this run made goes with it
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created is not None and not finished:
+            shutil.rmtree(created, ignore_errors=True)  # the folders this run made go with it
     return document
 
 

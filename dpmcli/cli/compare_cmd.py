@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from ..errors import EXIT_GATE_FAILED, EXIT_NUMERICAL, ConfigError
+from ..report import OutputFiles
 from .options import check_format, split_list
-from .run import check_writable
 
 FORMATS = ("table", "json", "csv", "markdown")
 CSV_COLUMNS = [
@@ -43,19 +43,12 @@ def _load_baseline(path: Path) -> dict:
     return document
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {out} exists and is not a folder")
-    parent = out if out.exists() else out.parent
-    check_writable("--out", parent / "results.json")
-
-
 def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, reference_steps, bandwidth, cache_dir, no_cache,
                 max_error, baseline, tolerance, min_order, fmt, out, plot, dpi, quiet, conditioning=None, guidance=None) -> int:
     from ..compare import Sweep, check_gates, prepare_sweep, run_sweep
     from ..reference import default_cache_dir
     from .console import progress_bar, show_progress, warn
-    from .plotting import check_dpi, check_figure_path
+    from .plotting import check_dpi, check_figure_path, print_written
 
     check_format(fmt, FORMATS)
     converters = {"order": int, "steps": int}
@@ -67,10 +60,8 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     if min_order is not None and not math.isfinite(min_order):
         raise ConfigError(f"--min-order: {min_order} is not allowed; it must be a number")
     baseline_doc = _load_baseline(baseline) if baseline is not None else None
-    if out is not None:
-        _check_out_dir(out)
-    if plot is not None:
-        check_figure_path("--plot", plot)
+    check_figure_path("--plot", plot)
+    outputs = OutputFiles({"--plot": plot}, folders={"--out": out})
     check_dpi(dpi)
     scales = split_list("--guidance-scale", guidance, float) or [None]
     sweep = Sweep(
@@ -81,8 +72,9 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     )
     prepared = prepare_sweep(sweep)  # usage errors (nothing valid) surface before any work
     warn(prepared.notes, quiet)
-    with progress_bar(len(prepared.planned) * len(scales), "compare", show_progress(quiet)) as advance:
-        report = run_sweep(prepared, on_run=advance)
+    runs = len(prepared.planned) * len(scales)
+    with progress_bar(runs, f"compare: ground truth, then {runs} runs", show_progress(quiet)) as advance:
+        report = run_sweep(prepared, on_run=lambda label: advance(f"compare: done {label}"))
     warn(report.warnings, quiet)  # a damaged or unwritable reference cache
     invalid = [s for s in report.skipped if not s["reason"].startswith("identical to")]
     merged = len(report.skipped) - len(invalid)
@@ -100,13 +92,16 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
         "max_error": max_error, "baseline": None if baseline is None else str(baseline), "tolerance": tolerance,
         "min_order": min_order, "failures": failures, "notes": notes, "passed": not failures,
     }
-    if out is not None:
-        write_out_dir(report, document, out, dpi)
-    if plot is not None:
-        from ..plots import error_figure, save_figure
+    with outputs:
+        if out is not None:
+            outputs.make_folder(out)
+            write_out_dir(report, document, out, dpi)
+        if plot is not None:
+            from ..plots import error_figure, save_figure
 
-        save_figure(error_figure(report.runs, _title(report)), plot, dpi)
+            save_figure(error_figure(report.runs, _title(report)), plot, dpi)
     emit(report, document, fmt)
+    print_written(outputs.written, quiet)
     warn(notes, quiet)
     nan_runs = [r["run"] for r in report.runs if r["status"] != "ok"]
     if nan_runs:

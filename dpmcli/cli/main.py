@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .console import handle_errors, progress_bar, show_progress, stdout_console, warn
+from .console import DpmcliGroup, handle_errors, progress_bar, show_progress, stdout_console, warn
 from .options import OUTPUT, RUN, check_format, with_solver_options
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok · 1 a compare gate failed · 2 usage or configuration error · "
-    "3 numerical failure (NaN/Inf) · 4 internal error."
+    "3 numerical failure (NaN/Inf) · 4 internal error · 130 interrupted (Ctrl-C) · 143 terminated (SIGTERM)."
 )
 
 app = typer.Typer(
     name="dpmcli",
+    cls=DpmcliGroup,
     help="Understand, choose and guard DPM-Solver diffusion samplers.\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
@@ -29,6 +31,34 @@ app = typer.Typer(
 Format = Annotated[str, typer.Option("--format", "-f", help="table, json or csv.", rich_help_panel=OUTPUT)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings.", rich_help_panel=OUTPUT)]
 Dpi = Annotated[int, typer.Option("--dpi", help="Resolution of .png figures.", rich_help_panel=OUTPUT)]
+
+def command(name: str | None = None):
+    """Register a command; its docstring's paragraphs are reflowed (Typer would keep each line break)."""
+
+    def register(function):
+        paragraphs = inspect.cleandoc(function.__doc__ or "").split("\n\n")
+        text = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+        return app.command(name, help=text, epilog=EXIT_CODES_HELP)(function)
+
+    return register
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"dpmcli {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print dpmcli's version and exit.")
+    ] = False,
+) -> None:
+    """The options of dpmcli itself (the commands have their own)."""
+
 
 MODEL_HELP = (
     "ring (2-D, 8 Gaussians), gmm64 (64-D, 10 Gaussians), gmm:PATH.json (exact mixtures); digits (shipped network, "
@@ -60,7 +90,7 @@ AllowDownload = Annotated[
 ]
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@command()
 @handle_errors
 @with_solver_options
 def schedule(solver, format: Format = "table", quiet: Quiet = False):
@@ -97,7 +127,7 @@ def schedule(solver, format: Format = "table", quiet: Quiet = False):
         stdout_console().print(schedule_table(plan))
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@command()
 @handle_errors
 @with_solver_options
 def sample(
@@ -189,7 +219,7 @@ def sample(
     )
 
 
-@app.command("plot-schedule", epilog=EXIT_CODES_HELP)
+@command("plot-schedule")
 @handle_errors
 @with_solver_options(exclude=("spacing", "beta_schedule", "steps"))
 def plot_schedule(
@@ -215,7 +245,7 @@ def plot_schedule(
 
     Every combination of the values given to [bold]--spacing[/bold], [bold]--beta-schedule[/bold] and
     [bold]--steps[/bold] is one curve; the continuous schedule is drawn faintly behind each grid's
-    points, and zero-length steps or repeated timesteps are marked in red. Prints the path written.
+    points, and zero-length steps or repeated timesteps are marked in red. Says the file written on stderr.
 
     Example: [bold]dpmcli plot-schedule --spacing linspace,karras,logsnr --steps 10 --out grids.png[/bold]
     """
@@ -231,7 +261,7 @@ def _sweep_option(flag: str, what: str, default: str, panel: str = "Sweep"):
 SweepList = Optional[list[str]]
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@command()
 @handle_errors
 @with_solver_options(exclude=("algo", "order", "steps", "method", "startup", "spacing", "solver_type", "final_sigma", "coefficients", "compat"))
 def compare(
@@ -327,7 +357,7 @@ def compare(
         raise typer.Exit(code)
 
 
-@app.command(epilog=EXIT_CODES_HELP)
+@command()
 @handle_errors
 def train(
     target: Annotated[str, typer.Argument(help="What to train: digits.", show_default=False)],

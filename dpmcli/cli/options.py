@@ -25,6 +25,10 @@ from ..config import (
 from ..errors import ConfigError
 
 SOLVER = "Solver"
+# Long option names get panels of their own (and switches no type column), so that at 80 columns
+# the help keeps room for its words and no name is cut short.
+FINAL_STEPS = "Solver: the last steps"
+THRESHOLD = "Solver: dynamic thresholding"
 GRID = "Schedule and grid"
 OUTPUT = "Output"
 RUN = "Model and run"
@@ -99,16 +103,16 @@ Compat = Annotated[
 ]
 LowerOrderFinal = Annotated[
     bool,
-    typer.Option("--lower-order-final/--no-lower-order-final", help="Lower the order of the last two steps when there are fewer than 15.", rich_help_panel=SOLVER),
+    typer.Option("--lower-order-final/--no-lower-order-final", help="Lower the order of the last two steps when there are fewer than 15 (on by default).", show_default=False, metavar="", rich_help_panel=FINAL_STEPS),
 ]
-EulerAtFinal = Annotated[bool, typer.Option("--euler-at-final", help="Take the last step with first order.", rich_help_panel=SOLVER)]
+EulerAtFinal = Annotated[bool, typer.Option("--euler-at-final", help="Take the last step with first order.", metavar="", rich_help_panel=FINAL_STEPS)]
 PredictionType = Annotated[
     str,
     typer.Option("--prediction-type", help=f"What the model predicts: {_choices(PREDICTION_TYPES)}.", rich_help_panel=SOLVER),
 ]
-Thresholding = Annotated[bool, typer.Option("--thresholding", help="Dynamic thresholding of the x0 prediction (Imagen).", rich_help_panel=SOLVER)]
-ThresholdRatio = Annotated[float, typer.Option("--dynamic-thresholding-ratio", help="Quantile of |x0| used by --thresholding.", rich_help_panel=SOLVER)]
-SampleMax = Annotated[float, typer.Option("--sample-max-value", help="Largest threshold --thresholding may use.", rich_help_panel=SOLVER)]
+Thresholding = Annotated[bool, typer.Option("--thresholding", help="Dynamic thresholding of the x0 prediction (Imagen).", rich_help_panel=THRESHOLD)]
+ThresholdRatio = Annotated[float, typer.Option("--dynamic-thresholding-ratio", help="Quantile of |x0| used by --thresholding.", rich_help_panel=THRESHOLD)]
+SampleMax = Annotated[float, typer.Option("--sample-max-value", help="Largest threshold --thresholding may use.", rich_help_panel=THRESHOLD)]
 
 BetaSchedule = Annotated[
     str,
@@ -150,6 +154,11 @@ def check_format(value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(f"--format: {value!r} is not allowed; choose one of: {', '.join(allowed)}")
     return value
+
+
+def require_suffix(option: str, path: Path | None, suffix: str) -> None:
+    if path is not None and path.suffix != suffix:
+        raise ConfigError(f"{option}: {path} must end in {suffix}")
 
 
 def read_numbers(option: str, value: str) -> tuple[float, ...]:
@@ -290,7 +299,15 @@ class SolverOptions:
         self.explicit = explicit
 
     def __call__(self, **overrides) -> SolverConfig:
-        return solver_config(**{**self.values, **overrides})
+        config = solver_config(**{**self.values, **overrides})
+        if config.sigmas is not None and "final_sigma" in self.explicit:
+            wanted = {"zero": 0.0}.get(config.final_sigma)
+            if wanted is None or config.sigmas[-1] != wanted:
+                raise ConfigError(
+                    f"--final-sigma: {config.final_sigma} conflicts with --sigmas, whose last value ({config.sigmas[-1]:g}) "
+                    "is where the run ends; drop --final-sigma, or end the list with 0"
+                )
+        return config
 
 
 def _given_on_command_line(context, names) -> frozenset[str]:
@@ -348,7 +365,7 @@ def split_list(option: str, values: list[str] | None, convert=str) -> list:
         for part in str(value).split(","):
             part = part.strip()
             if not part:
-                continue
+                raise ConfigError(f"{option}: {value!r} has an empty entry; give a comma list such as 5,10,20")
             try:
                 out.append(convert(part))
             except ValueError:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import split_list
-from .run import check_writable
+from ..report import OutputFiles
+from .options import require_suffix, split_list
 
 
 def check_dpi(dpi: int) -> None:
@@ -16,11 +16,11 @@ def check_dpi(dpi: int) -> None:
         raise ConfigError(f"--dpi: {dpi} is not allowed; choose 10 to 1200")
 
 
-def check_figure_path(option: str, path: Path) -> None:
+def check_figure_path(option: str, path: Path | None) -> None:
     from ..plots import figure_format
 
-    figure_format(option, path)
-    check_writable(option, path)
+    if path is not None:
+        figure_format(option, path)
 
 
 def plot_schedule_command(solver, spacing, beta_schedule, steps, out: Path, dpi: int, title, quiet: bool) -> None:
@@ -29,6 +29,7 @@ def plot_schedule_command(solver, spacing, beta_schedule, steps, out: Path, dpi:
     from .console import warn
 
     check_figure_path("--out", out)
+    outputs = OutputFiles({"--out": out})
     check_dpi(dpi)
     spacings = split_list("--spacing", spacing) or [None]
     betas = split_list("--beta-schedule", beta_schedule) or [None]
@@ -49,32 +50,28 @@ def plot_schedule_command(solver, spacing, beta_schedule, steps, out: Path, dpi:
     ) or ("spacing", "steps")
     labels = [grid_label(plan, varying) for plan in plans]
     fig = schedule_figure(plans, labels, title)
-    save_figure(fig, out, dpi)
-    print(out)
+    with outputs:
+        save_figure(fig, out, dpi)
+    print_written(outputs.written, quiet)
 
 
 def check_sample_outputs(plot, plot_samples, trace, trace_stride: int, dpi: int) -> None:
-    if plot is not None:
-        check_figure_path("--plot", plot)
-    if plot_samples is not None:
-        check_figure_path("--plot-samples", plot_samples)
-    if trace is not None:
-        check_writable("--trace", trace, ".npz")
+    check_figure_path("--plot", plot)
+    check_figure_path("--plot-samples", plot_samples)
+    require_suffix("--trace", trace, ".npz")
     if trace_stride < 1:
         raise ConfigError(f"--trace-stride: {trace_stride} is not allowed; it must be at least 1")
     check_dpi(dpi)
 
 
-def write_sample_outputs(report, trace_recorder, plot, plot_samples, trace, dpi: int, title: str) -> list[Path]:
+def write_sample_outputs(report, trace_recorder, plot, plot_samples, trace, dpi: int, title: str) -> None:
     import numpy as np
 
     from ..plots import run_figure, samples_figure, save_figure
     from ..report import atomic_write
 
-    written = []
     if plot is not None:
         save_figure(run_figure(report.steps, report.final, title, getattr(report.result, "attempts", None)), plot, dpi)
-        written.append(plot)
     if plot_samples is not None:
         samples = report.result.samples.detach().cpu().double().numpy()
         paths = trace_recorder.trajectory_array() if trace_recorder is not None else None
@@ -85,13 +82,10 @@ def write_sample_outputs(report, trace_recorder, plot, plot_samples, trace, dpi:
         )
         fig = samples_figure(report.prepared.model.mixture, samples, paths, title, subtitle)
         save_figure(fig, plot_samples, dpi)
-        written.append(plot_samples)
     if trace is not None:
         arrays = trace_recorder.arrays(report.result.samples)
         arrays["final_sigma"] = np.array(report.prepared.plan.sigmas[-1])
         atomic_write(trace, lambda handle: np.savez_compressed(handle, **arrays))
-        written.append(trace)
-    return written
 
 
 def print_written(paths, quiet: bool) -> None:

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 from ..errors import ConfigError
-
-
-def check_writable(option: str, path: Path, suffix: str | None = None) -> None:
-    """Fail before any work if an output file could not be written."""
-    if suffix is not None and path.suffix != suffix:
-        raise ConfigError(f"{option}: {path} must end in {suffix}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"{option}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"{option}: folder {parent} is not writable")
-    if path.is_dir():
-        raise ConfigError(f"{option}: {path} is a folder")
+from ..report import OutputFiles
+from .options import require_suffix
 
 
 def run_sample(
@@ -34,11 +21,10 @@ def run_sample(
     from .console import stdout_console, warn
     from .plotting import check_sample_outputs, print_written, write_sample_outputs
 
-    if save is not None:
-        check_writable("--save", save, ".npy")
-    if save_images is not None:
-        check_writable("--save-images", save_images, ".png")
+    require_suffix("--save", save, ".npy")
+    require_suffix("--save-images", save_images, ".png")
     check_sample_outputs(plot, plot_samples, trace, trace_stride, dpi)
+    outputs = OutputFiles({"--save": save, "--save-images": save_images, "--plot": plot, "--plot-samples": plot_samples, "--trace": trace})
     spec = experiment.RunSpec(model_name, batch, seed, device_name, dtype_name, x_init, noise_path, **(conditioning or {}))
     prepared = experiment.prepare(config, spec, explicit)
     if plot_samples is not None and (prepared.model.mixture is None or prepared.model.dims != 2):
@@ -55,28 +41,26 @@ def run_sample(
     config = prepared.plan.config
     with progress(prepared.plan.nfe or None, f"{config.algo} order {config.order}", progress_enabled) as advance:
         report = experiment.run(prepared, on_step=advance, extra=() if recorder is None else (recorder,))
-    if save is not None:
-        samples = report.result.samples.detach().cpu()
-        if samples.dtype not in (torch.float32, torch.float64):  # half types are written as float32
-            samples = samples.float()
-        save_npy(save, samples.numpy())
     from .render import config_line
 
-    written = write_sample_outputs(report, recorder, plot, plot_samples, trace, dpi, config_line(prepared.plan.config))
-    if save_images is not None:
-        from ..images import save_image_grid
+    with outputs:
+        if save is not None:
+            samples = report.result.samples.detach().cpu()
+            if samples.dtype not in (torch.float32, torch.float64):  # half types are written as float32
+                samples = samples.float()
+            save_npy(save, samples.numpy())
+        write_sample_outputs(report, recorder, plot, plot_samples, trace, dpi, config_line(prepared.plan.config))
+        if save_images is not None:
+            from ..images import save_image_grid
 
-        images = prepared.model.to_images(report.result.samples)
-        save_image_grid(save_images, images, columns=prepared.model.grid_columns)
-        written.append(save_images)
+            images = prepared.model.to_images(report.result.samples)
+            save_image_grid(save_images, images, columns=prepared.model.grid_columns)
     if fmt == "json":
         sys.stdout.write(dumps_json(report.document()))
-        print_written(([save] if save is not None else []) + written, quiet)
-        return
-    from .render import sample_tables
+    else:
+        from .render import sample_tables
 
-    console = stdout_console()
-    for renderable in sample_tables(report):
-        console.print(renderable)
-    print_written(([save] if save is not None else []) + written, quiet)
-
+        console = stdout_console()
+        for renderable in sample_tables(report):
+            console.print(renderable)
+    print_written(outputs.written, quiet)

@@ -14,11 +14,13 @@ STAGES = {"classifier": "classifier (epochs)", "denoiser": "denoiser (iterations
 
 
 class _StageBars:
-    """A progress callback that opens one bar per stage (the console's bar, shown only on a terminal)."""
+    """A progress callback with one bar per stage on a terminal; elsewhere (CI logs, pipes) a line
+    on stderr at every tenth of a stage, so that minutes of training are never silent."""
 
-    def __init__(self, progress_bar, enabled: bool):
+    def __init__(self, progress_bar, enabled: bool, lines: bool = False):
         self.progress_bar = progress_bar
         self.enabled = enabled
+        self.lines = lines and not enabled
         self.stack = contextlib.ExitStack()
         self.stage = None
         self.advance = None
@@ -30,6 +32,8 @@ class _StageBars:
             self.stage = stage
             self.advance = self.stack.enter_context(self.progress_bar(total, STAGES.get(stage, stage), self.enabled))
         self.advance()
+        if self.lines and total and (done == 1 or done == total or done % max(1, total // 10) == 0):
+            print(f"{STAGES.get(stage, stage)}: {done}/{total}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.stack.close()
@@ -54,7 +58,7 @@ def run_train(*, target, out, seed, iterations, minutes, threads, fmt, quiet, pr
     from ..training import train_digits
     from .console import stdout_console
 
-    bars = _StageBars(progress, progress_enabled)
+    bars = _StageBars(progress, progress_enabled, lines=not quiet)
     try:
         document = train_digits(out, seed=seed, iterations=iterations, minutes=minutes, threads=threads, progress=bars)
     finally:

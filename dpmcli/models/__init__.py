@@ -79,6 +79,11 @@ def is_mixture(name: str) -> bool:
     return name in ("ring", "gmm64") or name.startswith("gmm:")
 
 
+def conditioning_flag(name: str) -> str:
+    """The command-line flag of a conditioning option (``class_label`` is ``--class``)."""
+    return "--class" if name == "class_label" else "--" + name.replace("_", "-")
+
+
 def load_model(name: str, *, device=None, dtype=torch.float32, **options) -> Denoiser:
     """The model a ``--model`` value names; ``options`` are the conditioning flags
     (class_label, guidance_scale, prompt, negative_prompt, height, width, allow_download).
@@ -88,14 +93,14 @@ def load_model(name: str, *, device=None, dtype=torch.float32, **options) -> Den
     given = {k: v for k, v in options.items() if v is not None and v is not False}
     if is_mixture(name):
         if given:
-            raise ConfigError(f"--{next(iter(given)).replace('_', '-')}: model {name!r} takes no conditioning; it applies to digits and diffusers models")
+            raise ConfigError(f"{conditioning_flag(next(iter(given)))}: model {name!r} takes no conditioning; it applies to digits and diffusers models")
         return MixtureModel(load_mixture(name))
     if name == "digits" or name.startswith("digits:"):
         from .digits import load_digits_model
 
         unknown = sorted(set(given) - {"class_label", "guidance_scale"})
         if unknown:
-            raise ConfigError(f"--{unknown[0].replace('_', '-')}: the digits model takes --class and --guidance-scale only")
+            raise ConfigError(f"{conditioning_flag(unknown[0])}: the digits model takes --class and --guidance-scale only")
         folder = None
         if name.startswith("digits:"):
             folder = name[len("digits:"):]

@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import logging
 import math
 import re
 import sys
@@ -260,14 +261,17 @@ def _read_json(path: Path) -> dict:
 
 @contextlib.contextmanager
 def _quiet_loading():
-    """Silence diffusers' and transformers' progress bars and advice while components load."""
+    """Silence diffusers' and transformers' progress bars, advice and error logs while components load.
+
+    Their error logs repeat the exception the caller turns into dpmcli's one line.
+    """
     saved = []
     for name in ("diffusers", "transformers"):
         if sys.modules.get(name) is None:  # only libraries already in use
             continue
         module = importlib.import_module(f"{name}.utils.logging")
         saved.append((module, module.get_verbosity(), module.is_progress_bar_enabled()))
-        module.set_verbosity_error()
+        module.set_verbosity(logging.CRITICAL)
         module.disable_progress_bar()
     try:
         yield
