@@ -27,8 +27,9 @@ class DPMSolver:
         unknown = sorted(set(options) - set(SolverConfig.__dataclass_fields__))
         if unknown:
             raise ConfigError(f"DPMSolver: unknown option(s): {', '.join(unknown)}")
-        if "sigmas" in options and options["sigmas"] is not None:
-            options["sigmas"] = tuple(float(s) for s in options["sigmas"])
+        for grid in ("sigmas", "timesteps"):  # custom grids, as lists, arrays or tensors
+            if options.get(grid) is not None:
+                options[grid] = tuple(float(v) for v in options[grid])
         self.plan: Plan = build_plan(SolverConfig(**options))
         if self.plan.config.method == "adaptive":
             raise ConfigError("DPMSolver: --method adaptive picks its steps while it runs; use dpmcli.adaptive.sample_adaptive")

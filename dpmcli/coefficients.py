@@ -128,7 +128,11 @@ def difference_weights(form: AlgoForm, h: float, scale: float, order: int, coeff
 
 
 def differences_to_linear(order: int, w0: float, w1: float, w2: float, r0: float, r1: float) -> list[float]:
-    """Expand W0 D0 + W1 D1 + W2 D2 into weights on m0, m1, m2 (DPM-Solver's D1, D2 definitions)."""
+    """Expand W0 D0 + W1 D1 + W2 D2 into weights on m0, m1, m2 (DPM-Solver's D1, D2 definitions).
+
+    Plain arithmetic on whatever floats it is given: numpy floats follow IEEE rules (a zero ratio
+    gives Inf/NaN, as diffusers' tensors do), which compat mode relies on for zero-length steps.
+    """
     if order == 1:
         return [w0]
     if order == 2:

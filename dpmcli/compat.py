@@ -15,6 +15,7 @@ from .coefficients import differences_to_linear
 from .config import SolverConfig
 
 f32 = np.float32
+f64 = np.float64
 
 
 def _vp32(sigma: float):
@@ -63,20 +64,23 @@ def diffusers_step_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, order:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         h = lam_t - lam_s
         a, w0, w1_mid, w1_heun, w2, c = _terms32(cfg.algo, alpha_t, sigma_t, alpha_s, sigma_s, h)
+        # IEEE arithmetic throughout (numpy floats, not Python's): a zero-length step (h = 0, as
+        # diffusers' grids can have) gives the Inf/NaN weights diffusers computes, not an exception;
+        # the plan marks such a row and stepping it raises a NumericalError.
         if order == 1:
-            b = [float(w0)]
+            b = [f64(w0)]
         else:
             lam_1 = _vp32(sigmas[i - 1])[2]
-            r0 = float((lam_s - lam_1) / h)
+            r0 = f64((lam_s - lam_1) / h)
             if order == 2:
                 w1 = w1_heun if cfg.solver_type == "heun" else w1_mid
-                b = differences_to_linear(2, float(w0), float(w1), 0.0, r0, 1.0)
+                b = differences_to_linear(2, f64(w0), f64(w1), f64(0.0), r0, f64(1.0))
             else:
                 lam_2 = _vp32(sigmas[i - 2])[2]
-                r1 = float((lam_1 - lam_2) / h)
+                r1 = f64((lam_1 - lam_2) / h)
                 # diffusers' third order always uses the heun-form D1 weight.
-                b = differences_to_linear(3, float(w0), float(w1_heun), float(w2), r0, r1)
-    return float(a), tuple(b), float(c), float(alpha_s), float(sigma_s)
+                b = differences_to_linear(3, f64(w0), f64(w1_heun), f64(w2), r0, r1)
+    return float(a), tuple(float(v) for v in b), float(c), float(alpha_s), float(sigma_s)
 
 
 def diffusers_singlestep_orders(cfg: SolverConfig, steps: int) -> list[int]:
@@ -115,18 +119,18 @@ def diffusers_singlestep_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, 
         a, w0, w1_mid, w1_heun, w2, c = _terms32(cfg.algo, alpha_t, sigma_t, alpha_a, sigma_a, h)
         heun = cfg.solver_type == "heun"
         if order == 1:
-            b = [float(w0)]
+            b = [f64(w0)]
         elif order == 2:
-            r0 = float((_vp32(sigmas[i])[2] - lam_a) / h)
-            w1 = float(w1_heun if heun else w1_mid)
-            b = [w1 / r0, float(w0) - w1 / r0]
+            r0 = f64((_vp32(sigmas[i])[2] - lam_a) / h)
+            w1 = f64(w1_heun if heun else w1_mid)
+            b = [w1 / r0, f64(w0) - w1 / r0]
         else:
-            r0 = float((_vp32(sigmas[i])[2] - lam_a) / h)
-            r1 = float((_vp32(sigmas[i - 1])[2] - lam_a) / h)
+            r0 = f64((_vp32(sigmas[i])[2] - lam_a) / h)
+            r1 = f64((_vp32(sigmas[i - 1])[2] - lam_a) / h)
             if heun:
-                on_d10 = (float(w1_heun) * r0 - 2.0 * float(w2)) / (r0 - r1)  # D1_0 = (m1 - m2) / r1
-                on_d11 = (2.0 * float(w2) - float(w1_heun) * r1) / (r0 - r1)  # D1_1 = (m0 - m2) / r0
+                on_d10 = (f64(w1_heun) * r0 - 2.0 * f64(w2)) / (r0 - r1)  # D1_0 = (m1 - m2) / r1
+                on_d11 = (2.0 * f64(w2) - f64(w1_heun) * r1) / (r0 - r1)  # D1_1 = (m0 - m2) / r0
             else:  # midpoint: the linear term through the anchor and the last point only
-                on_d10, on_d11 = 0.0, float(w1_heun)
-            b = [on_d11 / r0, on_d10 / r1, float(w0) - on_d11 / r0 - on_d10 / r1]
-    return float(a), tuple(b), float(c)
+                on_d10, on_d11 = f64(0.0), f64(w1_heun)
+            b = [on_d11 / r0, on_d10 / r1, f64(w0) - on_d11 / r0 - on_d10 / r1]
+    return float(a), tuple(float(v) for v in b), float(c)

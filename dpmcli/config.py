@@ -39,6 +39,14 @@ SPACINGS = (
 DIFFUSERS_SPACINGS = ("linspace", "leading", "trailing", "karras", "exponential", "beta", "logsnr")
 FINAL_SIGMAS = ("zero", "sigma-min")
 SINGLESTEP_DIFFUSERS_SPACINGS = ("linspace", "karras", "exponential", "beta")
+# diffusers refuses custom timesteps together with one of its sigma grids
+DIFFUSERS_SIGMA_SPACINGS = ("karras", "exponential", "beta", "logsnr")
+# 100x the usual 1000: the tables stay small (a few MB) and every schedule is built in well
+# under a second; beyond it a beta table of floats only grows, it does not get more accurate.
+MAX_TRAIN_STEPS = 100_000
+# The Karras grid's exponent: 7 in Karras et al.; rho -> infinity tends to the exponential grid,
+# rho -> 0 piles every step onto sigma_max. Outside this range the grid says nothing new.
+RHO_RANGE = (1e-3, 1e3)
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class SolverConfig:
     steps_offset: int = 0
     rho: float = 7.0
     sigmas: tuple[float, ...] | None = None
+    timesteps: tuple[float, ...] | None = None  # a custom grid given as training timesteps (the model's t)
     final_sigma: str = "zero"
 
     @property
@@ -90,6 +99,10 @@ class SolverConfig:
             out["trained_betas"] = f"<{len(self.trained_betas)} values>"
         if self.sigmas is not None:
             out["sigmas"] = list(self.sigmas)
+        if self.timesteps is None:
+            del out["timesteps"]  # only API users give timesteps; keep the CLI's documents as they were
+        else:
+            out["timesteps"] = list(self.timesteps)
         return out
 
     def with_options(self, **changes) -> "SolverConfig":
@@ -112,43 +125,50 @@ class SolverConfig:
         _choice("--startup", cfg.startup, STARTUPS)
         if not isinstance(cfg.order, int) or not 1 <= cfg.order <= MAX_ORDER:
             raise ConfigError(f"--order: {cfg.order!r} is not allowed; choose an integer from 1 to {MAX_ORDER}")
-        if not isinstance(cfg.train_steps, int) or cfg.train_steps < 2:
-            raise ConfigError(f"--train-steps: {cfg.train_steps!r} is not allowed; it must be an integer >= 2")
-        if cfg.trained_betas is not None:
-            if len(cfg.trained_betas) < 2:
-                raise ConfigError("--trained-betas: the file must hold at least 2 betas")
-            cfg = replace(cfg, train_steps=len(cfg.trained_betas), beta_schedule="trained")
-            if not all(0.0 < b < 1.0 for b in cfg.trained_betas):
-                raise ConfigError("--trained-betas: every beta must lie strictly between 0 and 1")
-        elif not (0.0 < cfg.beta_start <= cfg.beta_end < 1.0):
+        if not isinstance(cfg.train_steps, int) or not 2 <= cfg.train_steps <= MAX_TRAIN_STEPS:
             raise ConfigError(
-                f"--beta-start/--beta-end: {cfg.beta_start!r}, {cfg.beta_end!r} are not allowed; "
-                "they must satisfy 0 < beta-start <= beta-end < 1"
+                f"--train-steps: {cfg.train_steps!r} is not allowed; choose an integer from 2 to {MAX_TRAIN_STEPS}"
             )
+        if cfg.trained_betas is not None:
+            cfg = _with_trained_betas(cfg)
+        else:
+            _check_beta_range(cfg)
+        if cfg.sigmas is not None and cfg.timesteps is not None:
+            raise ConfigError("--sigmas: give the custom grid as sigmas or as timesteps, not both")
         if cfg.sigmas is not None:
             cfg = replace(cfg, spacing="custom")
             _check_custom_sigmas(cfg.sigmas)
             cfg = replace(cfg, steps=len(cfg.sigmas) - 1, final_sigma="zero" if cfg.sigmas[-1] == 0 else "custom")
+        elif cfg.timesteps is not None:
+            if cfg.compat == "diffusers" and cfg.spacing in DIFFUSERS_SIGMA_SPACINGS:
+                raise ConfigError(
+                    f"--compat diffusers: diffusers refuses custom timesteps with --spacing {cfg.spacing} "
+                    "(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas); drop one of them"
+                )
+            cfg = replace(cfg, spacing="custom", timesteps=_custom_timesteps(cfg))
+            cfg = replace(cfg, steps=len(cfg.timesteps))
         elif cfg.spacing == "custom":
             raise ConfigError("--spacing: 'custom' needs the grid itself: pass --sigmas 14.6,7.0,...,0 or a file")
         if not isinstance(cfg.steps, int) or not 1 <= cfg.steps <= cfg.train_steps:
             raise ConfigError(
                 f"--steps: {cfg.steps!r} is not allowed; choose an integer from 1 to --train-steps ({cfg.train_steps})"
             )
-        if not 0.0 < cfg.dynamic_thresholding_ratio <= 1.0:
-            raise ConfigError(
-                f"--dynamic-thresholding-ratio: {cfg.dynamic_thresholding_ratio!r} is not allowed; it must lie in (0, 1]"
-            )
-        if not cfg.sample_max_value >= 1.0:
-            raise ConfigError(f"--sample-max-value: {cfg.sample_max_value!r} is not allowed; it must be >= 1")
-        if not (cfg.rho > 0 and math.isfinite(cfg.rho)):
-            raise ConfigError(f"--rho: {cfg.rho!r} is not allowed; it must be a positive number")
+        ratio = cfg.dynamic_thresholding_ratio
+        if not (isinstance(ratio, (int, float)) and 0.0 <= ratio <= 1.0):
+            # 0 is allowed, as in diffusers: the quantile is then the smallest |x0|, clamped to at least 1
+            raise ConfigError(f"--dynamic-thresholding-ratio: {ratio!r} is not allowed; it must lie in [0, 1]")
+        if not (isinstance(cfg.sample_max_value, (int, float)) and cfg.sample_max_value > 0):
+            # below 1 the threshold is sample_max_value itself (the clamp's upper end wins), as in diffusers
+            raise ConfigError(f"--sample-max-value: {cfg.sample_max_value!r} is not allowed; it must be a positive number")
+        lo, hi = RHO_RANGE
+        if not (isinstance(cfg.rho, (int, float)) and lo <= cfg.rho <= hi):
+            raise ConfigError(f"--rho: {cfg.rho!r} is not allowed; it must lie in [{lo:g}, {hi:g}] (Karras et al. use 7)")
         if not isinstance(cfg.steps_offset, int) or not 0 <= cfg.steps_offset < cfg.train_steps:
             raise ConfigError(
                 f"--steps-offset: {cfg.steps_offset!r} is not allowed; choose an integer from 0 to {cfg.train_steps - 1}"
             )
-        if math.isnan(cfg.lambda_min_clipped):
-            raise ConfigError("--lambda-min-clipped: NaN is not allowed")
+        if not isinstance(cfg.lambda_min_clipped, (int, float)) or math.isnan(cfg.lambda_min_clipped):
+            raise ConfigError(f"--lambda-min-clipped: {cfg.lambda_min_clipped!r} is not allowed; it must be a number (-inf: no clipping)")
         _check_method(cfg)
         if cfg.compat == "diffusers":
             _check_diffusers_compat(cfg)
@@ -176,8 +196,8 @@ def _check_method(cfg: SolverConfig) -> None:
     if cfg.method == "adaptive":
         if cfg.thresholding:
             raise ConfigError("--thresholding: not available with --method adaptive; use multistep or singlestep")
-        if cfg.sigmas is not None:
-            raise ConfigError("--sigmas: --method adaptive chooses its own steps; drop --sigmas")
+        if cfg.sigmas is not None or cfg.timesteps is not None:
+            raise ConfigError("--sigmas: --method adaptive chooses its own steps; drop the custom grid")
         for name in ("atol", "rtol"):
             value = getattr(cfg, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -213,8 +233,62 @@ def _check_custom_sigmas(sigmas) -> None:
             )
 
 
+def _with_trained_betas(cfg: SolverConfig) -> SolverConfig:
+    """Check an explicit beta table; it sets the number of training timesteps (not in compat mode)."""
+    betas = cfg.trained_betas
+    if len(betas) < 2:
+        raise ConfigError("--trained-betas: the file must hold at least 2 betas")
+    if len(betas) > MAX_TRAIN_STEPS:
+        raise ConfigError(f"--trained-betas: the file holds {len(betas)} betas; at most {MAX_TRAIN_STEPS} are allowed")
+    bad = next((i for i, b in enumerate(betas) if not (isinstance(b, (int, float)) and 0.0 < b < 1.0)), None)
+    if bad is not None:
+        raise ConfigError(f"--trained-betas: beta {bad} is {betas[bad]!r}; every beta must lie strictly between 0 and 1")
+    if cfg.compat == "diffusers":
+        # diffusers keeps num_train_timesteps for its timestep grid whatever the table's length
+        return replace(cfg, beta_schedule="trained")
+    return replace(cfg, train_steps=len(betas), beta_schedule="trained")
+
+
+def _check_beta_range(cfg: SolverConfig) -> None:
+    start, end = cfg.beta_start, cfg.beta_end
+    numbers = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (start, end))
+    if not numbers or not 0.0 < start < 1.0:
+        raise ConfigError(f"--beta-start: {start!r} is not allowed; it must lie strictly between 0 and 1")
+    if not end < 1.0:
+        raise ConfigError(f"--beta-end: {end!r} is not allowed; it must lie in [--beta-start ({start!r}), 1)")
+    if not start <= end:
+        raise ConfigError(f"--beta-start: {start!r} is not allowed; it must not exceed --beta-end ({end!r})")
+
+
+def _custom_timesteps(cfg: SolverConfig) -> tuple[float, ...]:
+    """A custom grid given as training timesteps: finite, within the table, non-increasing.
+
+    In compat mode they are truncated to integers, as diffusers stores them (int64).
+    """
+    values = list(cfg.timesteps)
+    if not values:
+        raise ConfigError("timesteps: give at least one timestep")
+    if not all(isinstance(t, (int, float)) and math.isfinite(t) for t in values):
+        raise ConfigError("timesteps: every value must be a finite number")
+    if cfg.compat == "diffusers":
+        values = [float(int(t)) for t in values]
+    top = cfg.train_steps - 1
+    for i, t in enumerate(values):
+        if not 0 <= t <= top:
+            raise ConfigError(f"timesteps: value {i} ({t:g}) lies outside the training timesteps 0..{top}")
+        if i and t > values[i - 1]:
+            raise ConfigError(
+                f"timesteps: the grid must decrease, but value {i} ({t:g}) is larger than value {i - 1} ({values[i - 1]:g})"
+            )
+    return tuple(float(t) for t in values)
+
+
 def _check_diffusers_compat(cfg: SolverConfig) -> None:
-    if cfg.spacing not in DIFFUSERS_SPACINGS:
+    if cfg.sigmas is not None:
+        raise ConfigError(
+            "--compat diffusers: diffusers' DPM-Solver schedulers take custom timesteps, not custom sigmas; drop --sigmas"
+        )
+    if cfg.spacing not in DIFFUSERS_SPACINGS and cfg.timesteps is None:
         raise ConfigError(
             f"--compat diffusers: --spacing {cfg.spacing!r} does not exist in diffusers; "
             f"choose one of: {', '.join(DIFFUSERS_SPACINGS)}"
@@ -227,7 +301,7 @@ def _check_diffusers_compat(cfg: SolverConfig) -> None:
             "and DPMSolverSinglestepScheduler (--method singlestep)"
         )
     if cfg.method == "singlestep":
-        if cfg.spacing not in SINGLESTEP_DIFFUSERS_SPACINGS:
+        if cfg.spacing not in SINGLESTEP_DIFFUSERS_SPACINGS and cfg.timesteps is None:
             raise ConfigError(
                 f"--compat diffusers: DPMSolverSinglestepScheduler has no --spacing {cfg.spacing!r}; "
                 f"choose one of: {', '.join(SINGLESTEP_DIFFUSERS_SPACINGS)}"

@@ -65,6 +65,8 @@ SIGMA_FLAGS = {
     "use_lu_lambdas": "logsnr",
 }
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+# dpmcli's names for choices diffusers also names; they are reset to None once resolved
+DPMCLI_ALIASES = ("algo", "order", "final_sigma", "spacing")
 # Command-line flags whose config parameter is not simply the flag with underscores.
 PARAMETER_OF_FLAG = {
     "--steps": "num_inference_steps",
@@ -169,9 +171,13 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
             spacing = flagged[0] if flagged else timestep_spacing
         if trained_betas is not None:
             trained_betas = tuple(float(b) for b in np.asarray(trained_betas, dtype=np.float64).reshape(-1))
-            if len(trained_betas) != num_train_timesteps:
-                raise ConfigError(
-                    f"DPMSolverScheduler: trained_betas holds {len(trained_betas)} values but num_train_timesteps is {num_train_timesteps}"
+            if len(trained_betas) != num_train_timesteps and compat != "diffusers":
+                # diffusers keeps num_train_timesteps for its grids (compat does too, and says so at
+                # set_timesteps); dpmcli's own plan takes the table's length
+                warnings.warn(
+                    f"DPMSolverScheduler: trained_betas holds {len(trained_betas)} values but num_train_timesteps is "
+                    f"{num_train_timesteps}; the betas set the training schedule: timesteps 0..{len(trained_betas) - 1}",
+                    stacklevel=3,
                 )
         options = {
             "algo": algo,
@@ -201,7 +207,8 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         }
         try:
             # validated with a placeholder step count: set_timesteps supplies the real one
-            self._base = SolverConfig(steps=num_train_timesteps, **options).validated()
+            placeholder = len(trained_betas) if trained_betas is not None and compat != "diffusers" else num_train_timesteps
+            self._base = SolverConfig(steps=placeholder, **options).validated()
             schedule = Schedule.from_config(self._base)
         except ConfigError as error:
             raise _option_error(error) from None
@@ -242,15 +249,21 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         if not changed:
             return
         # from_config skips keys listed as defaults: a resolved value that differs from its default
-        # must be read, and an alias reset to None must not reach schedulers that do not know it
+        # must be read, and an alias reset to None must not reach schedulers that do not know it.
         parameters = inspect.signature(type(self).__init__).parameters
         defaults = set(registered.get("_use_default_values", ()))
+        wanted = set(defaults)
         for key, value in changed.items():
-            if value == parameters[key].default:
-                defaults.add(key)
-            else:
-                defaults.discard(key)
-        self.register_to_config(**changed, _use_default_values=sorted(defaults))
+            if value != parameters[key].default:
+                wanted.discard(key)
+            elif key in DPMCLI_ALIASES:
+                wanted.add(key)
+        if wanted != defaults:
+            # built as diffusers' register_to_config builds it (a set difference over the parameter
+            # names), so that equal configs list their defaults in the same order
+            names = [name for name in parameters if name != "self"]
+            changed["_use_default_values"] = list(set(names) - (set(names) - wanted))
+        self.register_to_config(**changed)
 
     # ------------------------------------------------------------------ state
 
@@ -300,21 +313,26 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
     ) -> None:
         """Build the plan for a run: ``num_inference_steps`` steps on the configured grid, or a custom grid.
 
-        ``timesteps`` (training timesteps, decreasing) or ``sigmas`` (diffusers' sigma, decreasing) give
-        the model calls' noise levels; the final sigma (``final_sigmas_type``) is appended unless
-        ``sigmas`` already ends in 0.
+        ``timesteps`` (training timesteps, non-increasing) or ``sigmas`` (diffusers' sigma, decreasing)
+        give the model calls' noise levels; the final sigma (``final_sigmas_type``) is appended unless
+        ``sigmas`` already ends in 0. With ``compat="diffusers"`` only ``timesteps`` exist, truncated to
+        integers as diffusers truncates them. A grid that repeats a timestep is built (with a warning);
+        in compat mode the rows diffusers would turn into NaN raise a NumericalError when stepped.
         """
         if sum(arg is not None for arg in (num_inference_steps, timesteps, sigmas)) != 1:
             raise ConfigError("DPMSolverScheduler.set_timesteps: pass exactly one of num_inference_steps, timesteps, sigmas")
         if num_inference_steps is not None:
             options = {"steps": int(num_inference_steps)}
+        elif timesteps is not None:
+            values = timesteps.cpu().numpy() if isinstance(timesteps, torch.Tensor) else timesteps
+            options = {"timesteps": tuple(float(t) for t in np.asarray(values, dtype=np.float64).reshape(-1))}
         else:
-            options = {"sigmas": self._custom_sigmas(timesteps, sigmas)}
+            options = {"sigmas": self._custom_sigmas(sigmas)}
         try:
             plan = build_plan(self._base.with_options(**options))
         except ConfigError as error:
             raise _option_error(error, "DPMSolverScheduler.set_timesteps") from None
-        if num_inference_steps is None:
+        if sigmas is not None:
             plan = _snap_to_integers(plan)
         for message in plan.warnings:
             warnings.warn(f"DPMSolverScheduler: {message}", stacklevel=2)
@@ -326,17 +344,10 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = plan.steps
         self._reset_run()
 
-    def _custom_sigmas(self, timesteps, sigmas) -> tuple[float, ...]:
-        if timesteps is not None:
-            t = np.asarray(timesteps, dtype=np.float64).reshape(-1)
-            top = self.schedule.train_steps - 1
-            if t.size == 0 or not np.all((t >= 0) & (t <= top)):
-                raise ConfigError(f"DPMSolverScheduler.set_timesteps: timesteps must lie in 0..{top}")
-            levels = np.exp(-self.schedule.lambda_at(t))
-        else:
-            levels = np.asarray(sigmas, dtype=np.float64).reshape(-1)
-            if levels.size and levels[-1] == 0.0:
-                return tuple(float(s) for s in levels)
+    def _custom_sigmas(self, sigmas) -> tuple[float, ...]:
+        levels = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+        if levels.size and levels[-1] == 0.0:
+            return tuple(float(s) for s in levels)
         final = 0.0 if self._base.final_sigma == "zero" else float(self.schedule.sigmas[0])
         return tuple(float(s) for s in levels) + (final,)
 

@@ -14,7 +14,7 @@ latent at the start of its step) with a polynomial through earlier model outputs
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -75,6 +75,10 @@ class StepCoefficients:
     pivot: int
     pivot_coef: float
     terms: tuple[tuple[int, float], ...]
+    # Why this row cannot be stepped (its weights are not finite), as one line; None when it can.
+    # diffusers' arithmetic on a grid with a zero-length step divides by h = 0 (compat mode keeps
+    # that grid): the row is planned, and stepping it raises NumericalError with this message.
+    failure: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -272,6 +276,11 @@ def build_plan(cfg: SolverConfig) -> Plan:
             evaluations = tuple(Evaluation(k, 0, float(lam[k]), float(timesteps[k]), float(sigmas[k])) for k in range(n))
             specs = [_multistep_spec(cfg, k, int(orders[k]), list(range(k, k - int(orders[k]), -1)), lam) for k in range(n)]
     rows = _make_rows(cfg, evaluations, specs, sigmas)
+    failing = [row for row in rows if row.failure is not None]
+    notes = list(grid.warnings)
+    if failing:
+        more = f" ({len(failing) - 1} later row(s) too)" if len(failing) > 1 else ""
+        notes.append(f"{failing[0].failure}{more}; a run stops there with a numerical error")
     return Plan(
         config=cfg,
         schedule=schedule,
@@ -284,7 +293,7 @@ def build_plan(cfg: SolverConfig) -> Plan:
         orders=orders,
         evaluations=evaluations,
         rows=rows,
-        warnings=tuple(grid.warnings),
+        warnings=tuple(notes),
     )
 
 
@@ -454,8 +463,35 @@ def _make_rows(cfg: SolverConfig, evaluations, specs: list[_Spec], sigmas: np.nd
         else:
             alpha_s, sigma_s, _ = _vp(evaluations[r].lam)
         positions = {e: int(stored_before[r] - stored_before[e + 1]) for e in spec.reads if e != r}
-        rows.append(_make_row(cfg, r, evaluations[r], spec, a, b, c, alpha_s, sigma_s, keep[r], history_after[r], r in anchors, positions, rows))
+        row = _make_row(cfg, r, evaluations[r], spec, a, b, c, alpha_s, sigma_s, keep[r], history_after[r], r in anchors, positions, rows)
+        if not all(math.isfinite(v) for v in (a, c, *b)):
+            row = replace(row, failure=_failure(evaluations, spec, r, sigmas))
+        rows.append(row)
     return tuple(rows)
+
+
+def _failure(evaluations, spec: _Spec, r: int, sigmas: np.ndarray) -> str:
+    """Why row r's weights are not finite: the zero-length grid step its update divides by, if any."""
+    here = evaluations[r]
+    where = f"step {here.step} (timestep {_number(here.timestep)}"
+    steps = sorted({evaluations[e].step for e in spec.reads} | {here.step}, reverse=True)
+    zero = [j for j in steps if j + 1 < len(sigmas) and sigmas[j + 1] == sigmas[j]]
+    if not zero:
+        return f"{where}): the update's weights are not finite (NaN or Inf)"
+    j = zero[0]
+    step_times = {e.step: e.timestep for e in evaluations if e.stage == 0}
+    t_j, t_next = step_times.get(j), step_times.get(j + 1)
+    if t_next is not None and t_next == t_j:
+        why = f"timestep {_number(t_j)} repeats, so step {j} has zero length"
+    elif t_next is None:
+        why = f"the last step ({j}) has zero length (its final sigma {sigmas[j]:.6g} repeats)"
+    else:
+        why = f"step {j} has zero length (sigma {sigmas[j]:.6g} at timesteps {_number(t_j)} and {_number(t_next)})"
+    divides = "its update divides by h = 0" if j == here.step else f"its order-{spec.order} update divides by that step's h = 0"
+    return (
+        f"{where}): the weights are not finite: {why} and {divides}, where diffusers returns NaN; "
+        "use another step count or spacing, or leave compat mode"
+    )
 
 
 def _conversion(data: bool, prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:

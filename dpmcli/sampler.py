@@ -70,6 +70,8 @@ def sample(
     nfe = 0
     start = time.perf_counter()
     for row in plan.rows:
+        if row.failure is not None:  # before the model call it would waste
+            raise NumericalError(row.failure)
         if row.sets_anchor:
             anchor = x
         out = model(x, timesteps[row.index])

@@ -10,7 +10,7 @@ fractional timestep sees exactly the noise level the solver assumes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -48,30 +48,133 @@ def rescale_to_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1.0 - alphas
 
 
+# diffusers' stand-in for alpha_bar = 0 at the last timestep of a zero-terminal-SNR schedule
+# (the smallest positive float16 subnormal), so that the first sigma is finite.
+ZERO_SNR_FLOOR = 2.0**-24
+
+
+def zero_snr_floor(alphas_cumprod: np.ndarray) -> float:
+    """dpmcli's float64 stand-in for alpha_bar_{N-1} = 0 after the zero-terminal-SNR rescale.
+
+    diffusers' 2**-24 where it lies below alpha_bar_{N-2} (the usual case); otherwise, since lambda
+    must keep decreasing, the last step in lambda repeats the one before it: lambda_{N-1} =
+    2 lambda_{N-2} - lambda_{N-3} (docs/mathematics.md).
+    """
+    before = float(alphas_cumprod[-2])
+    if ZERO_SNR_FLOOR < before or not before > 0.0:
+        return ZERO_SNR_FLOOR  # (a table with alpha_bar_{N-2} = 0 is refused by the caller)
+    lam = [0.5 * (math.log(a) - math.log1p(-a)) for a in (float(v) for v in alphas_cumprod[-3:-1])]
+    step = lam[0] - lam[-1] if len(lam) == 2 and lam[0] > lam[-1] else math.log(2.0)
+    snr = math.exp(2.0 * (lam[-1] - step))
+    return snr / (1.0 + snr)
+
+
+def _alpha_bar(cfg: SolverConfig, dtype: torch.dtype) -> tuple[torch.Tensor, list[str]]:
+    """alpha_bar over the training timesteps in ``dtype``, with the zero-SNR floor; notes on oddities."""
+    betas = make_betas(cfg, dtype)
+    if cfg.rescale_zero_snr:
+        betas = rescale_to_zero_terminal_snr(betas)
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    notes: list[str] = []
+    if cfg.rescale_zero_snr:
+        if dtype == torch.float32:  # compat: diffusers' floor whatever the value before it
+            alphas_cumprod[-1] = ZERO_SNR_FLOOR
+            before = float(alphas_cumprod[-2])
+            if before <= ZERO_SNR_FLOOR:
+                notes.append(
+                    f"--rescale-zero-snr: alpha_bar at the last training timestep is diffusers' floor 2**-24, above "
+                    f"alpha_bar {before:.3g} at the one before: the schedule rises there, as in diffusers"
+                )
+        else:
+            alphas_cumprod[-1] = zero_snr_floor(alphas_cumprod.numpy())
+    return alphas_cumprod, notes
+
+
+def _problem(abar: np.ndarray, compat: bool, rescaled: bool) -> tuple[str, int] | None:
+    """The first place where alpha_bar is not a usable schedule: ("nonfinite" | "no-decrease" | "underflow", timestep)."""
+    tiny = float(np.finfo(np.float32 if compat else np.float64).tiny)
+    bad = np.nonzero(~np.isfinite(abar))[0]
+    if len(bad):
+        return "nonfinite", int(bad[0])
+    # compat keeps diffusers' floor even where it rises (the last entry)
+    body = abar[:-1] if compat and rescaled else abar
+    stall = np.nonzero(np.r_[body[:1] >= 1.0, body[1:] >= body[:-1]])[0]
+    low = np.nonzero(abar < tiny)[0]
+    found = ([("no-decrease", int(stall[0]))] if len(stall) else []) + ([("underflow", int(low[0]))] if len(low) else [])
+    return min(found, key=lambda p: p[1]) if found else None
+
+
+def _schedule_error(cfg: SolverConfig, abar: np.ndarray, kind: str, k: int, dtype: torch.dtype) -> ConfigError:
+    """The one-line error for an unusable alpha_bar table, naming the option that made it so."""
+    compat = dtype == torch.float32
+    name = "float32" if compat else "float64"
+    precision = "float32, as diffusers computes it" if compat else name
+    info = np.finfo(np.float32 if compat else np.float64)
+    eps, tiny = float(info.eps), float(info.tiny)
+    n = len(abar)
+    if kind == "nonfinite":
+        return ConfigError(f"--beta-schedule: the betas give a non-finite alpha_bar at timestep {k}; check the schedule options")
+    if kind == "no-decrease":
+        why = (
+            f"alpha_bar stops decreasing at timestep {k} (1 - beta rounds to 1 in {precision}); "
+            f"every beta must be at least {eps:.3g}"
+        )
+        if cfg.trained_betas is not None:
+            return ConfigError(f"--trained-betas: beta {k} ({cfg.trained_betas[k]!r}) is too small: {why}")
+        if cfg.beta_schedule in ("linear", "scaled_linear"):
+            return ConfigError(f"--beta-start: {cfg.beta_start!r} is too small: {why}")
+        return ConfigError(f"--train-steps: {cfg.train_steps} is too many for --beta-schedule {cfg.beta_schedule}: {why}")
+    why = (
+        f"alpha_bar (the running product of 1 - beta) falls below {tiny:.3g}, {name}'s smallest "
+        f"normal number, at timestep {k} of {n}: no signal is left"
+    )
+    if cfg.trained_betas is not None:
+        return ConfigError(f"--trained-betas: {why}; use smaller betas (the sum of log(1 - beta) must stay above {math.log(tiny):.0f})")
+    if cfg.beta_schedule not in ("linear", "scaled_linear"):
+        return ConfigError(f"--train-steps: {cfg.train_steps} is too many for --beta-schedule {cfg.beta_schedule}: {why}")
+    usable = lambda end: _problem(_alpha_bar(replace(cfg, beta_end=end), dtype)[0].double().numpy(), compat, cfg.rescale_zero_snr) is None  # noqa: E731
+    context = f"--beta-schedule {cfg.beta_schedule} and --train-steps {cfg.train_steps}"
+    if not usable(cfg.beta_start):
+        # even constant betas of beta_start leave nothing: (1 - beta)^N < tiny
+        bound = -math.expm1(math.log(tiny) / n)
+        return ConfigError(
+            f"--beta-start: {cfg.beta_start!r} is too large with {context}: {why}; beta-start must be below {_round_down(bound)} here, "
+            "or use fewer --train-steps"
+        )
+    lo, hi = cfg.beta_start, cfg.beta_end
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if usable(mid) else (lo, mid)
+    return ConfigError(
+        f"--beta-end: {cfg.beta_end!r} is too large with --beta-start {cfg.beta_start!r}, {context}: {why}; "
+        f"beta-end must be at most {_round_down(lo)} here, or use fewer --train-steps"
+    )
+
+
+def _round_down(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant digits, never above it (a bound that is quoted must hold)."""
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.floor(value * scale) / scale
+
+
 @dataclass(frozen=True, eq=False)
 class Schedule:
     """alpha_bar over the integer training timesteps, float64 (values may be float32-rounded in compat mode)."""
 
     alphas_cumprod: np.ndarray
+    notes: tuple[str, ...] = ()  # oddities kept as diffusers keeps them (compat mode); the grid reports them
 
     @classmethod
     def from_config(cls, cfg: SolverConfig) -> "Schedule":
         # compat mode repeats diffusers' float32 betas and cumulative product.
         dtype = torch.float32 if cfg.compat == "diffusers" else torch.float64
-        betas = make_betas(cfg, dtype)
-        if cfg.rescale_zero_snr:
-            betas = rescale_to_zero_terminal_snr(betas)
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        if cfg.rescale_zero_snr:
-            # alpha_bar = 0 would make lambda = -inf at the first step; diffusers uses the same floor.
-            alphas_cumprod[-1] = 2.0**-24
+        alphas_cumprod, notes = _alpha_bar(cfg, dtype)
         abar = alphas_cumprod.double().numpy().copy()
-        if not np.all(np.isfinite(abar)) or np.any(abar <= 0) or np.any(abar >= 1):
-            raise ConfigError("--beta-schedule: the betas give alpha_bar outside (0, 1); check the schedule")
-        if np.any(np.diff(abar) >= 0):
-            raise ConfigError("--beta-schedule: alpha_bar must decrease strictly (every beta > 0)")
+        problem = _problem(abar, dtype == torch.float32, cfg.rescale_zero_snr)
+        if problem is not None:
+            raise _schedule_error(cfg, abar, *problem, dtype)
         abar.setflags(write=False)
-        return cls(abar)
+        return cls(abar, tuple(notes))
 
     @property
     def train_steps(self) -> int:

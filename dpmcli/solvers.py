@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import NumericalError
 from .plan import StepCoefficients
 
 _UPCAST = (torch.float16, torch.bfloat16)
@@ -48,7 +49,10 @@ def step(
     scaled, ``row.c * z`` with z standard normal; it is required when ``row.c != 0``.
     ``anchor`` is the latent the update starts from when it is not ``x`` (singlestep stages and
     start-up sweeps; the plan marks the rows whose input it is with ``sets_anchor``).
+    A row whose weights the plan found not finite (``row.failure``) raises NumericalError.
     """
+    if row.failure is not None:
+        raise NumericalError(row.failure)
     dtype = x.dtype
     if dtype in _UPCAST:
         x, out = x.float(), out.float()

@@ -17,6 +17,7 @@ instead, quirks included (integer timesteps, float32 sigmas, N sigma points then
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,11 +37,15 @@ class Grid:
     warnings: list[str] = field(default_factory=list)
 
 
-def top_timestep(schedule: Schedule, cfg: SolverConfig, lambdas: np.ndarray | None = None) -> int:
-    """Number of training timesteps kept after --lambda-min-clipped (diffusers' ``last_timestep``)."""
+def top_timestep(schedule: Schedule, cfg: SolverConfig, lambdas: np.ndarray | None = None, count: int | None = None) -> int:
+    """Number of training timesteps kept after --lambda-min-clipped (diffusers' ``last_timestep``).
+
+    ``count`` is the number of training timesteps the grid spans (diffusers' num_train_timesteps,
+    which it keeps even when trained betas are fewer); the table's length by default.
+    """
     lam = schedule.lambdas if lambdas is None else lambdas
     clipped = int(np.searchsorted(lam[::-1], cfg.lambda_min_clipped, side="left"))
-    last = schedule.train_steps - clipped
+    last = (schedule.train_steps if count is None else count) - clipped
     if last < 2:
         raise ConfigError(
             f"--lambda-min-clipped: {cfg.lambda_min_clipped} clips away (almost) the whole schedule; use a smaller value"
@@ -71,20 +76,49 @@ def integer_timesteps(cfg: SolverConfig, last_timestep: int, exact_count: bool =
     return t.astype(np.int64)
 
 
-def _check_timestep_range(t: np.ndarray, schedule: Schedule, cfg: SolverConfig) -> None:
-    top = schedule.train_steps - 1
+def _check_timestep_range(t: np.ndarray, schedule: Schedule, cfg: SolverConfig, count: int | None = None) -> None:
+    top = (schedule.train_steps if count is None else count) - 1
     if np.all((t >= 0) & (t <= top)):
         return
     bad = int(t[(t < 0) | (t > top)][0])
-    hint = "use a smaller --steps-offset" if cfg.steps_offset and bad > top else "use fewer --steps or another --spacing"
-    raise ConfigError(f"grid: {cfg.spacing} spacing puts timestep {bad} outside 0..{top} with --steps {cfg.steps}; {hint}")
+    if cfg.steps_offset and bad > top:
+        largest = top - int(t.max() - cfg.steps_offset)
+        raise ConfigError(
+            f"--steps-offset: {cfg.steps_offset} is too large for --spacing {cfg.spacing} with --steps {cfg.steps}: "
+            f"it puts timestep {bad} beyond {top}; here it must be at most {max(largest, 0)}"
+        )
+    raise ConfigError(
+        f"--steps: {cfg.steps} is not allowed with --spacing {cfg.spacing}: it puts timestep {bad} outside 0..{top}; "
+        "use fewer --steps or another --spacing"
+    )
 
 
-def _sigma_ramp(kind: str, sigma_max: float, sigma_min: float, count: int, rho: float) -> np.ndarray:
+def karras_ramp(sigma_max: float, sigma_min: float, ramp: np.ndarray, rho: float) -> np.ndarray:
+    """Karras et al.'s sigma_i = (sigma_max^(1/rho) + r_i (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
+
+    Evaluated in logarithms, so that sigma^(1/rho) cannot overflow at small rho nor lose its
+    digits at large rho: log of the bracket = log((1 - r) e^a + r e^b), a = log(sigma_max)/rho,
+    b = log(sigma_min)/rho.
+    """
+    a, b = math.log(sigma_max) / rho, math.log(sigma_min) / rho
+    r = np.asarray(ramp, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        if max(abs(a), abs(b)) < 1.0:
+            # the bracket is 1 + (1 - r) expm1(a) + r expm1(b): log1p keeps what large rho needs
+            log_bracket = np.log1p((1.0 - r) * math.expm1(a) + r * math.expm1(b))
+        else:
+            log_bracket = np.logaddexp(a + np.log1p(-r), b + np.log(r))
+    return np.exp(rho * log_bracket)
+
+
+def _sigma_ramp(kind: str, sigma_max: float, sigma_min: float, count: int, rho: float, diffusers: bool = False) -> np.ndarray:
     ramp = np.linspace(0.0, 1.0, count)
-    if kind == "karras":
+    if kind == "karras" and diffusers:
+        # diffusers' own arithmetic (rho = 7 there, where powers are safe), to the last bit
         lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
         return (hi + ramp * (lo - hi)) ** rho
+    if kind == "karras":
+        return karras_ramp(sigma_max, sigma_min, ramp, rho)
     if kind == "exponential":
         return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), count))
     if kind == "beta":
@@ -97,6 +131,7 @@ def _sigma_ramp(kind: str, sigma_max: float, sigma_min: float, count: int, rho: 
 
 def make_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
     grid = _diffusers_grid(schedule, cfg) if cfg.compat == "diffusers" else _own_grid(schedule, cfg)
+    grid.warnings[:0] = list(schedule.notes)
     _check_grid(schedule, cfg, grid)
     return grid
 
@@ -140,6 +175,9 @@ def _own_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
         evals = ramp[:n]
         sigmas = np.concatenate([evals, [final]])
         timesteps = schedule.timestep_at(-np.log(evals))
+    elif cfg.spacing == "custom" and cfg.timesteps is not None:
+        timesteps = np.asarray(cfg.timesteps, dtype=np.float64)
+        sigmas = np.concatenate([np.exp(-schedule.lambda_at(timesteps)), [final]])
     elif cfg.spacing == "custom":
         sigmas = np.asarray(cfg.sigmas, dtype=np.float64)
         full_max = float(sigma_of[-1])
@@ -170,13 +208,29 @@ def _diffusers_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
     abar = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
     train_sigmas = (((1 - abar) / abar) ** 0.5).numpy()
     lambda32 = (torch.log(torch.sqrt(abar)) - torch.log(torch.sqrt(1 - abar))).double().numpy()
-    last = top_timestep(schedule, cfg, lambdas=lambda32)
+    # diffusers spans its timestep grids over num_train_timesteps, even when trained betas are fewer
+    count = cfg.train_steps
     log_sigmas = np.log(train_sigmas)
     warnings: list[str] = []
+    if count != schedule.train_steps:
+        table = schedule.train_steps
+        effect = (
+            f"every timestep from {table - 1} up has the last beta's noise level" if count > table
+            else f"the betas beyond timestep {count - 1} are never used"
+        )
+        warnings.append(
+            f"--trained-betas: {table} betas but --train-steps {count}: as in diffusers the grid spans timesteps "
+            f"0..{count - 1} and {effect}; pass --train-steps {table} to match the betas"
+        )
     rounds = cfg.beta_schedule != "squaredcos_cap_v2"
-    if cfg.spacing in ("linspace", "leading", "trailing"):
+    # set_timesteps(timesteps=...) takes the given integers as they are; every other grid clips first
+    last = None if cfg.spacing == "custom" else top_timestep(schedule, cfg, lambdas=lambda32, count=count)
+    if cfg.spacing == "custom":
+        timesteps = np.asarray(cfg.timesteps, dtype=np.float64)
+        sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
+    elif cfg.spacing in ("linspace", "leading", "trailing"):
         timesteps = integer_timesteps(cfg, last, exact_count=False)
-        _check_timestep_range(timesteps, schedule, cfg)
+        _check_timestep_range(timesteps, schedule, cfg, count=count)
         if len(timesteps) != n:
             warnings.append(f"grid: diffusers' {cfg.spacing} spacing gives {len(timesteps)} timesteps for --steps {n}; running {len(timesteps)}")
         sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
@@ -189,7 +243,7 @@ def _diffusers_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
         timesteps = timesteps.round() if rounds else timesteps
     else:
         sigma_max, sigma_min = float(train_sigmas[-1]), float(train_sigmas[0])
-        sigmas = _sigma_ramp(cfg.spacing, sigma_max, sigma_min, n, 7.0)
+        sigmas = _sigma_ramp(cfg.spacing, sigma_max, sigma_min, n, 7.0, diffusers=True)
         timesteps = _diffusers_sigma_to_t(sigmas, log_sigmas)
         if cfg.spacing == "karras" and rounds:
             timesteps = timesteps.round()
