@@ -238,7 +238,7 @@ class _MixtureReferences:
         cfg = plan.config
         fine_cfg = cfg.with_options(
             order=REFERENCE_ORDER, coefficients="exact", steps=self.reference_steps, spacing="logsnr",
-            lower_order_final=False, euler_at_final=False, compat="none", sigmas=None, method="multistep",
+            lower_order_final=False, euler_at_final=False, compat="none", sigmas=None, timesteps=None, method="multistep",
             startup="lower-order", nfe=None, final_sigma="zero" if plan.sigmas[-1] == 0 else "sigma-min",
         )
         if fine_cfg not in self.fine_plans:
@@ -332,7 +332,7 @@ class _ReferenceRuns:
     def reference(self, plan: Plan, noise_for: Callable) -> torch.Tensor:
         cfg = plan.config
         grid = self._grid(plan)
-        common = dict(sigmas=grid, steps=len(grid) - 1, coefficients="exact", method="multistep", compat="none",
+        common = dict(sigmas=grid, timesteps=None, steps=len(grid) - 1, coefficients="exact", method="multistep", compat="none",
                       lower_order_final=False, euler_at_final=False, nfe=None)
         if cfg.is_sde:
             fine = cfg.with_options(order=REFERENCE_ORDER, startup="lower-order", **common)

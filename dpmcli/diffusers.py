@@ -412,7 +412,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
                 "start at the beginning or use method 'multistep'"
             )
         try:
-            tail = build_plan(cfg.with_options(sigmas=tuple(float(s) for s in plan.sigmas[start:]), nfe=None))
+            tail = build_plan(cfg.with_options(sigmas=tuple(float(s) for s in plan.sigmas[start:]), timesteps=None, nfe=None))
         except ConfigError as error:
             raise _option_error(error, f"DPMSolverScheduler: starting at timesteps[{begin}]") from None
         expected = plan.timestep_values[begin:]

@@ -83,14 +83,16 @@ def test_no_command_prints_the_help():
         (["plot-schedule", "--steps", "5,,10"], ["--steps: '5,,10' has an empty entry"]),
         (["sample", "--sigmas", "14,7,1,0.1", "--final-sigma", "zero"], ["--final-sigma: zero conflicts with --sigmas"]),
         (["sample", "--sigmas", "14,7,1,0", "--final-sigma", "sigma-min"], ["--final-sigma: sigma-min conflicts with --sigmas"]),
+        (["schedule", "--trained-betas", "betas.txt", "--train-steps", "1000"], ["--train-steps: 1000 conflicts with --trained-betas"]),
         (["sample", "--save", "a" * 300 + ".npy"], ["--save: the name", "bytes long"]),
         (["compare", "--out", "b" * 300], ["--out: the name", "bytes long"]),
     ],
 )
 def test_bad_values_name_their_option(args, fragments, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "betas.txt").write_text("0.01\n" * 50)
     one_line_error(invoke(*args), 2, *fragments)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["betas.txt"]
 
 
 def test_sigmas_with_a_matching_final_sigma_is_accepted():

@@ -300,6 +300,12 @@ class SolverOptions:
 
     def __call__(self, **overrides) -> SolverConfig:
         config = solver_config(**{**self.values, **overrides})
+        betas = config.trained_betas
+        if betas is not None and "train_steps" in self.explicit and len(betas) != config.train_steps:
+            raise ConfigError(
+                f"--train-steps: {config.train_steps} conflicts with --trained-betas, which holds {len(betas)} betas "
+                "(one per training timestep); drop --train-steps"
+            )
         if config.sigmas is not None and "final_sigma" in self.explicit:
             wanted = {"zero": 0.0}.get(config.final_sigma)
             if wanted is None or config.sigmas[-1] != wanted:
