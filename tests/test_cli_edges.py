@@ -76,6 +76,7 @@ def test_no_command_prints_the_help():
     "args, fragments",
     [
         (["sample", "--seed=-1"], ["--seed: -1"]),
+        (["train", "digits", "--out", "x", "--seed=-1"], ["--seed: -1"]),
         (["compare", "--seed=-1", "--steps", "5", "--algo", "dpmsolver++", "--order", "1"], ["--seed: -1"]),
         (["sample", "--class", "3"], ["--class: model 'ring' takes no conditioning"]),
         (["sample", "--batch", "1000000000"], ["--batch: 1000000000 samples need", "use a smaller --batch"]),

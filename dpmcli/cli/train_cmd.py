@@ -39,7 +39,7 @@ class _StageBars:
         self.stack.close()
 
 
-def check_options(target: str, out: Path, iterations: int, minutes: float | None, threads: int) -> None:
+def check_options(target: str, out: Path, iterations: int, minutes: float | None, threads: int, seed: int = 0) -> None:
     if target not in TARGETS:
         raise ConfigError(f"TARGET: {target!r} is not allowed; choose one of: {', '.join(TARGETS)}")
     if out.exists() and not out.is_dir():
@@ -50,10 +50,12 @@ def check_options(target: str, out: Path, iterations: int, minutes: float | None
         raise ConfigError(f"--minutes: {minutes!r} is not allowed; it must be a positive number")
     if threads < 1:
         raise ConfigError(f"--threads: {threads} is not allowed; it must be a positive integer")
+    if seed < 0:
+        raise ConfigError(f"--seed: {seed} is not allowed; it must be an integer >= 0")
 
 
 def run_train(*, target, out, seed, iterations, minutes, threads, fmt, quiet, progress, progress_enabled) -> None:
-    check_options(target, out, iterations, minutes, threads)
+    check_options(target, out, iterations, minutes, threads, seed)
     from ..report import dumps_json
     from ..training import train_digits
     from .console import stdout_console
