@@ -322,7 +322,7 @@ def test_the_extractor_finds_every_example():
     assert len(ids) == len(set(ids)), "two examples share a FILE:LINE"
     found = (len(EXAMPLES), sum(e.skip is None for e in EXAMPLES))
     assert found == (EXPECTED_EXAMPLES, EXPECTED_RUN), f"found {found[0]} examples, {found[1]} to run: update the counts if the docs changed"
-    assert {e.path for e in EXAMPLES} == {d.relative_to(ROOT).as_posix() for d in DOCS} - {"docs/architecture.md", "docs/mathematics.md"}
+    assert {"README.md", "docs/cli.md", "docs/digits.md", "docs/diffusers-models.md", "docs/scheduler.md"} <= {e.path for e in EXAMPLES}
     recipe = [e for e in EXAMPLES if "GITHUB_STEP_SUMMARY" in e.code]
     assert len(recipe) == 1 and recipe[0].skip is None and "--min-order" in recipe[0].code
 
