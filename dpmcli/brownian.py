@@ -123,7 +123,9 @@ class BrownianTree:
             return math.exp(self._log0 + self._logspan * u)
         return self.t0 + (self.t1 - self.t0) * u
 
-    def _split_value(self, level, numerator, ta, tm, tb, wa, wb) -> torch.Tensor:
+    def _split_value(self, level: int, numerator: int, tm: float, left: tuple, right: tuple) -> torch.Tensor:
+        """W(tm) on the dyadic point (level, numerator), bridged between ``left`` = (ta, W(ta)) and ``right`` = (tb, W(tb))."""
+        (ta, wa), (tb, wb) = left, right
         key = (level, numerator)
         cache = self._cache
         value = cache.get(key)
@@ -159,7 +161,7 @@ class BrownianTree:
             tm = self._time(level + 1, numerator)
             if not ta < tm < tb:  # float resolution reached: the interval cannot split further
                 break
-            wm = self._split_value(level + 1, numerator, ta, tm, tb, wa, wb)
+            wm = self._split_value(level + 1, numerator, tm, (ta, wa), (tb, wb))
             if t == tm:
                 return wm
             if t < tm:

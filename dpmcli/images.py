@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import report  # report.atomic_path is looked up per call (tests stand in a full disk)
+
 GAP = 0.5
 MIN_TILE = 48  # pixels: tiny images (8x8 digits) are enlarged, by whole factors, to at least this
 
@@ -40,8 +42,6 @@ def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 
 def save_image_grid(path: str | Path, images: torch.Tensor, columns: int | None = None) -> None:
     from PIL import Image
 
-    from .report import atomic_path
-
     picture = image_grid(images, columns)
-    with atomic_path(path, suffix=".png") as tmp:
+    with report.atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(picture).save(tmp, format="PNG")

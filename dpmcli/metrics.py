@@ -32,7 +32,7 @@ import math
 import numpy as np
 import torch
 
-from .stats import _log_prob_chunked, expected_log_likelihood
+from .stats import expected_log_likelihood, log_prob_chunked
 
 BANDWIDTH_RULE = "sqrt(2 sum_k w_k sum_d s_kd^2): the RMS distance between two draws of one component"
 
@@ -207,7 +207,7 @@ def log_likelihood_gap(samples: torch.Tensor, mixture, reference_count: int = 10
     n = x.shape[0]
     if n == 0:
         raise ValueError("log_likelihood_gap needs at least one sample")
-    log_p = _log_prob_chunked(mixture, x)
+    log_p = log_prob_chunked(mixture, x)
     expected, se_ref = expected_log_likelihood(mixture, reference_count, seed)
     mean = log_p.mean().item()
     se = (log_p.std() / math.sqrt(n)).item() if n > 1 else float("nan")

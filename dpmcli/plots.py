@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .errors import ConfigError
+from . import report  # report.atomic_path is looked up per call (tests stand in a full disk)
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 BAD = "#D00000"
@@ -63,10 +64,8 @@ def new_figure(width: float, height: float) -> Figure:
 
 def save_figure(fig: Figure, path: Path, dpi: int = 150) -> None:
     """Write ``fig`` atomically (temporary file, then rename), with deterministic metadata."""
-    from .report import atomic_path
-
     fmt = figure_format("--out", Path(path))
-    with atomic_path(path, suffix=f".{fmt}") as tmp, matplotlib.rc_context(STYLE):
+    with report.atomic_path(path, suffix=f".{fmt}") as tmp, matplotlib.rc_context(STYLE):
         fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_METADATA[fmt])
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import NumericalError
+from . import report
 from .schedule import alpha_sigma
 
 
@@ -212,8 +213,6 @@ class ReferenceCache:
         return array, None
 
     def _write(self, path: Path, record_path: Path, array: np.ndarray, description: dict) -> bool:
-        from .report import atomic_write, save_npy
-
         if not self.writable:
             return False
         record = {
@@ -222,9 +221,9 @@ class ReferenceCache:
         }
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            save_npy(path, array)
+            report.save_npy(path, array)
             text = json.dumps(_json_safe(record), sort_keys=True, default=str, indent=1) + "\n"
-            atomic_write(record_path, lambda handle: handle.write(text.encode()))
+            report.atomic_write(record_path, lambda handle: handle.write(text.encode()))
             return True
         except OSError as exc:
             if not self._write_warned:

@@ -30,7 +30,8 @@ def tensor_stats(t: torch.Tensor) -> dict:
     }
 
 
-def _log_prob_chunked(mixture, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def log_prob_chunked(mixture, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """``mixture.log_prob(x)`` evaluated ``chunk`` rows at a time, so large batches stay within memory."""
     return torch.cat([mixture.log_prob(part) for part in torch.split(x, chunk)])
 
 
@@ -41,7 +42,7 @@ def expected_log_likelihood(mixture, reference_count: int = 100_000, seed: int =
     A mixture's entropy has no closed form; ``reference_count`` draws from a CPU generator
     seeded with ``seed`` make the estimate the same in every run.
     """
-    ref = _log_prob_chunked(mixture, mixture.sample(reference_count, torch.Generator().manual_seed(seed)))
+    ref = log_prob_chunked(mixture, mixture.sample(reference_count, torch.Generator().manual_seed(seed)))
     return ref.mean().item(), (ref.std() / math.sqrt(reference_count)).item()
 
 
@@ -52,7 +53,7 @@ def mixture_summary(mixture, samples: torch.Tensor, reference_count: int = 100_0
     Monte Carlo estimate, reported with its standard error.
     """
     x = samples.detach().double().cpu()
-    log_p = _log_prob_chunked(mixture, x)
+    log_p = log_prob_chunked(mixture, x)
     expected, stderr = expected_log_likelihood(mixture, reference_count, seed)
     counts = torch.bincount(mixture.component_of(x), minlength=mixture.components).double()
     shares = (counts / counts.sum()).tolist()

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,22 +33,19 @@ from torch.nn import functional as F
 from .config import SolverConfig
 from .errors import ConfigError
 from .models import digits as D
-from .report import atomic_write
+from .report import atomic_write, dumps_json
 from .schedule import Schedule
+from .vocabulary import scheduler_words
 
 Progress = Callable[[str, int, "int | None"], None]
 """``progress(stage, done, total)``: stage is "classifier", "denoiser" or "evaluation"."""
 
 HELD_OUT = 297  # 1797 digits: 1500 to train on, 297 held out
 SPLIT_SEED = 0
-DEFAULT_SCHEDULE = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "linear",
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "linspace",
-}
+# the digits model's training schedule, kept in its JSON in diffusers' words
+DEFAULT_SCHEDULE = scheduler_words(
+    {"train_steps": 1000, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon", "spacing": "linspace"}
+)
 EVALUATION = {"algo": "dpmsolver++", "order": 2, "steps": 20, "batch": 500, "seed": 0}
 GUIDANCE_SCALES = (1.0, 2.0, 4.0)
 FLOOR_MARGIN = {"class_accuracy": 0.05, "classifier_confidence": 0.05, "classifier_heldout_accuracy": 0.02}
@@ -55,6 +53,20 @@ DATASET = (
     "UCI Optical Recognition of Handwritten Digits (E. Alpaydin, C. Kaynak, 1998), "
     "the test set as bundled with scikit-learn (sklearn.datasets.load_digits); CC BY 4.0"
 )
+
+
+@dataclass(frozen=True)
+class DenoiserRecipe:
+    """How the denoiser is built and trained: its size and the optimiser's settings (the shipped defaults)."""
+
+    hidden: int = 512
+    blocks: int = 3
+    embedding: int = 128
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup: int = 200
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
 
 
 # --------------------------------------------------------------------------- data
@@ -104,7 +116,7 @@ def _batches(n: int, size: int, generator: torch.Generator):
 
 
 def train_classifier(
-    data: D.DigitsData, seed: int = 0, epochs: int = 40, batch_size: int = 64, lr: float = 2e-3,
+    data: D.DigitsData, *, seed: int = 0, epochs: int = 40, batch_size: int = 64, lr: float = 2e-3,
     progress: Progress | None = None, threads: int | None = 2,
 ) -> tuple[D.DigitsClassifier, dict]:
     """Train the quality classifier on the training digits; returns it (float16-rounded) and its record."""
@@ -169,11 +181,12 @@ def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> Non
 
 
 def train_denoiser(
-    data: D.DigitsData, schedule: Schedule, seed: int = 0, iterations: int = 10000, minutes: float | None = None,
-    batch_size: int = 256, lr: float = 1e-3, warmup: int = 200, ema_decay: float = 0.999, label_dropout: float = 0.1,
-    hidden: int = 512, blocks: int = 3, embedding: int = 128, progress: Progress | None = None, threads: int | None = 2,
+    data: D.DigitsData, schedule: Schedule, recipe: DenoiserRecipe = DenoiserRecipe(), *, seed: int = 0,
+    iterations: int = 10000, minutes: float | None = None, progress: Progress | None = None, threads: int | None = 2,
 ) -> tuple[D.DigitsNet, dict]:
     """Train the epsilon-predicting denoiser; returns its EMA weights (float16-rounded) and its record."""
+    batch_size, lr, warmup = recipe.batch_size, recipe.lr, recipe.warmup
+    ema_decay, label_dropout = recipe.ema_decay, recipe.label_dropout
     x, y = data.split(held_out=False)
     n_train = schedule.train_steps
     deadline = None if minutes is None else time.perf_counter() + 60.0 * minutes
@@ -181,7 +194,7 @@ def train_denoiser(
     losses: list[float] = []
     with _threads(threads), torch.random.fork_rng():
         torch.manual_seed(seed)
-        net = D.DigitsNet(hidden, blocks, embedding)
+        net = D.DigitsNet(recipe.hidden, recipe.blocks, recipe.embedding)
         ema = copy.deepcopy(net).requires_grad_(False)
         generator = torch.Generator().manual_seed(seed + 1)
         optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
@@ -256,6 +269,16 @@ def evaluate(folder: Path, guidance_scales=GUIDANCE_SCALES, progress: Progress |
     return {"setup": setup, "runs": out}
 
 
+def measure_model(
+    folder: Path, classifier_record: dict, *, batch: int = EVALUATION["batch"], progress: Progress | None = None,
+    threads: int | None = 2,
+) -> dict:
+    """``{"quality": ..., "floors": ...}`` of the model in ``folder``: :func:`evaluate`, and the test floors set from it."""
+    with _threads(threads):
+        quality = evaluate(folder, progress=progress, batch=batch)
+    return {"quality": quality, "floors": _floors(classifier_record, quality)}
+
+
 def _floors(classifier: dict, quality: dict) -> dict:
     m = FLOOR_MARGIN
     floors = {"margins": dict(m), "classifier_heldout_accuracy": round(classifier["heldout_accuracy"] - m["classifier_heldout_accuracy"], 4)}
@@ -268,16 +291,17 @@ def _floors(classifier: dict, quality: dict) -> dict:
 
 def train_digits(
     out_dir: str | Path,
+    *,
     seed: int = 0,
     iterations: int = 10000,
     minutes: float | None = None,
     schedule: dict | None = None,
     classifier_epochs: int = 40,
-    hidden: int = 512,
-    blocks: int = 3,
-    embedding: int = 128,
-    batch_size: int = 256,
-    lr: float = 1e-3,
+    hidden: int = DenoiserRecipe.hidden,
+    blocks: int = DenoiserRecipe.blocks,
+    embedding: int = DenoiserRecipe.embedding,
+    batch_size: int = DenoiserRecipe.batch_size,
+    lr: float = DenoiserRecipe.lr,
     guidance_scale: float = 2.0,
     evaluation_batch: int = EVALUATION["batch"],
     progress: Progress | None = None,
@@ -287,10 +311,36 @@ def train_digits(
 
     Returns the ``digits.json`` document (recipe, timings, measured quality). Files are written
     into a staging folder inside ``out_dir`` and moved into place when all are measured, the JSON
-    last.
+    last. ``hidden``, ``blocks``, ``embedding``, ``batch_size`` and ``lr`` are the denoiser's
+    :class:`DenoiserRecipe`.
     """
     out = Path(out_dir)
     _check_out(out)
+    sched, cfg = _checked_options(schedule, iterations=iterations, minutes=minutes)
+    recipe = DenoiserRecipe(hidden=hidden, blocks=blocks, embedding=embedding, batch_size=batch_size, lr=lr)
+    data = load_sklearn_digits()
+    started = time.perf_counter()
+    classifier, classifier_record = train_classifier(data, seed=seed, epochs=classifier_epochs, progress=progress, threads=threads)
+    net, record = train_denoiser(
+        data, Schedule.from_config(cfg), recipe,
+        seed=seed, iterations=iterations, minutes=minutes, progress=progress, threads=threads,
+    )
+    document = model_document(
+        data, classifier=classifier, classifier_record=classifier_record, net=net, record=record,
+        scheduler=sched, guidance_scale=guidance_scale,
+    )
+
+    def measure(staging: Path) -> None:  # the staged model's quality and floors, then the time it all took
+        measured = measure_model(staging, classifier_record, batch=evaluation_batch, progress=progress, threads=threads)
+        document.update(measured)
+        document["total_seconds"] = round(time.perf_counter() - started, 1)
+
+    write_model(out, net=net, classifier=classifier, data=data, document=document, measure=measure)
+    return document
+
+
+def _checked_options(schedule: dict | None, *, iterations, minutes) -> tuple[dict, SolverConfig]:
+    """The run's options checked up front: the scheduler words (shipped defaults filled in) and their config."""
     if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
         raise ConfigError(f"--minutes: {minutes!r} is not allowed; it must be a positive number")
     if not isinstance(iterations, int) or iterations < 1:
@@ -305,21 +355,22 @@ def train_digits(
         raise ConfigError(f"training schedule: {exc}") from None
     if cfg.prediction_type != "epsilon":
         raise ConfigError("training schedule: the digits model predicts epsilon; prediction_type must be 'epsilon'")
-    data = load_sklearn_digits()
-    started = time.perf_counter()
-    classifier, classifier_record = train_classifier(data, seed=seed, epochs=classifier_epochs, progress=progress, threads=threads)
-    net, record = train_denoiser(
-        data, Schedule.from_config(cfg), seed=seed, iterations=iterations, minutes=minutes, batch_size=batch_size, lr=lr,
-        hidden=hidden, blocks=blocks, embedding=embedding, progress=progress, threads=threads,
-    )
+    return sched, cfg
+
+
+def model_document(
+    data: D.DigitsData, *, classifier: D.DigitsClassifier, classifier_record: dict, net: D.DigitsNet, record: dict,
+    scheduler: dict, guidance_scale: float,
+) -> dict:
+    """The ``digits.json`` document before evaluation: architecture, scheduler, data, training records, real digits."""
     x_train, _ = data.split(held_out=False)
     x_test, y_test = data.split(held_out=True)
     real = D.score(classifier, x_test, y_test, x_train)
-    document = {
+    return {
         "format": 1,
         "model": "digits",
         "architecture": net.architecture,
-        "scheduler": sched,
+        "scheduler": scheduler,
         "data": {
             "source": DATASET,
             "pixels": "integers 0..16, scaled to [-1, 1] as x / 8 - 1; latents (batch, 1, 8, 8)",
@@ -333,6 +384,18 @@ def train_digits(
         "real": {k: real[k] for k in ("classifier_confidence", "class_accuracy", "nn_distance")},
         "sampling": {"class_label": "all", "guidance_scale": float(guidance_scale)},
     }
+
+
+def write_model(
+    out: Path, *, net: D.DigitsNet, classifier: D.DigitsClassifier, data: D.DigitsData, document: dict,
+    measure: Callable[[Path], None] | None = None,
+) -> None:
+    """Write the model's four files into ``out``: staged in a folder inside it, measured, then moved, the JSON last.
+
+    ``measure(staging)`` runs once the staged files load as a model; what it adds to ``document``
+    is in the final JSON. A failed or interrupted run leaves nothing: neither the staging folder
+    nor the folders it made.
+    """
     created = None  # the outermost folder this run makes, removed if it fails
     if not out.exists():
         created = out
@@ -346,11 +409,8 @@ def train_digits(
         D.save_weights(classifier, staging / D.CLASSIFIER_FILE)
         data.save(staging / D.DATA_FILE)
         _write_json(staging / D.CONFIG_FILE, document)  # lets the evaluation load the staged model
-        with _threads(threads):
-            quality = evaluate(staging, progress=progress, batch=evaluation_batch)
-        document["quality"] = quality
-        document["floors"] = _floors(classifier_record, quality)
-        document["total_seconds"] = round(time.perf_counter() - started, 1)
+        if measure is not None:
+            measure(staging)
         _write_json(staging / D.CONFIG_FILE, document)
         for name in (D.WEIGHTS_FILE, D.CLASSIFIER_FILE, D.DATA_FILE, D.CONFIG_FILE):  # the JSON last
             os.replace(staging / name, out / name)
@@ -362,7 +422,6 @@ def train_digits(
             shutil.rmtree(staging, ignore_errors=True)
         if created is not None and not finished:
             shutil.rmtree(created, ignore_errors=True)  # the folders this run made go with it
-    return document
 
 
 def _check_out(out: Path) -> None:
@@ -377,8 +436,6 @@ def _check_out(out: Path) -> None:
 
 
 def _write_json(path: Path, document: dict) -> None:
-    from .report import dumps_json
-
     text = dumps_json(document)
     json.loads(text)  # fails loudly rather than writing something unreadable
     atomic_write(path, lambda handle: handle.write(text.encode()))

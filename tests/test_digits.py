@@ -154,6 +154,50 @@ def test_training_writes_a_loadable_model(tmp_path):
     assert again["quality"] == document["quality"]
 
 
+def test_denoiser_recipe_defaults_are_the_shipped_recipe():
+    from dpmcli.training import DenoiserRecipe
+
+    recipe = DenoiserRecipe()
+    assert {k: SHIPPED["architecture"][k] for k in ("hidden", "blocks", "embedding")} == {
+        "hidden": recipe.hidden, "blocks": recipe.blocks, "embedding": recipe.embedding
+    }
+    training = SHIPPED["training"]
+    assert (training["batch_size"], training["lr"], training["ema_decay"], training["label_dropout"]) == (
+        recipe.batch_size, recipe.lr, recipe.ema_decay, recipe.label_dropout
+    )
+    assert f"warm-up over {recipe.warmup} iterations" in training["lr_schedule"]
+
+
+def test_write_model_moves_the_four_files_into_place_and_measures_the_staged_model(tmp_path):
+    from dpmcli.training import DEFAULT_SCHEDULE, write_model
+
+    net, classifier = D.DigitsNet(16, 1, 8), D.DigitsClassifier()
+    data = D.load_data(D.DATA_DIR / D.DATA_FILE)
+    document = {"format": 1, "architecture": net.architecture, "scheduler": dict(DEFAULT_SCHEDULE)}
+    out, seen = tmp_path / "a" / "b", []
+
+    def measure(staging):
+        assert sorted(p.name for p in staging.iterdir()) == sorted(D.FILES)  # everything staged, nothing moved yet
+        assert not (out / D.CONFIG_FILE).exists()
+        staged = D.load_digits_model(staging, class_label=3)  # the staged files load as a model
+        assert staged(torch.zeros(2, 1, 8, 8), 10.0).shape == (2, 1, 8, 8)
+        seen.append(staging)
+        document["quality"] = "measured"
+
+    write_model(out, net=net, classifier=classifier, data=data, document=document, measure=measure)
+    assert len(seen) == 1 and not seen[0].exists()  # the staging folder is gone
+    assert sorted(p.name for p in out.iterdir()) == sorted(D.FILES)
+    assert json.loads((out / D.CONFIG_FILE).read_text()) == document and document["quality"] == "measured"
+    assert (D.load_data(out / D.DATA_FILE).labels == data.labels).all()
+
+    def fails(staging):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(ConfigError, match="--out: cannot write into .*No space left on device"):
+        write_model(tmp_path / "new" / "c", net=net, classifier=classifier, data=data, document=document, measure=fails)
+    assert not (tmp_path / "new").exists()  # the folders this run made went with it
+
+
 def test_training_without_scikit_learn_says_how_to_install(monkeypatch, tmp_path):
     from dpmcli.training import train_digits
 

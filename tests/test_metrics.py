@@ -252,3 +252,13 @@ def test_log_likelihood_gap():
     assert collapsed["gap"] > 10 * collapsed["expected_log_likelihood_stderr"] and collapsed["gap"] > 0.5
     spread = log_likelihood_gap(2 * x, mixture)
     assert spread["gap"] < -10 * spread["gap_stderr"]
+
+
+def test_log_prob_chunked_is_one_log_prob_call_in_pieces():
+    from dpmcli.stats import log_prob_chunked
+
+    mixture = ring()
+    x = mixture.sample(1001, _gen(23))
+    whole = mixture.log_prob(x)
+    for chunk in (1, 7, 1000, 1001, 8192):
+        torch.testing.assert_close(log_prob_chunked(mixture, x, chunk=chunk), whole, rtol=0, atol=1e-12)  # float64

@@ -7,7 +7,10 @@ import math
 import sys
 from pathlib import Path
 
+from .. import training
 from ..errors import ConfigError
+from ..report import dumps_json
+from .console import stdout_console
 
 TARGETS = ("digits",)
 STAGES = {"classifier": "classifier (epochs)", "denoiser": "denoiser (iterations)", "evaluation": "evaluation (runs)"}
@@ -56,13 +59,9 @@ def check_options(target: str, out: Path, iterations: int, minutes: float | None
 
 def run_train(*, target, out, seed, iterations, minutes, threads, fmt, quiet, progress, progress_enabled) -> None:
     check_options(target, out, iterations, minutes, threads, seed)
-    from ..report import dumps_json
-    from ..training import train_digits
-    from .console import stdout_console
-
     bars = _StageBars(progress, progress_enabled, lines=not quiet)
     try:
-        document = train_digits(out, seed=seed, iterations=iterations, minutes=minutes, threads=threads, progress=bars)
+        document = training.train_digits(out, seed=seed, iterations=iterations, minutes=minutes, threads=threads, progress=bars)
     finally:
         bars.close()
     if not quiet:
