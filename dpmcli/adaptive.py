@@ -7,59 +7,32 @@ DPM-Solver-2 and -3 with nodes at h/3 and 2h/3). Their difference, scaled by
 the error estimate E. The step is accepted when E <= 1; either way the next h is
 ``theta * h * E^(-1/order)``, capped at the distance left. The model output at lambda_s is
 reused after a rejection (x has not moved), so NFE counts only real model calls.
+
+The weights of every update are the plan's (``rows.update_weights``: the same exact and
+published-midpoint rules, the same conversion of the model output); what is this module's own
+is the controller, and the arithmetic that applies the weights, kept as it was so that a run
+writes the same numbers (the plan's fused ``solvers.step`` rounds differently).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from .coefficients import FORMS, difference_weights, lagrange_weights
+from .coefficients import FORMS, conversion
 from .errors import NumericalError
-from .plan import Plan, _conversion, _vp
+from .plan import Plan
+from .rows import Rule, update_weights
+from .sampler import RunResult, StepEvent
+from .schedule import alpha_sigma
 
 H_INIT = 0.05  # first step in lambda
 MAX_ATTEMPTS = 20_000  # a controller still stepping after this many attempts is stuck
 THETA = 0.9  # safety factor of the controller
 LAMBDA_TOL = 1e-5  # done when this close to the end
-
-
-@dataclass
-class AdaptiveResult:
-    samples: torch.Tensor
-    nfe: int
-    seconds: float
-    attempts: list[dict] = field(default_factory=list)  # every attempted step, accepted or not
-
-    @property
-    def accepted(self) -> int:
-        return sum(1 for a in self.attempts if a["accepted"])
-
-    @property
-    def rejected(self) -> int:
-        return sum(1 for a in self.attempts if not a["accepted"])
-
-
-@dataclass
-class AdaptiveEvent:
-    """What a callback sees after each accepted step (like sampler.StepEvent)."""
-
-    index: int
-    x: torch.Tensor
-    model_output: torch.Tensor
-    x_next: torch.Tensor
-    info_row: dict
-    _x0: torch.Tensor
-
-    def x0(self) -> torch.Tensor:
-        return self._x0
-
-    def info(self) -> dict:
-        return dict(self.info_row)
 
 
 class _Model:
@@ -71,39 +44,29 @@ class _Model:
         self.data = form.data
 
     def __call__(self, x: torch.Tensor, lam: float):
-        alpha, sigma, _ = _vp(lam)
+        alpha, sigma = alpha_sigma(lam)
         timestep = float(self.plan.schedule.timestep_at(lam))
         out = self.model(x, timestep)
         self.calls += 1
-        p, q = _conversion(self.data, self.plan.config.prediction_type, alpha, sigma)
+        p, q = conversion(self.data, self.plan.config.prediction_type, alpha, sigma)
         m = out * q if p == 0.0 else x * p + out * q
         return m, out
 
 
-def _update(plan: Plan, x: torch.Tensor, lam_s: float, lam_t: float, outputs: list[tuple[float, torch.Tensor]], rule: str):
+def _update(plan: Plan, x: torch.Tensor, lam_s: float, lam_t: float, outputs: list[tuple[float, torch.Tensor]], rule: Rule):
     """x at lam_t from x at lam_s with the polynomial through ``outputs`` ((lambda, m) pairs)."""
-    form = FORMS[plan.config.algo]
-    alpha_s, sigma_s, _ = _vp(lam_s)
-    alpha_t, sigma_t, _ = _vp(lam_t)
-    h = lam_t - lam_s
-    scale = form.scale(alpha_t, sigma_t)
-    nodes = [(lam - lam_s) / h for lam, _ in outputs]
-    if rule == "midpoint":  # DPM-Solver-2 as published: W0/2 on (m1 - m0)/r1
-        w0 = difference_weights(form, h, scale, 1, "published", "midpoint")[0]
-        r1 = nodes[1]
-        weights = [w0 - 0.5 * w0 / r1, 0.5 * w0 / r1]
-    else:
-        weights = lagrange_weights(form, h, scale, nodes)
-    result = x * form.a(alpha_s, sigma_s, alpha_t, sigma_t, h)
+    a, weights, _ = update_weights(FORMS[plan.config.algo], rule, lam_s, lam_t, [lam for lam, _ in outputs])
+    result = x * a
     for w, (_, m) in zip(weights, outputs):
         result = result + w * m
     return result
 
 
-def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), check_finite: bool = True) -> AdaptiveResult:
+def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), check_finite: bool = True) -> RunResult:
     cfg = plan.config
     order = cfg.order
     exact = cfg.coefficients == "exact"
+    pair = Rule.EXACT if exact else Rule.MIDPOINT  # the second-order update of a pair
     dtype = x.dtype
     if dtype in (torch.float16, torch.bfloat16):
         x = x.float()  # the solver arithmetic runs in float32 at least; the result is cast back
@@ -130,19 +93,19 @@ def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), 
         m_s, out_s = cached
         if order == 2:
             lam_1 = lam_s + 0.5 * step
-            x_lower = _update(plan, x, lam_s, lam_t, [(lam_s, m_s)], "exact")
-            u1 = _update(plan, x, lam_s, lam_1, [(lam_s, m_s)], "exact")
+            x_lower = _update(plan, x, lam_s, lam_t, [(lam_s, m_s)], Rule.EXACT)
+            u1 = _update(plan, x, lam_s, lam_1, [(lam_s, m_s)], Rule.EXACT)
             m_1, _ = calls(u1, lam_1)
-            x_higher = _update(plan, x, lam_s, lam_t, [(lam_s, m_s), (lam_1, m_1)], "exact" if exact else "midpoint")
+            x_higher = _update(plan, x, lam_s, lam_t, [(lam_s, m_s), (lam_1, m_1)], pair)
         else:
             lam_1, lam_2 = lam_s + step / 3.0, lam_s + 2.0 * step / 3.0
-            u1 = _update(plan, x, lam_s, lam_1, [(lam_s, m_s)], "exact")
+            u1 = _update(plan, x, lam_s, lam_1, [(lam_s, m_s)], Rule.EXACT)
             m_1, _ = calls(u1, lam_1)
-            x_lower = _update(plan, x, lam_s, lam_t, [(lam_s, m_s), (lam_1, m_1)], "exact" if exact else "midpoint")
-            u2 = _update(plan, x, lam_s, lam_2, [(lam_s, m_s), (lam_1, m_1)], "exact")
+            x_lower = _update(plan, x, lam_s, lam_t, [(lam_s, m_s), (lam_1, m_1)], pair)
+            u2 = _update(plan, x, lam_s, lam_2, [(lam_s, m_s), (lam_1, m_1)], Rule.EXACT)
             m_2, _ = calls(u2, lam_2)
             finals = [(lam_s, m_s), (lam_1, m_1), (lam_2, m_2)] if exact else [(lam_s, m_s), (lam_2, m_2)]
-            x_higher = _update(plan, x, lam_s, lam_t, finals, "exact")
+            x_higher = _update(plan, x, lam_s, lam_t, finals, Rule.EXACT)
         delta = torch.maximum(torch.full_like(x_lower, cfg.atol), cfg.rtol * torch.maximum(x_lower.abs(), x_prev.abs()))
         scaled = ((x_higher - x_lower) / delta).reshape(x.shape[0], -1)
         error = scaled.pow(2).mean(dim=1).sqrt().max().item()
@@ -153,7 +116,7 @@ def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), 
         attempts.append({"lambda": lam_s, "h": step, "error": error, "accepted": ok, "nfe": calls.calls})
         if ok:
             info = _info(plan, accepted, lam_s, step, order)
-            event = AdaptiveEvent(accepted, x, out_s, x_higher, info, data_prediction_at(plan, x, out_s, lam_s))
+            event = StepEvent(plan, None, x, out_s, x_higher, info, data_prediction_at(plan, x, out_s, lam_s))
             for callback in callbacks:
                 callback(event)
             accepted += 1
@@ -166,14 +129,14 @@ def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), 
         x0 = data_prediction_at(plan, x, out_s, lam_s)
         info = _info(plan, accepted, lam_s, math.inf, 1)
         for callback in callbacks:
-            callback(AdaptiveEvent(accepted, x, out_s, x0, info, x0))
+            callback(StepEvent(plan, None, x, out_s, x0, info, x0))
         x = x0
-    return AdaptiveResult(samples=x.to(dtype), nfe=calls.calls, seconds=time.perf_counter() - start, attempts=attempts)
+    return RunResult(samples=x.to(dtype), nfe=calls.calls, seconds=time.perf_counter() - start, attempts=attempts)
 
 
 def _info(plan: Plan, step: int, lam: float, h: float, order: int) -> dict:
     """The per-step columns (as ``Plan.eval_row``) of an accepted step starting at lambda."""
-    alpha, sigma, _ = _vp(lam)
+    alpha, sigma = alpha_sigma(lam)
     return {
         "step": step, "stage": 0, "timestep": float(plan.schedule.timestep_at(lam)), "sigma": math.exp(-lam),
         "alpha_t": alpha, "sigma_t": sigma, "lambda": lam, "h": h, "order": order,
@@ -181,6 +144,6 @@ def _info(plan: Plan, step: int, lam: float, h: float, order: int) -> dict:
 
 
 def data_prediction_at(plan: Plan, x: torch.Tensor, out: torch.Tensor, lam: float) -> torch.Tensor:
-    alpha, sigma, _ = _vp(lam)
-    x0_p, x0_q = _conversion(True, plan.config.prediction_type, alpha, sigma)
+    alpha, sigma = alpha_sigma(lam)
+    x0_p, x0_q = conversion(True, plan.config.prediction_type, alpha, sigma)
     return out * x0_q if x0_p == 0.0 else x * x0_p + out * x0_q

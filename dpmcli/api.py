@@ -5,19 +5,20 @@
     for t in solver.timesteps:
         x = solver.step(model(x, t), t, x)
 
-This object owns the loop state an API user needs between calls (the history and the step
-index); the update itself is ``solvers.step``, the same one the command line runs.
+This object owns the loop state an API user needs between calls (the step index and the
+``solvers.StepState``); the update itself is ``solvers.step``, the same one the command line runs.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import solvers
 from .config import SolverConfig
 from .errors import ConfigError
 from .noise import GaussianNoise, initial_latents
 from .plan import Plan, build_plan
+from .solvers import START, StepState, scaled_noise
+from .solvers import step as step_row
 
 
 class DPMSolver:
@@ -37,7 +38,6 @@ class DPMSolver:
         self.timesteps = self.plan.timestep_values  # one per model call (singlestep adds inner points)
         self.sigmas = self.plan.sigmas
         self._rows = self.plan.rows
-        self._threshold = (self.plan.config.dynamic_thresholding_ratio, self.plan.config.sample_max_value)
         self.reset()
 
     @property
@@ -47,8 +47,7 @@ class DPMSolver:
     def reset(self) -> None:
         """Forget the history and start again from the first step (same noise stream)."""
         self._index = 0
-        self._history: tuple[torch.Tensor, ...] = ()
-        self._anchor: torch.Tensor | None = None
+        self._state: StepState = START
         self._noise = GaussianNoise(self.seed)
 
     def initial_latents(self, shape, device="cpu", dtype=torch.float32) -> torch.Tensor:
@@ -69,12 +68,6 @@ class DPMSolver:
                 f"DPMSolver.step: got timestep {float(timestep):g}, but step {index} is at timestep {expected}"
             )
         row = self._rows[index]
-        if row.sets_anchor:
-            self._anchor = sample
-        noise_term = None
-        if row.c != 0.0:
-            noise_term = self._noise(row.step, sample, row.c) if noise is None else noise * row.c
-        ratio, max_value = self._threshold
-        x_next, self._history = solvers.step(row, sample, model_output, self._history, noise_term, ratio, max_value, self._anchor)
+        x_next, self._state = step_row(row, sample, model_output, self._state, scaled_noise(row, sample, self._noise, noise))
         self._index = index + 1
         return x_next

@@ -127,6 +127,32 @@ def difference_weights(form: AlgoForm, h: float, scale: float, order: int, coeff
     return exact[0], w1, w2
 
 
+def midpoint_weights(form: AlgoForm, h: float, scale: float, nodes) -> list[float]:
+    """Singlestep DPM-Solver-2 as published: W0 on m0 plus W0/2 on (m1 - m0)/r1.
+
+    ``nodes`` are the start (0) and the inner node r1, in either order; the weights follow them.
+    """
+    w0 = difference_weights(form, h, scale, 1, "published", "midpoint")[0]
+    r1 = max(nodes)
+    inner = 0.5 * w0 / r1
+    return [inner if r != 0.0 else w0 - 0.5 * w0 / r1 for r in nodes]
+
+
+def conversion(data: bool, prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:
+    """(p, q) with (x0 if data else eps) = p * x + q * model_output, at noise level (alpha, sigma)."""
+    if data:
+        if prediction_type == "epsilon":
+            return 1.0 / alpha, -sigma / alpha
+        if prediction_type == "sample":
+            return 0.0, 1.0
+        return alpha, -sigma  # v_prediction
+    if prediction_type == "epsilon":
+        return 0.0, 1.0
+    if prediction_type == "sample":
+        return 1.0 / sigma, -alpha / sigma
+    return sigma, alpha  # v_prediction
+
+
 def differences_to_linear(order: int, w0: float, w1: float, w2: float, r0: float, r1: float) -> list[float]:
     """Expand W0 D0 + W1 D1 + W2 D2 into weights on m0, m1, m2 (DPM-Solver's D1, D2 definitions).
 

@@ -272,8 +272,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         self._offset = 0  # index of the active plan's first row in `timesteps`
         self._step_index: int | None = None
         self._begin_index: int | None = None
-        self._history: tuple[torch.Tensor, ...] = ()
-        self._anchor: torch.Tensor | None = None
+        self._state = solvers.START  # the history and anchor solvers.step carries between rows
         self._noise = GaussianNoise(self.config.seed)
 
     @property
@@ -462,20 +461,13 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         # the update runs in float32 at least; float64 latents stay float64
         work = torch.float64 if torch.float64 in (sample.dtype, out.dtype) else torch.float32
         x, out = sample.to(work), out.to(device=sample.device, dtype=work)
-        if row.sets_anchor:
-            self._anchor = x
         z = None
         if cfg.is_sde and variance_noise is not None:
             z = variance_noise.to(device=x.device, dtype=work)
         elif cfg.is_sde and generator is not None:
             # drawn at every SDE step, as diffusers draws it, so a shared generator stays in step
             z = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(work)
-        noise_term = None
-        if row.c != 0.0:
-            noise_term = z * row.c if z is not None else self._noise(row.step, x, row.c)
-        x_next, self._history = solvers.step(
-            row, x, out, self._history, noise_term, cfg.dynamic_thresholding_ratio, cfg.sample_max_value, self._anchor
-        )
+        x_next, self._state = solvers.step(row, x, out, self._state, solvers.scaled_noise(row, x, self._noise, z))
         self._step_index = index + 1
         if self._callbacks:
             event = StepEvent(self._active, row, x, out, x_next)

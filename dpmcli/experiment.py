@@ -12,6 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .adaptive import sample_adaptive
+from .api import DPMSolver
 from .config import SolverConfig
 from .devices import check_batch_memory, resolve_device, resolve_dtype
 from .errors import ConfigError
@@ -91,10 +93,10 @@ class SampleReport:
         return self.quality if self.prepared.model.mixture is not None else None
 
     def _adaptive_summary(self) -> dict:
-        attempts = getattr(self.result, "attempts", None)
-        if attempts is None:
+        result = self.result
+        if result.attempts is None:
             return {}
-        return {"adaptive": {"accepted": self.result.accepted, "rejected": self.result.rejected, "attempts": attempts}}
+        return {"adaptive": {"accepted": result.accepted, "rejected": result.rejected, "attempts": result.attempts}}
 
     def document(self) -> dict:
         """The JSON document of ``dpmcli sample --format json``."""
@@ -197,11 +199,9 @@ def prepare(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> Prepar
     return Prepared(plan, model, x, noise, spec, device, dtype, warnings)
 
 
-def run_plan(plan: Plan, model, x: torch.Tensor, noise=None, callbacks=()):
+def run_plan(plan: Plan, model, x: torch.Tensor, noise=None, callbacks=()) -> RunResult:
     """The loop a plan asks for: the plan's rows, or the adaptive controller."""
     if plan.config.method == "adaptive":
-        from .adaptive import sample_adaptive
-
         return sample_adaptive(plan, model, x, callbacks)
     return sample(plan, model, x, noise, callbacks)
 
@@ -218,8 +218,6 @@ def run(prepared: Prepared, on_step: Callable | None = None, extra: tuple[Callab
 def solve(mixture, x_T: torch.Tensor, **options):
     """Run the solver that ``options`` describe (SolverConfig's names) on a mixture's exact model,
     from x_T; returns (samples, plan). A short way to get errors for convergence studies."""
-    from .api import DPMSolver
-
     solver = DPMSolver(**options)
     model = MixtureModel(mixture)
     model.bind(solver.plan)

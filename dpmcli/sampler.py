@@ -11,39 +11,63 @@ from typing import Callable
 
 import torch
 
-from . import solvers
 from .errors import NumericalError
-from .plan import Plan, StepCoefficients
+from .plan import Plan
+from .rows import StepCoefficients
+from .solvers import START, data_prediction, scaled_noise, step
 
 
 @dataclass(frozen=True)
 class StepEvent:
-    """What happened at one step: the latent the model saw, its raw output, and the plan row."""
+    """What happened at one model call: the latent the model saw, its raw output, the new latent.
+
+    Every loop emits it: :func:`sample` (``row`` is the plan row stepped), the adaptive
+    controller (no plan row: ``columns`` says where the accepted step was, ``prediction`` is
+    its x0) and the drop-in scheduler.
+    """
 
     plan: Plan
-    row: StepCoefficients
+    row: StepCoefficients | None
     x: torch.Tensor
     model_output: torch.Tensor
     x_next: torch.Tensor
+    columns: dict | None = None  # Plan.eval_row's columns, for a step that is no plan row
+    prediction: torch.Tensor | None = None  # the data prediction, where the loop has it already
 
     @property
     def index(self) -> int:
-        return self.row.index
+        return self.row.index if self.row is not None else self.columns["step"]
 
     def x0(self) -> torch.Tensor:
         """The data prediction at this step."""
-        return solvers.data_prediction(self.row, self.x, self.model_output)
+        if self.prediction is not None:
+            return self.prediction
+        return data_prediction(self.row, self.x, self.model_output)
 
     def info(self) -> dict:
         """Where this model call happened: the plan's columns for it."""
+        if self.columns is not None:
+            return dict(self.columns)
         return self.plan.eval_row(self.index)
 
 
 @dataclass
 class RunResult:
+    """The samples a run ends with, its model calls and time; ``attempts`` lists every step the
+    adaptive controller tried (None for a planned run)."""
+
     samples: torch.Tensor
     nfe: int
     seconds: float
+    attempts: list[dict] | None = None
+
+    @property
+    def accepted(self) -> int:
+        return sum(1 for a in self.attempts or () if a["accepted"])
+
+    @property
+    def rejected(self) -> int:
+        return sum(1 for a in self.attempts or () if not a["accepted"])
 
 
 def _first_nonfinite(event: StepEvent) -> str | None:
@@ -63,27 +87,16 @@ def sample(
     check_finite: bool = True,
 ) -> RunResult:
     """Run every step of ``plan`` from ``x`` (x_T). ``noise(step, like, scale)`` feeds the SDE steps."""
-    cfg = plan.config
     timesteps = plan.timestep_values
-    history: tuple[torch.Tensor, ...] = ()
-    anchor = None
+    state = START
     nfe = 0
     start = time.perf_counter()
     for row in plan.rows:
         if row.failure is not None:  # before the model call it would waste
             raise NumericalError(row.failure)
-        if row.sets_anchor:
-            anchor = x
         out = model(x, timesteps[row.index])
         nfe += 1
-        z = None
-        if row.c != 0.0:
-            if noise is None:
-                raise ValueError("an SDE plan needs a noise source")
-            z = noise(row.step, x, row.c)
-        x_next, history = solvers.step(
-            row, x, out, history, z, cfg.dynamic_thresholding_ratio, cfg.sample_max_value, anchor
-        )
+        x_next, state = step(row, x, out, state, scaled_noise(row, x, noise))
         event = StepEvent(plan, row, x, out, x_next)
         if check_finite:
             bad = _first_nonfinite(event)

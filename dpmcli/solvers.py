@@ -1,18 +1,50 @@
-"""The update rule: one pure function from (plan row, x, model output, history, noise) to x_next.
+"""The update rule: one pure function from (plan row, x, model output, loop state, noise) to x_next.
 
-No loops, no state, no printing. All numbers come from the plan (``plan.StepCoefficients``);
+No loops, no hidden state, no printing. All numbers come from the plan (``rows.StepCoefficients``);
 a step is the model-output conversion folded into one linear combination of tensors, done
-with a handful of in-place tensor ops.
+with a handful of in-place tensor ops. What a loop carries between rows is one value,
+:class:`StepState`, which :func:`step` takes and returns.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 from .errors import NumericalError
-from .plan import StepCoefficients
+from .rows import StepCoefficients
 
 _UPCAST = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class StepState:
+    """What a loop carries from one row to the next.
+
+    ``history``: the model outputs later rows still read (most recent first, in the form and
+    scale the plan says); ``anchor``: the latent the update of singlestep stages and start-up
+    sweeps starts from (set by the rows the plan marks ``sets_anchor``).
+    """
+
+    history: tuple[torch.Tensor, ...] = ()
+    anchor: torch.Tensor | None = None
+
+
+START = StepState()  # the state before the first row
+
+
+def scaled_noise(row: StepCoefficients, x: torch.Tensor, draw: Callable | None = None, z: torch.Tensor | None = None):
+    """The row's noise ``row.c * z`` (None for an ODE row): from ``z`` (standard normal) if given,
+    else ``draw(step, like, scale)``, a noise source that returns it already scaled."""
+    if row.c == 0.0:
+        return None
+    if z is not None:
+        return z * row.c
+    if draw is None:
+        raise ValueError("an SDE plan needs a noise source")
+    return draw(row.step, x, row.c)
 
 
 def threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
@@ -22,11 +54,11 @@ def threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape)
 
 
-def integrated_output(row: StepCoefficients, x: torch.Tensor, out: torch.Tensor, ratio: float, max_value: float):
+def integrated_output(row: StepCoefficients, x: torch.Tensor, out: torch.Tensor):
     """m0 in full (x0 for ++ algorithms, eps otherwise), thresholded when the plan asks for it."""
     if not row.thresholding:
         return x * row.p + out * row.q
-    x0 = threshold(x * row.x0_p + out * row.x0_q, ratio, max_value)
+    x0 = threshold(x * row.x0_p + out * row.x0_q, row.threshold_ratio, row.threshold_max)
     if row.p == row.x0_p and row.q == row.x0_q:
         return x0
     return (x - row.alpha_s * x0) / row.sigma_s
@@ -36,29 +68,27 @@ def step(
     row: StepCoefficients,
     x: torch.Tensor,
     out: torch.Tensor,
-    history: tuple[torch.Tensor, ...],
+    state: StepState = START,
     noise_term: torch.Tensor | None = None,
-    threshold_ratio: float = 0.995,
-    threshold_max: float = 1.0,
-    anchor: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """One row of the plan: returns (x_next, history_next); history is most recent first.
+) -> tuple[torch.Tensor, StepState]:
+    """One row of the plan: returns (x_next, the state for the next row).
 
-    ``history`` holds what the plan says earlier steps stored (their m0 up to a scale the
-    plan already folded into this step's weights). ``noise_term`` is the step's noise already
-    scaled, ``row.c * z`` with z standard normal; it is required when ``row.c != 0``.
-    ``anchor`` is the latent the update starts from when it is not ``x`` (singlestep stages and
-    start-up sweeps; the plan marks the rows whose input it is with ``sets_anchor``).
-    A row whose weights the plan found not finite (``row.failure``) raises NumericalError.
+    ``state.history`` holds what the plan says earlier rows stored (their m0 up to a scale the
+    plan already folded into this row's weights). ``noise_term`` is the row's noise already
+    scaled, ``row.c * z`` with z standard normal (see :func:`scaled_noise`); it is required when
+    ``row.c != 0``. A row the plan marks ``sets_anchor`` makes ``x`` the anchor later rows start
+    from. A row whose weights the plan found not finite (``row.failure``) raises NumericalError.
     """
     if row.failure is not None:
         raise NumericalError(row.failure)
+    anchor = x if row.sets_anchor else state.anchor
+    history = state.history
     dtype = x.dtype
     if dtype in _UPCAST:
         x, out = x.float(), out.float()
     stored = None
     if row.thresholding:
-        out = integrated_output(row, x, out, threshold_ratio, threshold_max)
+        out = integrated_output(row, x, out)
         stored = out if row.keep else None
     sources = (x, out, noise_term, anchor) + history
     terms = row.terms
@@ -86,7 +116,7 @@ def step(
     history = history[: row.history_after]
     if dtype in _UPCAST:
         x_next = x_next.to(dtype)
-    return x_next, history
+    return x_next, StepState(history, anchor)
 
 
 def data_prediction(row: StepCoefficients, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from dpmcli import ConfigError, SolverConfig, build_plan
 from dpmcli.adaptive import sample_adaptive
 from dpmcli.experiment import solve
 from dpmcli.models import MixtureModel, ring
-from dpmcli.plan import fast_singlestep_orders
+from dpmcli.plan import fast_singlestep_orders, order_facts
 from dpmcli.reference import ode_solution
 from dpmcli.sampler import sample
 
@@ -190,3 +190,19 @@ def test_adaptive_final_sigma_zero_ends_with_the_data_prediction():
 def test_invalid_method_options(changes):
     with pytest.raises(ConfigError):
         build_plan(SolverConfig(**changes))
+
+
+@pytest.mark.parametrize("options, converges", [
+    ({"order": 3, "coefficients": "published"}, 2),
+    ({"order": 3, "coefficients": "exact"}, 3),
+    ({"order": 4, "coefficients": "exact"}, 2),
+    ({"order": 4, "coefficients": "exact", "startup": "singlestep"}, 4),
+    ({"method": "singlestep", "order": 3}, 3),
+    ({"method": "adaptive", "order": 3}, 3),
+])
+def test_one_function_gives_a_configs_order_and_its_note(options, converges):
+    plan = build_plan(SolverConfig(**options))
+    assert order_facts(plan.config) == (plan.convergence_order, plan.order_note)
+    assert plan.convergence_order == converges
+    if plan.config.method == "multistep":
+        assert f"order {converges}" in plan.order_note or f"order at {converges}" in plan.order_note

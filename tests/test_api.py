@@ -10,7 +10,7 @@ from dpmcli import ConfigError, DPMSolver, SolverConfig, build_plan
 from dpmcli.models import MixtureModel, ring
 from dpmcli.noise import GaussianNoise
 from dpmcli.sampler import sample
-from dpmcli.solvers import threshold
+from dpmcli.solvers import START, scaled_noise, step, threshold
 
 
 def api_run(solver, model, x):
@@ -83,10 +83,9 @@ def test_thresholding_clips_the_data_prediction():
     torch.testing.assert_close(clipped[1], x0[1])
     plan = build_plan(SolverConfig(thresholding=True, sample_max_value=1.0, steps=5, prediction_type="sample"))
     big = torch.full((4, 2), 5.0)
-    from dpmcli.solvers import step
-
-    x_next, history = step(plan.rows[0], torch.zeros(4, 2), big, (), threshold_max=1.0)
-    assert history[0].abs().max() == 1.0  # the stored x0 was clipped to [-1, 1]
+    assert plan.rows[0].threshold_max == 1.0 and plan.rows[0].threshold_ratio == 0.995  # the numbers travel in the row
+    x_next, state = step(plan.rows[0], torch.zeros(4, 2), big, START)
+    assert state.history[0].abs().max() == 1.0  # the stored x0 was clipped to [-1, 1]
 
 
 def test_plan_keeps_only_the_history_it_reads():
@@ -101,3 +100,46 @@ def test_importing_dpmcli_loads_no_cli_or_plotting_library():
     code = "import sys, dpmcli; dpmcli.DPMSolver(steps=3); print(sorted(m for m in ('typer', 'rich', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("options", [
+    {"algo": "sde-dpmsolver++", "order": 3, "steps": 9},  # noise terms and a three-deep history
+    {"method": "singlestep", "order": 3, "steps": 4},  # anchors: every stage starts from its step's latent
+    {"order": 4, "startup": "singlestep", "coefficients": "exact", "steps": 8},  # start-up sweeps re-anchor at x_0
+    {"thresholding": True, "sample_max_value": 1.5, "prediction_type": "v_prediction", "steps": 6},
+])
+def test_a_run_stepped_by_hand_through_step_state_equals_the_loop(options):
+    """StepState round trip: the state ``step`` returns is all a loop carries, bit for bit."""
+    plan = build_plan(SolverConfig(**options))
+    model = MixtureModel(ring(), plan.schedule)
+    x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(5))
+    noise = GaussianNoise(7)
+    x, state = x_T.clone(), START
+    for row in plan.rows:
+        x, state = step(row, x, model(x, plan.timestep_values[row.index]), state, scaled_noise(row, x, noise))
+        assert len(state.history) == row.history_after
+        if row.sets_anchor:
+            assert state.anchor is not None
+    looped = sample(plan, model, x_T.clone(), noise=GaussianNoise(7))
+    assert torch.equal(x, looped.samples)
+    assert looped.attempts is None and looped.accepted == looped.rejected == 0  # a planned run tries no steps
+
+
+def test_the_anchor_comes_from_the_row_that_sets_it():
+    plan = build_plan(SolverConfig(method="singlestep", order=2, steps=3))
+    first, second = plan.rows[0], plan.rows[1]
+    assert first.sets_anchor and not second.sets_anchor and second.anchor == first.index
+    x, y = torch.ones(2, 2), torch.full((2, 2), 2.0)
+    _, state = step(first, x, torch.zeros(2, 2))
+    assert state.anchor is x
+    _, after = step(second, y, torch.zeros(2, 2), state)
+    assert after.anchor is x  # kept, not replaced by the stage's own input
+
+
+def test_an_sde_row_without_a_noise_source_is_refused():
+    row = build_plan(SolverConfig(algo="sde-dpmsolver++", steps=4)).rows[0]
+    assert row.c != 0.0
+    with pytest.raises(ValueError, match="noise source"):
+        scaled_noise(row, torch.zeros(2, 2))
+    z = torch.ones(2, 2)
+    assert torch.equal(scaled_noise(row, z, z=z), z * row.c)

@@ -7,12 +7,15 @@ from scipy.integrate import quad
 
 from dpmcli.coefficients import (
     FORMS,
+    conversion,
     difference_weights,
     differences_to_linear,
     exact_weights,
     kernel_moments,
+    midpoint_weights,
     phi_functions,
 )
+from dpmcli.rows import Rule, update_weights
 
 
 @pytest.mark.parametrize("z", [-40.0, -3.0, -1.0000001, -0.9999, -0.3, -1e-6, 0.0, 1e-7, 0.5, 0.99, 1.0, 2.5, 12.0])
@@ -92,3 +95,29 @@ def test_kernel_moments_are_stable_for_tiny_steps():
         moments = kernel_moments(kappa, 1e-9, 4)
         for n, m in enumerate(moments):
             assert m == pytest.approx(1.0 / (n + 1), rel=1e-8)
+
+
+@pytest.mark.parametrize("algo", sorted(FORMS))
+def test_midpoint_weights_follow_their_nodes_in_either_order(algo):
+    """Published DPM-Solver-2: W0 on m0 plus W0/2 on (m1 - m0)/r1, whichever node comes first."""
+    form, h, scale = FORMS[algo], 0.4, 0.8
+    w0 = difference_weights(form, h, scale, 1, "published", "midpoint")[0]
+    inner, start = midpoint_weights(form, h, scale, [0.5, 0.0])
+    assert inner == 0.5 * w0 / 0.5 and start == w0 - inner
+    assert midpoint_weights(form, h, scale, [0.0, 0.5]) == [start, inner]
+    # the rows' weights of a midpoint update are these, for the plan's and the controller's node order alike
+    a, b, _ = update_weights(form, Rule.MIDPOINT, -1.0, -1.0 + h, [-1.0 + 0.5 * h, -1.0])
+    _, reversed_b, _ = update_weights(form, Rule.MIDPOINT, -1.0, -1.0 + h, [-1.0, -1.0 + 0.5 * h])
+    assert b == tuple(reversed(reversed_b)) and math.isfinite(a)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+def test_conversion_turns_every_prediction_into_x0_and_eps(prediction):
+    alpha, sigma = 0.6, 0.8
+    x0, eps = 1.5, -0.25
+    x = alpha * x0 + sigma * eps
+    out = {"epsilon": eps, "sample": x0, "v_prediction": alpha * eps - sigma * x0}[prediction]
+    p, q = conversion(True, prediction, alpha, sigma)
+    assert p * x + q * out == pytest.approx(x0, rel=1e-12)
+    p, q = conversion(False, prediction, alpha, sigma)
+    assert p * x + q * out == pytest.approx(eps, rel=1e-12)

@@ -9,6 +9,7 @@ from scipy.integrate import quad, solve_ivp
 
 from dpmcli import SolverConfig, build_plan
 from dpmcli.sampler import sample
+from dpmcli.solvers import data_prediction, step
 
 # A non-uniform grid in lambda inside the Stable Diffusion schedule's range.
 LAMBDAS = [-2.5, -1.9, -1.0, -0.6, 0.2, 0.9, 1.6]
@@ -130,7 +131,5 @@ def test_step_to_sigma_zero_returns_the_data_prediction(algo):
     assert plan.orders[-1] == 1 and row.c == 0.0
     x = torch.randn(4, 2, dtype=torch.float64)
     out = torch.randn(4, 2, dtype=torch.float64)
-    from dpmcli.solvers import data_prediction, step
-
-    x_next, _ = step(row, x, out, ())
+    x_next, _ = step(row, x, out)
     torch.testing.assert_close(x_next, data_prediction(row, x, out), rtol=1e-12, atol=1e-12)

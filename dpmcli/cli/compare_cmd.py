@@ -68,7 +68,7 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
         base=solver(), values=values, model=model, batch=batch, seed=seed, device=device, dtype=dtype,
         reference_steps=reference_steps, bandwidth=bandwidth,
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
-        conditioning=dict(conditioning or {}), guidance=scales, explicit=getattr(solver, "explicit", frozenset()),
+        conditioning=dict(conditioning or {}), guidance=scales, explicit=solver.explicit,
     )
     prepared = prepare_sweep(sweep)  # usage errors (nothing valid) surface before any work
     warn(prepared.notes, quiet)

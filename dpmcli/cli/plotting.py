@@ -71,7 +71,7 @@ def write_sample_outputs(report, trace_recorder, plot, plot_samples, trace, dpi:
     from ..report import atomic_write
 
     if plot is not None:
-        save_figure(run_figure(report.steps, report.final, title, getattr(report.result, "attempts", None)), plot, dpi)
+        save_figure(run_figure(report.steps, report.final, title, report.result.attempts), plot, dpi)
     if plot_samples is not None:
         samples = report.result.samples.detach().cpu().double().numpy()
         paths = trace_recorder.trajectory_array() if trace_recorder is not None else None

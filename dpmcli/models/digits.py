@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..api import DPMSolver
 from ..errors import ConfigError
 from .base import Denoiser, guided, timestep_batch
 
@@ -430,8 +431,6 @@ def load_digits_model(folder: str | Path | None = None, device="cpu", dtype: tor
 
 def sample_digits(model: DigitsModel, batch: int, seed: int = 0, steps: int = 20, **options) -> torch.Tensor:
     """Samples (batch, 1, 8, 8) from x_T of ``seed`` with DPM-Solver++(2M) (keyword options override)."""
-    from ..api import DPMSolver
-
     solver = DPMSolver(seed=seed, **{"algo": "dpmsolver++", "order": 2, "steps": steps, **model.schedule_options, **options})
     x = solver.initial_latents((batch, *IMAGE_SHAPE), device=model.device)
     for t in solver.timesteps:

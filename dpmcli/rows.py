@@ -1,0 +1,419 @@
+"""Plan rows: how each model call's output latent is formed, and the numbers its update needs.
+
+A row is one model evaluation. Multistep runs have one per grid step; singlestep steps and the
+singlestep start-up add evaluations (``stage`` > 0). A :class:`RowSpec` says how a row's output
+latent is formed — the exponential-integrator update from an *anchor* latent (its own input, or
+the latent at the start of its step) with a polynomial through earlier model outputs, weighed
+by one :class:`Rule` — and :func:`make_rows` turns the specs into :class:`StepCoefficients`:
+the weights, what the history keeps, and the conversion of the raw model output folded into
+one linear combination (``solvers.step``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .coefficients import FORMS, AlgoForm, conversion, difference_weights, differences_to_linear, lagrange_weights, midpoint_weights
+from .compat import _vp32, diffusers_singlestep_weights, diffusers_step_weights
+from .config import PUBLISHED_MAX_ORDER, SolverConfig
+from .schedule import alpha_sigma
+
+# Source slots of a row's linear combination (see solvers.step).
+SRC_X, SRC_OUT, SRC_NOISE, SRC_ANCHOR, SRC_HISTORY = 0, 1, 2, 3, 4
+
+# Intermediate points of the singlestep DPM-Solvers, as fractions of the step in lambda.
+SINGLESTEP_NODES = {1: (0.0,), 2: (0.0, 0.5), 3: (0.0, 1.0 / 3.0, 2.0 / 3.0)}
+
+
+def as_number(t):
+    """A timestep as a network expects it: an int where integral, a float otherwise."""
+    return int(t) if float(t).is_integer() else float(t)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Where one model call happens."""
+
+    step: int  # the grid step it belongs to
+    stage: int  # 0 at the grid point; > 0 an extra evaluation (singlestep node or start-up sweep)
+    lam: float
+    timestep: float
+    sigma: float
+
+
+@dataclass(frozen=True)
+class StepCoefficients:
+    """The numbers one row needs, as plain Python floats (cheap to use per call)."""
+
+    index: int  # the row (evaluation) index
+    step: int
+    stage: int
+    order: int
+    # m0 = p * x + q * out: the model output in the form the algorithm integrates.
+    p: float
+    q: float
+    # x0 = x0_p * x + x0_q * out: the data prediction, for statistics and thresholding.
+    x0_p: float
+    x0_q: float
+    anchor: int  # the row whose input latent the update starts from (this row for multistep)
+    target: float  # lambda of the latent this row produces
+    a: float  # weight on the anchor latent
+    b: tuple[float, ...]  # weights on the model outputs read (the current one first)
+    reads: tuple[int, ...]  # the rows whose outputs b weighs
+    c: float  # standard deviation of the noise term c * z (0 for ODE rows)
+    alpha_s: float
+    sigma_s: float
+    thresholding: bool
+    threshold_ratio: float  # dynamic thresholding: the quantile of |x0| ...
+    threshold_max: float  # ... and the largest threshold (the config's sample_max_value)
+    sets_anchor: bool  # later rows start their update from this row's input latent
+    keep: bool  # later rows read this row's m0
+    history_after: int  # how many stored outputs later rows still read, after this row
+    # How m0 is kept in the history: out * scale (store_ratio None) or (x + store_ratio*out) * scale.
+    store_ratio: float | None
+    store_scale: float
+    # x_next = pivot_coef * (src[pivot] + sum ratio_k * src[k]): fewest tensor ops.
+    pivot: int
+    pivot_coef: float
+    terms: tuple[tuple[int, float], ...]
+    # Why this row cannot be stepped (its weights are not finite), as one line; None when it can.
+    # diffusers' arithmetic on a grid with a zero-length step divides by h = 0 (compat mode keeps
+    # that grid): the row is planned, and stepping it raises NumericalError with this message.
+    failure: str | None = None
+
+
+class Rule(enum.Enum):
+    """Which weights a row's update uses."""
+
+    EXACT = "exact"  # Lagrange weights through the nodes read: exact for degree len(reads) - 1
+    PUBLISHED = "published"  # multistep difference form as DPM-Solver publishes it
+    MIDPOINT = "midpoint"  # singlestep DPM-Solver-2 as published
+    COMPAT = "compat"  # diffusers' multistep float32 arithmetic
+    COMPAT_SINGLESTEP = "compat-singlestep"  # diffusers' singlestep float32 arithmetic
+
+    @property
+    def compat(self) -> bool:
+        return self in (Rule.COMPAT, Rule.COMPAT_SINGLESTEP)
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """How one row's output latent is formed."""
+
+    order: int
+    anchor: int | None  # the row whose input latent the update starts from; None: this row
+    target: float  # lambda of the output latent (inf: sigma 0)
+    reads: tuple[int, ...]  # rows whose model outputs are interpolated, this row first
+    rule: Rule
+
+
+# ---------------------------------------------------------------- the specs of each method
+
+
+def grid_evaluations(timesteps, sigmas, lam) -> tuple[Evaluation, ...]:
+    """One evaluation at every grid point (multistep, diffusers' singlestep)."""
+    return tuple(Evaluation(k, 0, float(lam[k]), float(timesteps[k]), float(sigmas[k])) for k in range(len(timesteps)))
+
+
+def multistep_spec(cfg: SolverConfig, k: int, order: int, reads: list[int], lam: np.ndarray) -> RowSpec:
+    if cfg.compat == "diffusers":
+        rule = Rule.COMPAT
+    elif cfg.coefficients == "published" and order <= PUBLISHED_MAX_ORDER:
+        rule = Rule.PUBLISHED
+    else:
+        rule = Rule.EXACT
+    return RowSpec(order, None, float(lam[k + 1]), tuple(reads), rule)
+
+
+def multistep_specs(cfg: SolverConfig, orders, lam: np.ndarray) -> list[RowSpec]:
+    """One row per grid step, reading the outputs of the ``order - 1`` steps before it."""
+    return [multistep_spec(cfg, k, int(o), list(range(k, k - int(o), -1)), lam) for k, o in enumerate(orders)]
+
+
+def compat_singlestep_specs(orders, lam: np.ndarray) -> list[RowSpec]:
+    """diffusers' singlestep groups: grid point k ends a group of ``order`` points begun at its anchor."""
+    return [
+        RowSpec(int(o), None if o == 1 else k - int(o) + 1, float(lam[k + 1]), tuple(range(k, k - int(o), -1)), Rule.COMPAT_SINGLESTEP)
+        for k, o in enumerate(orders)
+    ]
+
+
+def startup_specs(cfg: SolverConfig, timesteps, sigmas, lam, orders):
+    """Multistep of order K started by a singlestep block over the first K grid points.
+
+    The first pass is the classic warm-up (orders 1 .. K-1, errors O(h^2)); then K-2 sweeps
+    recompute x at grid points 1 .. K-1 from x_0 with the polynomial through all K outputs
+    (exact weights) and evaluate the model again: each sweep gains one order, so the start-up
+    values carry errors O(h^K) and the method keeps its nominal order K.
+    """
+    k_order = cfg.order
+    n = len(timesteps)
+    sweeps = k_order - 2
+    evaluations: list[Evaluation] = []
+    specs: list[RowSpec] = []
+    latest: dict[int, int] = {}  # grid point -> its latest evaluation (row)
+
+    def add(step: int, stage: int, spec: RowSpec) -> None:
+        latest[step] = len(evaluations)
+        evaluations.append(Evaluation(step, stage, float(lam[step]), float(timesteps[step]), float(sigmas[step])))
+        specs.append(spec)
+
+    def all_nodes(current: int) -> tuple[int, ...]:
+        return (current,) + tuple(latest[g] for g in range(k_order - 1, -1, -1) if latest.get(g) != current)
+
+    for k in range(k_order - 1):  # the warm-up pass
+        order = k + 1
+        row = len(evaluations)
+        add(k, 0, multistep_spec(cfg, k, order, [row] + [latest[g] for g in range(k - 1, k - order, -1)], lam))
+    for sweep in range(sweeps + 1):  # sweep 0 evaluates grid point K-1 for the first time
+        for j in (range(k_order - 1, k_order) if sweep == 0 else range(1, k_order)):
+            row = len(evaluations)
+            latest[j] = row
+            if j < k_order - 1:
+                spec = RowSpec(k_order, 0, float(lam[j + 1]), all_nodes(row), Rule.EXACT)
+            elif sweep < sweeps:
+                spec = RowSpec(k_order, 0, float(lam[1]), all_nodes(row), Rule.EXACT)
+            else:  # the block is done: the first regular order-K step
+                spec = multistep_spec(cfg, j, int(orders[j]), [row] + [latest[g] for g in range(j - 1, j - int(orders[j]), -1)], lam)
+            del latest[j]
+            add(j, sweep, spec)
+    for k in range(k_order, n):
+        order = int(orders[k])
+        row = len(evaluations)
+        add(k, 0, multistep_spec(cfg, k, order, [row] + [latest[g] for g in range(k - 1, k - order, -1)], lam))
+    orders = orders.copy()
+    orders[: k_order - 1] = k_order  # the start-up block reaches order K
+    return tuple(evaluations), specs, orders
+
+
+def singlestep_specs(cfg: SolverConfig, schedule, timesteps, sigmas, lam, orders):
+    """DPM-Solver-1/2/3: intermediate evaluations at the papers' fractions of each step."""
+    evaluations: list[Evaluation] = []
+    specs: list[RowSpec] = []
+    for k, order in enumerate(int(o) for o in orders):
+        nodes = SINGLESTEP_NODES[order]
+        h = float(lam[k + 1] - lam[k])
+        first = len(evaluations)
+        for j, c in enumerate(nodes):
+            if j == 0:
+                evaluations.append(Evaluation(k, 0, float(lam[k]), float(timesteps[k]), float(sigmas[k])))
+            else:
+                lam_j = float(lam[k]) + c * h
+                evaluations.append(Evaluation(k, j, lam_j, float(schedule.timestep_at(lam_j)), math.exp(-lam_j)))
+            row = first + j
+            last = j == len(nodes) - 1
+            target = float(lam[k + 1]) if last else float(lam[k]) + nodes[j + 1] * h
+            anchor = None if j == 0 else first
+            if not last:
+                # the way to the next node: exact through the nodes so far (first order from the grid point)
+                reads, rule = tuple(range(row, first - 1, -1)), Rule.EXACT
+            elif order == 1:
+                reads, rule = (row,), Rule.EXACT
+            elif order == 2:
+                reads, rule = (row, first), (Rule.EXACT if cfg.coefficients == "exact" else Rule.MIDPOINT)
+            elif cfg.coefficients == "exact":
+                reads, rule = (row, first + 1, first), Rule.EXACT
+            else:  # published DPM-Solver-3: linear through the grid point and the 2/3 node
+                reads, rule = (row, first), Rule.EXACT
+            specs.append(RowSpec(order, anchor, target, reads, rule))
+    return tuple(evaluations), specs
+
+
+# ---------------------------------------------------------------- the weights
+
+
+def update_weights(form: AlgoForm, rule: Rule, lam_s: float, lam_t: float, node_lams, solver_type: str = "midpoint"):
+    """(a, b, c) of the exponential-integrator update from lambda ``lam_s`` to ``lam_t``.
+
+    a weighs the latent at ``lam_s``, b the model outputs evaluated at ``node_lams`` (in that
+    order), c is the noise standard deviation. The rules of dpmcli's own arithmetic (not compat).
+    """
+    alpha_s, sigma_s = alpha_sigma(lam_s)
+    alpha_t, sigma_t = alpha_sigma(lam_t)
+    if sigma_t == 0.0:
+        # The step to sigma = 0 (h = inf) is the limit of the first-order step: the data prediction.
+        if form.data:
+            return 0.0, (alpha_t,), 0.0
+        return alpha_t / alpha_s, (-alpha_t * sigma_s / alpha_s,), 0.0
+    h = lam_t - lam_s
+    scale = form.scale(alpha_t, sigma_t)
+    nodes = [(lam - lam_s) / h for lam in node_lams]
+    if rule is Rule.EXACT:
+        b = lagrange_weights(form, h, scale, nodes)
+    elif rule is Rule.MIDPOINT:
+        b = midpoint_weights(form, h, scale, nodes)
+    else:  # published multistep: DPM-Solver's differences over consecutive grid points
+        order = len(nodes)
+        w0, w1, w2 = difference_weights(form, h, scale, order, "published", solver_type)
+        r0 = -nodes[1] if order > 1 else 1.0
+        r1 = nodes[1] - nodes[2] if order > 2 else 1.0
+        b = differences_to_linear(order, w0, w1, w2, r0, r1)
+    return form.a(alpha_s, sigma_s, alpha_t, sigma_t, h), tuple(float(v) for v in b), form.c(sigma_t, h)
+
+
+def row_weights(cfg: SolverConfig, evaluations, spec: RowSpec, row: int, sigmas: np.ndarray):
+    """(a, b, c): anchor weight, weights on spec.reads, noise standard deviation."""
+    here = evaluations[row]
+    if spec.rule is Rule.COMPAT:
+        a, b, c, _, _ = diffusers_step_weights(cfg, sigmas, here.step, spec.order)
+        return a, b, c
+    if spec.rule is Rule.COMPAT_SINGLESTEP:
+        return diffusers_singlestep_weights(cfg, sigmas, here.step, spec.order)
+    start = evaluations[row if spec.anchor is None else spec.anchor]
+    node_lams = [evaluations[r].lam for r in spec.reads]
+    return update_weights(FORMS[cfg.algo], spec.rule, start.lam, spec.target, node_lams, cfg.solver_type)
+
+
+# ---------------------------------------------------------------- rows: storage and folding
+
+
+@dataclass(frozen=True)
+class _Storage:
+    """What the history does around one row."""
+
+    keep: bool  # later rows read this row's output
+    history_after: int  # stored outputs still read after this row
+    sets_anchor: bool  # later rows start from this row's input latent
+    positions: dict  # row read -> its place in the history (0 most recent)
+
+
+def _storage(specs: list[RowSpec]) -> list[_Storage]:
+    count = len(specs)
+    readers: dict[int, list[int]] = {}
+    anchors = set()
+    for r, spec in enumerate(specs):
+        for e in spec.reads:
+            if e != r:
+                readers.setdefault(e, []).append(r)
+        if spec.anchor is not None and spec.anchor != r:
+            anchors.add(spec.anchor)
+    keep = [bool(readers.get(r)) for r in range(count)]
+    stored_before = np.concatenate([[0], np.cumsum(keep)])  # stored rows among 0 .. r-1
+    # After row r the history must still hold every stored output a later row reads: from the
+    # oldest one still to be read, everything stored since.
+    oldest = [r + 1 for r in range(count)]
+    for e in sorted(readers):
+        for r in range(e, max(readers[e])):
+            oldest[r] = min(oldest[r], e)
+    return [
+        _Storage(
+            keep=keep[r],
+            history_after=int(stored_before[r + 1] - stored_before[min(oldest[r], r + 1)]),
+            sets_anchor=r in anchors,
+            positions={e: int(stored_before[r] - stored_before[e + 1]) for e in spec.reads if e != r},
+        )
+        for r, spec in enumerate(specs)
+    ]
+
+
+def make_rows(cfg: SolverConfig, evaluations, specs: list[RowSpec], sigmas: np.ndarray) -> tuple[StepCoefficients, ...]:
+    rows: list[StepCoefficients] = []
+    for r, (spec, storage) in enumerate(zip(specs, _storage(specs))):
+        weights = row_weights(cfg, evaluations, spec, r, sigmas)
+        # the conversion of this row's model output uses the noise level of its own evaluation
+        if spec.rule.compat:
+            # diffusers converts with its float32 alpha and sigma
+            alpha_s, sigma_s = (float(v) for v in _vp32(sigmas[evaluations[r].step])[:2])
+        else:
+            alpha_s, sigma_s = alpha_sigma(evaluations[r].lam)
+        row = _make_row(cfg, spec, index=r, evaluation=evaluations[r], weights=weights, alpha_s=alpha_s, sigma_s=sigma_s,
+                        storage=storage, previous=rows)
+        a, b, c = weights
+        if not all(math.isfinite(v) for v in (a, c, *b)):
+            row = replace(row, failure=_failure(evaluations, spec, r, sigmas))
+        rows.append(row)
+    return tuple(rows)
+
+
+def _failure(evaluations, spec: RowSpec, r: int, sigmas: np.ndarray) -> str:
+    """Why row r's weights are not finite: the zero-length grid step its update divides by, if any."""
+    here = evaluations[r]
+    where = f"step {here.step} (timestep {as_number(here.timestep)}"
+    steps = sorted({evaluations[e].step for e in spec.reads} | {here.step}, reverse=True)
+    zero = [j for j in steps if j + 1 < len(sigmas) and sigmas[j + 1] == sigmas[j]]
+    if not zero:
+        return f"{where}): the update's weights are not finite (NaN or Inf)"
+    j = zero[0]
+    step_times = {e.step: e.timestep for e in evaluations if e.stage == 0}
+    t_j, t_next = step_times.get(j), step_times.get(j + 1)
+    if t_next is not None and t_next == t_j:
+        why = f"timestep {as_number(t_j)} repeats, so step {j} has zero length"
+    elif t_next is None:
+        why = f"the last step ({j}) has zero length (its final sigma {sigmas[j]:.6g} repeats)"
+    else:
+        why = f"step {j} has zero length (sigma {sigmas[j]:.6g} at timesteps {as_number(t_j)} and {as_number(t_next)})"
+    divides = "its update divides by h = 0" if j == here.step else f"its order-{spec.order} update divides by that step's h = 0"
+    return (
+        f"{where}): the weights are not finite: {why} and {divides}, where diffusers returns NaN; "
+        "use another step count or spacing, or leave compat mode"
+    )
+
+
+def _make_row(cfg: SolverConfig, spec: RowSpec, *, index: int, evaluation: Evaluation, weights, alpha_s: float,
+              sigma_s: float, storage: _Storage, previous) -> StepCoefficients:
+    """Fold the conversion of the model output and the history's scales into one linear combination."""
+    a, b, c = weights
+    form = FORMS[cfg.algo]
+    p, q = conversion(form.data, cfg.prediction_type, alpha_s, sigma_s)
+    x0_p, x0_q = conversion(True, cfg.prediction_type, alpha_s, sigma_s)
+    own = b[0]  # spec.reads starts with this row
+    anchor_slot = SRC_X if spec.anchor is None or spec.anchor == index else SRC_ANCHOR
+    coefs: dict[int, float] = {SRC_X: 0.0, anchor_slot: 0.0}
+    coefs[anchor_slot] += a
+    if cfg.thresholding:
+        # m0 is computed and thresholded in full, then kept unscaled.
+        store_ratio, store_scale = None, 1.0
+        coefs[SRC_OUT] = own
+    else:
+        if p == 0.0:
+            store_ratio, store_scale = None, q
+        else:
+            store_ratio, store_scale = q / p, p
+        # Fold m0 = p x + q out into the update: one tensor op fewer per row.
+        coefs[SRC_X] += own * p
+        coefs[SRC_OUT] = own * q
+    for e, weight in zip(spec.reads[1:], b[1:]):
+        coefs[SRC_HISTORY + storage.positions[e]] = weight * previous[e].store_scale
+    coefs = {k: v for k, v in coefs.items() if v != 0.0}
+    if c != 0.0:
+        # The noise arrives already scaled by c (drawn as N(0, c^2) in one pass): weight 1,
+        # and as the pivot it spares the final multiplication.
+        coefs[SRC_NOISE] = 1.0
+    if not coefs:  # pragma: no cover - a step always moves x
+        coefs = {SRC_X: 0.0}
+    pivot = SRC_NOISE if SRC_NOISE in coefs else max(coefs, key=lambda k: abs(coefs[k]))
+    pivot_coef = coefs.pop(pivot)
+    terms = tuple((k, v / pivot_coef) for k, v in coefs.items()) if pivot_coef != 0.0 else ()
+    return StepCoefficients(
+        index=index,
+        step=evaluation.step,
+        stage=evaluation.stage,
+        order=spec.order,
+        p=p,
+        q=q,
+        x0_p=x0_p,
+        x0_q=x0_q,
+        anchor=index if spec.anchor is None else spec.anchor,
+        target=spec.target,
+        a=float(a),
+        b=tuple(float(v) for v in b),
+        reads=spec.reads,
+        c=float(c),
+        alpha_s=alpha_s,
+        sigma_s=sigma_s,
+        thresholding=cfg.thresholding,
+        threshold_ratio=cfg.dynamic_thresholding_ratio,
+        threshold_max=cfg.sample_max_value,
+        sets_anchor=storage.sets_anchor,
+        keep=storage.keep,
+        history_after=storage.history_after,
+        store_ratio=store_ratio,
+        store_scale=store_scale,
+        pivot=pivot,
+        pivot_coef=float(pivot_coef),
+        terms=terms,
+    )
