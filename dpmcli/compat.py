@@ -1,4 +1,4 @@
-"""``--compat diffusers``: the step weights of diffusers' DPMSolverMultistepScheduler.
+"""``--compat diffusers``: the step grid and the step weights of diffusers' DPMSolverMultistepScheduler.
 
 diffusers evaluates its coefficients in float32 from float32 sigmas, with its own
 third-order weights (for sde-dpmsolver++ a D2 weight that differs from the published one by
@@ -10,15 +10,19 @@ update as every other run.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .coefficients import differences_to_linear
 from .config import SolverConfig
+from .grid import Grid, check_timestep_range, integer_timesteps, sigma_ramp, top_timestep
+from .schedule import Schedule
 
 f32 = np.float32
 f64 = np.float64
 
 
-def _vp32(sigma: float):
+def vp32(sigma: float):
+    """diffusers' float32 (alpha_t, sigma_t, lambda) of its sigma."""
     s = f32(sigma)
     alpha = f32(1.0) / np.sqrt(s * s + f32(1.0))
     sig = s * alpha
@@ -59,8 +63,8 @@ def _terms32(algo: str, alpha_t, sigma_t, alpha_a, sigma_a, h):
 
 def diffusers_step_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, order: int):
     """(a, b, c, alpha_s, sigma_s) of step i exactly as diffusers' multistep scheduler computes them (float32)."""
-    alpha_t, sigma_t, lam_t = _vp32(sigmas[i + 1])
-    alpha_s, sigma_s, lam_s = _vp32(sigmas[i])
+    alpha_t, sigma_t, lam_t = vp32(sigmas[i + 1])
+    alpha_s, sigma_s, lam_s = vp32(sigmas[i])
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         h = lam_t - lam_s
         a, w0, w1_mid, w1_heun, w2, c = _terms32(cfg.algo, alpha_t, sigma_t, alpha_s, sigma_s, h)
@@ -70,13 +74,13 @@ def diffusers_step_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, order:
         if order == 1:
             b = [f64(w0)]
         else:
-            lam_1 = _vp32(sigmas[i - 1])[2]
+            lam_1 = vp32(sigmas[i - 1])[2]
             r0 = f64((lam_s - lam_1) / h)
             if order == 2:
                 w1 = w1_heun if cfg.solver_type == "heun" else w1_mid
                 b = differences_to_linear(2, f64(w0), f64(w1), f64(0.0), r0, f64(1.0))
             else:
-                lam_2 = _vp32(sigmas[i - 2])[2]
+                lam_2 = vp32(sigmas[i - 2])[2]
                 r1 = f64((lam_1 - lam_2) / h)
                 # diffusers' third order always uses the heun-form D1 weight.
                 b = differences_to_linear(3, f64(w0), f64(w1_heun), f64(w2), r0, r1)
@@ -112,8 +116,8 @@ def diffusers_singlestep_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, 
     weighs the model outputs of points i, i-1, ..., i-order+1 (the anchor last).
     """
     anchor = i - order + 1
-    alpha_t, sigma_t, lam_t = _vp32(sigmas[i + 1])
-    alpha_a, sigma_a, lam_a = _vp32(sigmas[anchor])
+    alpha_t, sigma_t, lam_t = vp32(sigmas[i + 1])
+    alpha_a, sigma_a, lam_a = vp32(sigmas[anchor])
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         h = lam_t - lam_a
         a, w0, w1_mid, w1_heun, w2, c = _terms32(cfg.algo, alpha_t, sigma_t, alpha_a, sigma_a, h)
@@ -121,12 +125,12 @@ def diffusers_singlestep_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, 
         if order == 1:
             b = [f64(w0)]
         elif order == 2:
-            r0 = f64((_vp32(sigmas[i])[2] - lam_a) / h)
+            r0 = f64((vp32(sigmas[i])[2] - lam_a) / h)
             w1 = f64(w1_heun if heun else w1_mid)
             b = [w1 / r0, f64(w0) - w1 / r0]
         else:
-            r0 = f64((_vp32(sigmas[i])[2] - lam_a) / h)
-            r1 = f64((_vp32(sigmas[i - 1])[2] - lam_a) / h)
+            r0 = f64((vp32(sigmas[i])[2] - lam_a) / h)
+            r1 = f64((vp32(sigmas[i - 1])[2] - lam_a) / h)
             if heun:
                 on_d10 = (f64(w1_heun) * r0 - 2.0 * f64(w2)) / (r0 - r1)  # D1_0 = (m1 - m2) / r1
                 on_d11 = (2.0 * f64(w2) - f64(w1_heun) * r1) / (r0 - r1)  # D1_1 = (m0 - m2) / r0
@@ -134,3 +138,75 @@ def diffusers_singlestep_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, 
                 on_d10, on_d11 = f64(0.0), f64(w1_heun)
             b = [on_d11 / r0, on_d10 / r1, f64(w0) - on_d11 / r0 - on_d10 / r1]
     return float(a), tuple(float(v) for v in b), float(c)
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+def diffusers_karras(sigma_max: float, sigma_min: float, count: int, rho: float = 7.0) -> np.ndarray:
+    """diffusers' own Karras arithmetic (rho = 7 there, where powers are safe), to the last bit."""
+    ramp = np.linspace(0.0, 1.0, count)
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def diffusers_sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """Timestep of each sigma by linear interpolation in log sigma, clamped to the table (as diffusers)."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    low = np.clip(np.searchsorted(log_sigmas, log_sigma, side="right") - 1, 0, len(log_sigmas) - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    w = np.clip((lo - log_sigma) / (lo - hi), 0.0, 1.0)
+    return (1.0 - w) * low + w * (low + 1)
+
+
+def diffusers_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
+    """The grid of DPMSolverMultistepScheduler.set_timesteps, quirks included: integer timesteps, float32 sigmas,
+    N sigma points then the final one."""
+    n = cfg.steps
+    abar = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
+    train_sigmas = (((1 - abar) / abar) ** 0.5).numpy()
+    lambda32 = (torch.log(torch.sqrt(abar)) - torch.log(torch.sqrt(1 - abar))).double().numpy()
+    # diffusers spans its timestep grids over num_train_timesteps, even when trained betas are fewer
+    count = cfg.train_steps
+    log_sigmas = np.log(train_sigmas)
+    warnings: list[str] = []
+    if count != schedule.train_steps:
+        table = schedule.train_steps
+        effect = (
+            f"every timestep from {table - 1} up has the last beta's noise level" if count > table
+            else f"the betas beyond timestep {count - 1} are never used"
+        )
+        warnings.append(
+            f"--trained-betas: {table} betas but --train-steps {count}: as in diffusers the grid spans timesteps "
+            f"0..{count - 1} and {effect}; pass --train-steps {table} to match the betas"
+        )
+    rounds = cfg.beta_schedule != "squaredcos_cap_v2"
+    # set_timesteps(timesteps=...) takes the given integers as they are; every other grid clips first
+    last = None if cfg.spacing == "custom" else top_timestep(schedule, cfg, lambdas=lambda32, count=count)
+    if cfg.spacing == "custom":
+        timesteps = np.asarray(cfg.timesteps, dtype=np.float64)
+        sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
+    elif cfg.spacing in ("linspace", "leading", "trailing"):
+        timesteps = integer_timesteps(cfg, last, exact_count=False)
+        check_timestep_range(timesteps, schedule, cfg, count=count)
+        if len(timesteps) != n:
+            warnings.append(f"grid: diffusers' {cfg.spacing} spacing gives {len(timesteps)} timesteps for --steps {n}; running {len(timesteps)}")
+        sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
+    elif cfg.spacing == "logsnr":
+        # diffusers' use_lu_lambdas: uniform in log sigma over N points.
+        ramp = np.linspace(0.0, 1.0, n)
+        hi, lo = float(log_sigmas[-1]), float(log_sigmas[0])
+        sigmas = np.exp(hi + ramp * (lo - hi))
+        timesteps = diffusers_sigma_to_t(sigmas, log_sigmas)
+        timesteps = timesteps.round() if rounds else timesteps
+    else:
+        sigma_max, sigma_min = float(train_sigmas[-1]), float(train_sigmas[0])
+        sigmas = diffusers_karras(sigma_max, sigma_min, n) if cfg.spacing == "karras" else sigma_ramp(cfg.spacing, sigma_max, sigma_min, n, 7.0)
+        timesteps = diffusers_sigma_to_t(sigmas, log_sigmas)
+        if cfg.spacing == "karras" and rounds:
+            timesteps = timesteps.round()
+    final = 0.0 if cfg.final_sigma == "zero" else float(train_sigmas[0])
+    sigmas = np.concatenate([sigmas, [final]]).astype(np.float32).astype(np.float64)
+    # diffusers stores timesteps as int64: fractional ones are truncated, not rounded.
+    timesteps = np.asarray(timesteps).astype(np.int64).astype(np.float64)
+    return Grid(timesteps=timesteps, sigmas=sigmas, warnings=warnings)

@@ -53,18 +53,8 @@ from .schedule import (
     vp_coefficients,
 )
 from .stats import StepStatistics
+from .vocabulary import SIGMA_FLAGS, has_word, schedule_options, scheduler_words, solver_options
 
-# Other schedulers' words for a choice DPM-Solver makes differently (diffusers maps them alike).
-ALGO_ALIASES = {"deis": "dpmsolver++"}
-SOLVER_TYPE_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
-# diffusers' boolean grid flags and the dpmcli spacing each one selects.
-SIGMA_FLAGS = {
-    "use_karras_sigmas": "karras",
-    "use_exponential_sigmas": "exponential",
-    "use_beta_sigmas": "beta",
-    "use_lu_lambdas": "logsnr",
-}
-TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 # dpmcli's names for choices diffusers also names; they are reset to None once resolved
 DPMCLI_ALIASES = ("algo", "order", "final_sigma", "spacing")
 # Command-line flags whose config parameter is not simply the flag with underscores.
@@ -155,95 +145,32 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         rho: float = 7.0,
         seed: int = 0,
     ):
-        if use_flow_sigmas:
-            raise ConfigError("DPMSolverScheduler: use_flow_sigmas is not supported; DPM-Solver here needs a VP (alpha, sigma) schedule")
-        if algo is None:
-            algo = ALGO_ALIASES.get(algorithm_type, algorithm_type)
-        if order is None:
-            order = solver_order
-        if final_sigma is None:
-            final_sigma = str(final_sigmas_type).replace("_", "-")
-        solver_type = SOLVER_TYPE_ALIASES.get(solver_type, solver_type)
-        if spacing is None:
-            flagged = [SIGMA_FLAGS[name] for name, on in zip(SIGMA_FLAGS, (use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas)) if on]
-            if len(flagged) > 1:
-                raise ConfigError(f"DPMSolverScheduler: use at most one of {', '.join(SIGMA_FLAGS)}; got {', '.join(flagged)}")
-            spacing = flagged[0] if flagged else timestep_spacing
-        if trained_betas is not None:
-            trained_betas = tuple(float(b) for b in np.asarray(trained_betas, dtype=np.float64).reshape(-1))
-            if len(trained_betas) != num_train_timesteps and compat != "diffusers":
-                # diffusers keeps num_train_timesteps for its grids (compat does too, and says so at
-                # set_timesteps); dpmcli's own plan takes the table's length
-                warnings.warn(
-                    f"DPMSolverScheduler: trained_betas holds {len(trained_betas)} values but num_train_timesteps is "
-                    f"{num_train_timesteps}; the betas set the training schedule: timesteps 0..{len(trained_betas) - 1}",
-                    stacklevel=3,
-                )
-        options = {
-            "algo": algo,
-            "order": order,
-            "method": method,
-            "startup": startup,
-            "solver_type": solver_type,
-            "coefficients": coefficients,
-            "compat": compat,
-            "lower_order_final": bool(lower_order_final),
-            "euler_at_final": bool(euler_at_final),
-            "prediction_type": prediction_type,
-            "thresholding": bool(thresholding),
-            "dynamic_thresholding_ratio": float(dynamic_thresholding_ratio),
-            "sample_max_value": float(sample_max_value),
-            "beta_schedule": beta_schedule,
-            "beta_start": float(beta_start),
-            "beta_end": float(beta_end),
-            "train_steps": num_train_timesteps,
-            "trained_betas": trained_betas,
-            "rescale_zero_snr": bool(rescale_betas_zero_snr),
-            "lambda_min_clipped": float(lambda_min_clipped),
-            "spacing": spacing,
-            "steps_offset": steps_offset,
-            "rho": float(rho),
-            "final_sigma": final_sigma,
-        }
-        try:
-            # validated with a placeholder step count: set_timesteps supplies the real one
-            placeholder = len(trained_betas) if trained_betas is not None and compat != "diffusers" else num_train_timesteps
-            self._base = SolverConfig(steps=placeholder, **options).validated()
-            schedule = Schedule.from_config(self._base)
-        except ConfigError as error:
-            raise _option_error(error) from None
-        if self._base.method == "adaptive":
-            raise ConfigError("DPMSolverScheduler: method 'adaptive' picks its steps while it runs; use dpmcli.adaptive.sample_adaptive")
-        self._write_back_resolved(algo, order, spacing, final_sigma, solver_type)
-
-        self.schedule = schedule
-        betas = make_betas(self._base, torch.float32)
-        self.betas = rescale_to_zero_terminal_snr(betas) if rescale_betas_zero_snr else betas
-        self.alphas_cumprod = torch.from_numpy(np.array(schedule.alphas_cumprod)).float()
+        parameters = dict(locals())  # every parameter, under diffusers' names and dpmcli's
+        del parameters["self"]
+        options = _options_of(parameters)
+        self._base, schedule = _validated(options, num_train_timesteps)
+        self._write_back_resolved(self._base)
+        self._set_training_schedule(schedule)
         self._callbacks: list[Callable[[StepEvent], None]] = []
         self._plan: Plan | None = None
         self.num_inference_steps: int | None = None
-        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
-        self.sigmas = torch.from_numpy(schedule.sigmas).float()
         self._reset_run()
 
-    def _write_back_resolved(self, algo, order, spacing, final_sigma, solver_type) -> None:
+    def _set_training_schedule(self, schedule: Schedule) -> None:
+        """The training schedule's tables, as diffusers' schedulers expose them before set_timesteps."""
+        self.schedule = schedule
+        betas = make_betas(self._base, torch.float32)
+        self.betas = rescale_to_zero_terminal_snr(betas) if self._base.rescale_zero_snr else betas
+        self.alphas_cumprod = torch.from_numpy(np.array(schedule.alphas_cumprod)).float()
+        self.timesteps = torch.arange(self.config.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
+        self.sigmas = torch.from_numpy(np.array(schedule.sigmas)).float()
+
+    def _write_back_resolved(self, base: SolverConfig) -> None:
         """Record the resolved choices under diffusers' names; keep dpmcli's names only where diffusers has none."""
-        updates = {
-            "algorithm_type": algo,
-            "solver_order": order,
-            "final_sigmas_type": final_sigma.replace("-", "_"),
-            "solver_type": solver_type,
-            "algo": None,
-            "order": None,
-            "final_sigma": None,
-            "spacing": None,
-        }
-        updates.update({flag: spacing == value for flag, value in SIGMA_FLAGS.items()})
-        if spacing in TIMESTEP_SPACINGS:
-            updates["timestep_spacing"] = spacing
-        elif spacing not in SIGMA_FLAGS.values():
-            updates["spacing"] = spacing  # time-uniform, time-quadratic: dpmcli's own grids
+        resolved = {key: getattr(base, key) for key in ("algo", "order", "final_sigma", "solver_type", "spacing")}
+        updates = {**dict.fromkeys(SIGMA_FLAGS, False), **scheduler_words(resolved), **dict.fromkeys(DPMCLI_ALIASES)}
+        if not has_word("spacing", resolved["spacing"]):
+            updates["spacing"] = resolved["spacing"]  # time-uniform, time-quadratic: dpmcli's own grids
         registered = dict(self.config)
         changed = {key: value for key, value in updates.items() if registered.get(key) != value}
         if not changed:
@@ -503,6 +430,46 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         shape = (-1,) + (1,) * (original_samples.dim() - 1)
         like = {"device": original_samples.device, "dtype": original_samples.dtype}
         return torch.as_tensor(alpha, **like).reshape(shape) * original_samples + torch.as_tensor(sigma, **like).reshape(shape) * noise
+
+
+def _options_of(parameters: dict) -> dict:
+    """SolverConfig options of the scheduler's parameters: diffusers' words read as every config is read
+    (:mod:`dpmcli.vocabulary`), dpmcli's own names (``algo``, ``order``, ``spacing``, ``final_sigma``) winning."""
+    options = {
+        **solver_options(parameters),
+        **schedule_options(parameters, where="DPMSolverScheduler: the config"),
+        **{key: parameters[key] for key in ("method", "startup", "coefficients", "compat")},
+        "rho": float(parameters["rho"]),
+        "thresholding": bool(parameters["thresholding"]),
+        "dynamic_thresholding_ratio": float(parameters["dynamic_thresholding_ratio"]),
+        "sample_max_value": float(parameters["sample_max_value"]),
+    }
+    for key in ("beta_start", "beta_end"):
+        options.setdefault(key, float(parameters[key]))  # kept as given beside a table of betas
+    options.update({key: parameters[key] for key in DPMCLI_ALIASES if parameters[key] is not None})
+    return options
+
+
+def _validated(options: dict, num_train_timesteps: int) -> tuple[SolverConfig, Schedule]:
+    """The validated base config (a placeholder step count: set_timesteps supplies the real one) and its schedule."""
+    trained_betas, compat = options.get("trained_betas"), options["compat"]
+    if trained_betas is not None and len(trained_betas) != num_train_timesteps and compat != "diffusers":
+        # diffusers keeps num_train_timesteps for its grids (compat does too, and says so at
+        # set_timesteps); dpmcli's own plan takes the table's length
+        warnings.warn(
+            f"DPMSolverScheduler: trained_betas holds {len(trained_betas)} values but num_train_timesteps is "
+            f"{num_train_timesteps}; the betas set the training schedule: timesteps 0..{len(trained_betas) - 1}",
+            stacklevel=4,  # the caller of DPMSolverScheduler(...), past __init__ and register_to_config
+        )
+    try:
+        placeholder = len(trained_betas) if trained_betas is not None and compat != "diffusers" else num_train_timesteps
+        base = SolverConfig(steps=placeholder, **options).validated()
+        schedule = Schedule.from_config(base)
+    except ConfigError as error:
+        raise _option_error(error) from None
+    if base.method == "adaptive":
+        raise ConfigError("DPMSolverScheduler: method 'adaptive' picks its steps while it runs; use dpmcli.adaptive.sample_adaptive")
+    return base, schedule
 
 
 def _snap_to_integers(plan: Plan) -> Plan:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .coefficients import FORMS, AlgoForm, conversion, difference_weights, differences_to_linear, lagrange_weights, midpoint_weights
-from .compat import _vp32, diffusers_singlestep_weights, diffusers_step_weights
+from .compat import diffusers_singlestep_weights, diffusers_step_weights, vp32
 from .config import PUBLISHED_MAX_ORDER, SolverConfig
 from .schedule import alpha_sigma
 
@@ -317,7 +317,7 @@ def make_rows(cfg: SolverConfig, evaluations, specs: list[RowSpec], sigmas: np.n
         # the conversion of this row's model output uses the noise level of its own evaluation
         if spec.rule.compat:
             # diffusers converts with its float32 alpha and sigma
-            alpha_s, sigma_s = (float(v) for v in _vp32(sigmas[evaluations[r].step])[:2])
+            alpha_s, sigma_s = (float(v) for v in vp32(sigmas[evaluations[r].step])[:2])
         else:
             alpha_s, sigma_s = alpha_sigma(evaluations[r].lam)
         row = _make_row(cfg, spec, index=r, evaluation=evaluations[r], weights=weights, alpha_s=alpha_s, sigma_s=sigma_s,

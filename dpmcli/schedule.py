@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -180,26 +181,39 @@ class Schedule:
     def train_steps(self) -> int:
         return len(self.alphas_cumprod)
 
-    @property
+    # The tables below are computed once, on first use (every model call of a mixture reads them),
+    # and are read-only: a schedule never changes.
+
+    @cached_property
     def lambdas(self) -> np.ndarray:
         """lambda = log(alpha_t / sigma_t) at the integer timesteps (decreasing)."""
         abar = self.alphas_cumprod
-        return 0.5 * (np.log(abar) - np.log1p(-abar))
+        return _read_only(0.5 * (np.log(abar) - np.log1p(-abar)))
 
-    @property
+    @cached_property
     def sigmas(self) -> np.ndarray:
         """diffusers' sigma = sqrt((1 - alpha_bar) / alpha_bar) = exp(-lambda) at the integer timesteps."""
-        return np.exp(-self.lambdas)
+        return _read_only(np.exp(-self.lambdas))
+
+    @cached_property
+    def _timesteps(self) -> np.ndarray:
+        """The integer training timesteps 0..N-1 as float64."""
+        return _read_only(np.arange(self.train_steps, dtype=np.float64))
 
     def lambda_at(self, timestep) -> np.ndarray:
         """lambda at (possibly fractional) timesteps in [0, N-1], linear between integers."""
         t = np.asarray(timestep, dtype=np.float64)
-        return np.interp(t, np.arange(self.train_steps, dtype=np.float64), self.lambdas)
+        return np.interp(t, self._timesteps, self.lambdas)
 
     def timestep_at(self, lambda_) -> np.ndarray:
         """Inverse of :meth:`lambda_at` (lambda outside the table is clamped to its ends)."""
         lam = np.asarray(lambda_, dtype=np.float64)
-        return np.interp(lam, self.lambdas[::-1], np.arange(self.train_steps, dtype=np.float64)[::-1])
+        return np.interp(lam, self.lambdas[::-1], self._timesteps[::-1])
+
+
+def _read_only(values: np.ndarray) -> np.ndarray:
+    values.setflags(write=False)
+    return values
 
 
 def alpha_sigma(lam: float) -> tuple[float, float]:

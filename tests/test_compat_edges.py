@@ -28,7 +28,7 @@ from dpmcli.diffusers import DPMSolverScheduler
 from dpmcli.errors import ConfigError, NumericalError
 from dpmcli.plan import build_plan
 from dpmcli.schedule import Schedule
-from dpmcli.spacing import karras_ramp
+from dpmcli.grid import karras_ramp
 
 # diffusers' own defaults (its test class uses these, with final_sigmas_type="sigma_min")
 DIFFUSERS_DEFAULTS = {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "final_sigmas_type": "sigma_min"}

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from ..api import DPMSolver
 from ..errors import ConfigError
+from ..vocabulary import schedule_options
 from .base import Denoiser, guided, timestep_batch
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -347,15 +348,8 @@ class DigitsModel(Denoiser):
 
     @property
     def schedule_options(self) -> dict:
-        sched = self.config["scheduler"]
-        return {
-            "beta_schedule": sched["beta_schedule"],
-            "beta_start": float(sched["beta_start"]),
-            "beta_end": float(sched["beta_end"]),
-            "train_steps": int(sched["num_train_timesteps"]),
-            "prediction_type": sched["prediction_type"],
-            **({"spacing": sched["timestep_spacing"]} if sched.get("timestep_spacing") else {}),
-        }
+        # the JSON's "scheduler" section is in diffusers' words, read as every scheduler config is read
+        return schedule_options(self.config["scheduler"], where=f"--model digits: the scheduler in {self.folder / CONFIG_FILE}")
 
     def labels(self, batch: int, device=None) -> torch.Tensor | None:
         """The class each of ``batch`` samples asks for (None when unconditional)."""
@@ -366,11 +360,12 @@ class DigitsModel(Denoiser):
             return torch.arange(batch, device=device) % NUM_CLASSES
         return torch.full((batch,), self.class_label, dtype=torch.long, device=device)
 
-    def __call__(self, x: torch.Tensor, timestep) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, timestep, guidance_scale: float | None = None) -> torch.Tensor:
+        """The guided epsilon prediction at ``guidance_scale`` (None: the model's own scale)."""
         t = timestep_batch(timestep, x)
         batch = x.shape[0]
         labels = self.labels(batch, x.device)
-        scale = self.guidance_scale
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
         with torch.no_grad():
             if labels is None or scale == 0.0:
                 null = torch.full((batch,), NULL_CLASS, dtype=torch.long, device=x.device)

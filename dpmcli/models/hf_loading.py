@@ -1,0 +1,394 @@
+"""Finding and loading what a folder saved by diffusers holds: its layout, scheduler config and components.
+
+``PATH`` of ``--model diffusers:PATH`` is a folder written by diffusers' ``save_pretrained`` -- a
+bare UNet (``config.json`` naming ``UNet2DModel`` or ``UNet2DConditionModel``) or a whole pipeline
+(``model_index.json``) -- or a Hugging Face hub id whose files are already in the local cache (the
+network is touched only when the caller opts in). :func:`read_layout` reads what the folder holds
+from its JSON files before any weights load; the components are then loaded one by one (the
+pipeline class itself is never built). :mod:`dpmcli.models.hf` puts them together as a model.
+
+diffusers and transformers are imported only when a component is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import json
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+
+INSTALL_HINT = 'pip install "dpmcli[diffusers]"'
+UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+DECODER_NAMES = ("vae", "vqvae")
+# Files a download never needs: other frameworks' weights, the safety checker and its processor.
+NEVER_DOWNLOADED = (
+    "*.ckpt",
+    "*.msgpack",
+    "*.h5",
+    "*.onnx",
+    "*.onnx_data",
+    "*.pb",
+    "*.ot",
+    "*.tflite",
+    "*.mlmodel*",
+    "safety_checker/*",
+    "feature_extractor/*",
+)
+
+# What a cached snapshot may lack and still be used: what downloads skip, in any repository.
+CACHE_MAY_LACK = (*NEVER_DOWNLOADED, "*.bin", "*.fp16.*", "*.bf16.*")
+
+# --------------------------------------------------------------------------- scheduler configs
+
+
+def scheduler_class_defaults(class_name: str | None) -> dict:
+    """The default config of a diffusers scheduler class ({} when diffusers or the class is missing)."""
+    if not class_name or not class_name.endswith("Scheduler"):
+        return {}
+    try:
+        diffusers = importlib.import_module("diffusers")
+        cls = getattr(diffusers, class_name)
+    except (ImportError, AttributeError):
+        return {}
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {
+        name: p.default
+        for name, p in params.items()
+        if name != "self" and p.default is not inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+    }
+
+
+def resolve_scheduler_config(config: dict) -> dict:
+    """``config`` with the keys it leaves out filled in from its scheduler class's defaults.
+
+    A scheduler built from the file would use those defaults (diffusers'
+    ``Scheduler.from_config``), and so does a scheduler built from ``pipe.scheduler.config``.
+    """
+    return {**scheduler_class_defaults(config.get("_class_name")), **config}
+
+
+def pipeline_scheduler_config(raw: dict, pipeline_class: str | None) -> dict:
+    """The scheduler config a pipeline really runs with: class defaults filled in, and Stable
+    Diffusion's load-time corrections (steps_offset 1, clip_sample off) applied as diffusers applies them."""
+    cfg = resolve_scheduler_config(dict(raw))
+    if pipeline_class and pipeline_class.startswith("StableDiffusion"):
+        if cfg.get("steps_offset", 1) != 1:
+            cfg["steps_offset"] = 1
+        if cfg.get("clip_sample", False) is True:
+            cfg["clip_sample"] = False
+    return cfg
+
+
+# --------------------------------------------------------------------------- finding the files
+
+
+def import_library(module: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"--model diffusers: {what} needs the {module} package; install it with: {INSTALL_HINT}") from None
+
+
+def download_ignore_patterns(files: list[str]) -> list[str]:
+    """What a download of a repository holding ``files`` may skip: other formats, the safety
+    checker, PyTorch pickles where safetensors exist, and fp16 variants where full weights exist."""
+    ignore = list(NEVER_DOWNLOADED)
+    if any(f.endswith(".safetensors") for f in files):
+        ignore.append("*.bin")  # the same weights, pickled
+    present = set(files)
+    for f in files:
+        for variant in (".fp16.", ".bf16."):
+            if variant in f and f.replace(variant, ".") in present:
+                ignore.append(f)
+    return ignore
+
+
+def resolve_source(source: str, allow_download: bool = False) -> Path:
+    """The local folder that ``source`` names: a folder, or a hub id found in the local cache
+    (downloaded first only when ``allow_download``)."""
+    label = f"--model diffusers:{source}"
+    if not source:
+        raise ConfigError("--model: 'diffusers:' needs a folder or a hub id, as in diffusers:./my-pipeline")
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{label}: is a file; expected a folder saved by diffusers (model_index.json or config.json)")
+        return path
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
+        raise ConfigError(f"{label}: no such folder")
+    hub = import_library("huggingface_hub", "a hub id")
+    from huggingface_hub.utils import HFValidationError
+
+    fetch = f"fetch it first with `hf download {source}` (older huggingface_hub: `huggingface-cli download`), or pass --allow-download"
+    try:
+        # the files a download of ours skips may be missing without making the snapshot incomplete
+        return Path(hub.snapshot_download(source, local_files_only=True, ignore_patterns=CACHE_MAY_LACK))
+    except HFValidationError:
+        raise ConfigError(f"{label}: no such folder, and not a valid hub id") from None
+    except OSError as exc:  # not in the cache: LocalEntryNotFoundError
+        if not allow_download:
+            raise ConfigError(f"{label}: no such folder, and not in the local Hugging Face cache; {fetch}") from None
+        cached_error = exc
+    try:
+        files = hub.list_repo_files(source)
+        return Path(hub.snapshot_download(source, ignore_patterns=download_ignore_patterns(files)))
+    except Exception as exc:  # noqa: BLE001 - any failure of the network or the hub is one line for the user
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{label}: not in the local cache and the download failed ({reason})") from cached_error
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--model: cannot read {path.name} ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--model: {path.name} does not hold a JSON object")
+    return data
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Silence diffusers' and transformers' progress bars, advice and error logs while components load.
+
+    Their error logs repeat the exception the caller turns into dpmcli's one line.
+    """
+    saved = []
+    for name in ("diffusers", "transformers"):
+        if sys.modules.get(name) is None:  # only libraries already in use
+            continue
+        module = importlib.import_module(f"{name}.utils.logging")
+        saved.append((module, module.get_verbosity(), module.is_progress_bar_enabled()))
+        module.set_verbosity(logging.CRITICAL)
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, verbosity, bars in saved:
+            module.set_verbosity(verbosity)
+            if bars:
+                module.enable_progress_bar()
+
+
+def weights_variant(folder: Path) -> str | None:
+    """"fp16" or "bf16" when a folder holds only such a variant of its weights (model.fp16.safetensors), else None."""
+    names = [p.name for p in folder.glob("*") if p.suffix in (".safetensors", ".bin")]
+    found = [m.group(1) for m in (re.search(r"\.(fp16|bf16)[.-]", n) for n in names) if m]
+    if not names or len(found) < len(names):
+        return None
+    return found[0]
+
+
+def load_component(library, class_name: str, root: Path, subfolder: str | None, dtype: torch.dtype, what: str):
+    cls = getattr(library, class_name, None)
+    if cls is None:
+        raise ConfigError(f"--model: {what} is a {class_name}, which {library.__name__} {library.__version__} does not have")
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    if library.__name__ == "diffusers":
+        kwargs["torch_dtype"] = dtype
+        kwargs["low_cpu_mem_usage"] = importlib.util.find_spec("accelerate") is not None
+    folder = root / subfolder if subfolder else root
+    variant = weights_variant(folder)
+    if variant is not None:
+        kwargs["variant"] = variant
+    try:
+        with quiet_loading():
+            module = cls.from_pretrained(str(root), **kwargs)
+            if "torch_dtype" not in kwargs:
+                # transformers names its dtype argument differently across versions: convert after loading
+                module = module.to(dtype)
+        return module
+    except (OSError, ValueError, RuntimeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"--model: cannot load {what} ({class_name}) from {folder.name or folder}: {reason}") from None
+
+
+def load_tokenizer(library, class_name: str, root: Path):
+    cls = getattr(library, class_name, None) or library.AutoTokenizer
+    try:
+        with quiet_loading():
+            return cls.from_pretrained(str(root), subfolder="tokenizer")
+    except (OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"--model: cannot load the tokenizer ({class_name}): {reason}") from None
+
+
+@torch.no_grad()
+def encode_prompt(tokenizer, encoder, text: str, device: torch.device, length: int | None = None) -> torch.Tensor:
+    """(1, tokens, width) embeddings of ``text``, padded to the tokenizer's length, as StableDiffusionPipeline makes them."""
+    if length is None:
+        length = int(tokenizer.model_max_length)
+        limit = getattr(encoder.config, "max_position_embeddings", None)
+        if limit is not None and length > int(limit):
+            length = int(limit)
+    tokens = tokenizer(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    mask = None
+    if getattr(encoder.config, "use_attention_mask", False):
+        mask = tokens.attention_mask.to(device)
+    return encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+
+
+# --------------------------------------------------------------------------- what a folder holds
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a diffusers folder holds, read from its JSON files before any weights load."""
+
+    root: Path
+    label: str  # "--model diffusers:SOURCE", the start of every error
+    kind: str  # the pipeline's class, or the bare UNet's
+    pipeline_class: str | None  # None for a bare UNet folder
+    components: dict  # component name -> (library, class name), as model_index.json lists them
+    unet_class: str
+    unet_subfolder: str | None
+    schedule_file: str | None  # the scheduler config, relative to root (None: there is none)
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self.pipeline_class is not None
+
+    @property
+    def conditional(self) -> bool:
+        return self.unet_class == "UNet2DConditionModel"
+
+    @property
+    def text(self) -> bool:
+        """A text-to-image pipeline: a conditional UNet with a text encoder."""
+        return self.conditional and "text_encoder" in self.components
+
+    @property
+    def decoder_name(self) -> str | None:
+        return next((n for n in DECODER_NAMES if n in self.components), None)
+
+
+def read_layout(root: Path, label: str) -> Layout:
+    """The layout of a pipeline folder (model_index.json) or a bare UNet folder (config.json); ConfigError otherwise."""
+    index = read_json(root / "model_index.json") if (root / "model_index.json").is_file() else None
+    root_config = read_json(root / "config.json") if (root / "config.json").is_file() else None
+    if index is not None:
+        pipeline_class = str(index.get("_class_name", "pipeline"))
+        components = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[1]}
+        if "unet" not in components:
+            kinds = ", ".join(sorted(components)) or "none"
+            raise ConfigError(f"{label}: {pipeline_class} has no 'unet' (components: {kinds}); dpmcli drives UNet pipelines")
+        if "text_encoder_2" in components:
+            raise ConfigError(f"{label}: {pipeline_class} has two text encoders (SDXL-style); dpmcli supports one")
+        layout = Layout(
+            root=root,
+            label=label,
+            kind=pipeline_class,
+            pipeline_class=pipeline_class,
+            components=components,
+            unet_class=components["unet"][1],
+            unet_subfolder="unet" if (root / "unet" / "config.json").is_file() else None,
+            schedule_file=next(
+                (p for p in ("scheduler/scheduler_config.json", "scheduler_config.json") if (root / p).is_file()), None
+            ),
+        )
+    elif root_config is not None and root_config.get("_class_name") in UNET_CLASSES:
+        layout = Layout(
+            root=root,
+            label=label,
+            kind=root_config["_class_name"],
+            pipeline_class=None,
+            components={},
+            unet_class=root_config["_class_name"],
+            unet_subfolder=None,
+            schedule_file="scheduler_config.json" if (root / "scheduler_config.json").is_file() else None,
+        )
+    else:
+        found = f" (config.json names {root_config.get('_class_name')!r})" if root_config else ""
+        raise ConfigError(
+            f"{label}: not a diffusers folder{found}; expected model_index.json (a pipeline with a unet and a scheduler) "
+            f"or config.json naming {' or '.join(UNET_CLASSES)}"
+        )
+    if layout.unet_class not in UNET_CLASSES:
+        raise ConfigError(f"{label}: the unet is a {layout.unet_class}; dpmcli drives {' and '.join(UNET_CLASSES)}")
+    return layout
+
+
+def check_components(layout: Layout) -> None:
+    """A conditional pipeline has what text-to-image needs: a text encoder, its tokenizer and a VAE."""
+    label, name = layout.label, layout.pipeline_class
+    if layout.conditional and layout.is_pipeline and not layout.text:
+        raise ConfigError(f"{label}: {name} has a conditional UNet but no text_encoder; dpmcli supports text-to-image pipelines")
+    if layout.text and "tokenizer" not in layout.components:
+        raise ConfigError(f"{label}: {name} has a text_encoder but no tokenizer")
+    if layout.text and layout.decoder_name is None:
+        raise ConfigError(f"{label}: {name} has no vae to decode its latents")
+
+
+# --------------------------------------------------------------------------- the networks
+
+
+def unet_size(value) -> tuple[int, int]:
+    """(height, width) of a config's sample_size (one number or a pair)."""
+    if isinstance(value, (list, tuple)):
+        return int(value[0]), int(value[-1])
+    return int(value), int(value)
+
+
+def _unet_checks(unet, label: str) -> None:
+    config = unet.config
+    for key, what in (
+        ("class_embed_type", "class labels"),
+        ("num_class_embeds", "class labels"),
+        ("addition_embed_type", "extra conditioning (e.g. SDXL's pooled text and size embeddings)"),
+        ("time_cond_proj_dim", "a guidance embedding (e.g. latent consistency models)"),
+        ("encoder_hid_dim_type", "projected image or text embeddings"),
+    ):
+        if getattr(config, key, None) is not None:
+            raise ConfigError(f"{label}: this UNet needs {what}, which dpmcli does not provide")
+    if getattr(config, "time_embedding_type", "positional") == "fourier":
+        raise ConfigError(f"{label}: this UNet takes noise levels (Fourier features, a VE score model), not VP timesteps")
+
+
+def load_unet(diffusers, layout: Layout, device: torch.device, dtype: torch.dtype):
+    """The UNet on ``device`` in ``dtype``, in eval mode; refused if it needs conditioning dpmcli does not give."""
+    unet = load_component(diffusers, layout.unet_class, layout.root, layout.unet_subfolder, dtype, "the unet")
+    unet = unet.to(device).eval().requires_grad_(False)
+    _unet_checks(unet, layout.label)
+    return unet
+
+
+def load_decoder(diffusers, layout: Layout, device: torch.device, dtype: torch.dtype, in_channels: int):
+    """(decoder, VAE scale factor) of a latent pipeline; (None, 1) when it has none.
+
+    A VAE that says it overflows in float16 (``force_upcast``, on by default in AutoencoderKL)
+    decodes in float32.
+    """
+    name = layout.decoder_name
+    if name is None:
+        return None, 1
+    library, class_name = layout.components[name]
+    if library != "diffusers":
+        raise ConfigError(f"{layout.label}: the {name} is a {library} {class_name}; dpmcli loads diffusers autoencoders")
+    decoder_dtype = dtype
+    config_path = layout.root / name / "config.json"
+    upcast = config_path.is_file() and read_json(config_path).get("force_upcast", class_name == "AutoencoderKL")
+    if dtype == torch.float16 and upcast:
+        decoder_dtype = torch.float32
+    decoder = load_component(diffusers, class_name, layout.root, name, decoder_dtype, f"the {name}")
+    decoder = decoder.to(device).eval().requires_grad_(False)
+    scale_factor = 2 ** (len(decoder.config.block_out_channels) - 1)
+    latent_channels = getattr(decoder.config, "latent_channels", None) or getattr(decoder.config, "vq_embed_dim", None)
+    if latent_channels is not None and int(latent_channels) != in_channels:
+        raise ConfigError(
+            f"{layout.label}: the unet takes {in_channels} channels but the {name} makes {latent_channels} "
+            "(an inpainting or image-conditioned pipeline); dpmcli samples text-to-image and unconditional pipelines"
+        )
+    return decoder, scale_factor
