@@ -2,14 +2,10 @@
 
 A sweep is the cartesian product of lists of solver options. Every run shares x_T and, for
 SDE runs, one Brownian path (so runs with different step counts see increments of the same
-path). Ground truth for the mixtures:
-
-* ODE algorithms: the exact probability-flow ODE solution from the same x_T (DOP853, rtol
-  1e-10, cached on disk); error = median per-sample L2 distance, also the maximum and the
-  share of samples ending in another mixture component (mode flips);
-* SDE algorithms: the distribution itself, via MMD^2 against the exact mixture (Gaussian
-  kernel, bandwidth stated), the mean log-likelihood against its exact expectation, and the
-  strong error against a fine-step solution of the same SDE on the same Brownian path.
+path). What a run is scored against (the exact ODE solution and distribution of a mixture, or
+reference runs of a network) is in ``ground_truth.py``; how a report is written (CSV, Markdown,
+the ``--out`` folder) in ``export.py``. Each run calls ``model.bind(plan, guidance_scale)``: the
+loaded model is never changed, so results do not depend on the order of the runs.
 
 Nothing here prints; the command line renders the report.
 """
@@ -26,15 +22,17 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .brownian import BrownianNoise
 from .config import ALGOS, COEFFICIENTS, COMPAT, FINAL_SIGMAS, METHODS, SOLVER_TYPES, SPACINGS, STARTUPS, SolverConfig
 from .devices import check_batch_memory, resolve_device, resolve_dtype
 from .errors import ConfigError, NumericalError, bad_choice
-from .models import Denoiser, MixtureModel, load_model
+from .experiment import apply_model_schedule, run_plan
+from .ground_truth import MIXTURE_REFERENCE_STEPS, NETWORK_REFERENCE_STEPS, MixtureReferences, ReferenceRuns
+from .metrics import default_bandwidth
+from .models import Denoiser, load_model
 from .noise import initial_latents
 from .plan import Plan, build_plan
-from .reference import CacheDirError, ReferenceCache, check_cache_dir, default_cache_dir, far_lambda, ode_limit
-from .experiment import run_plan
-from .sampler import sample
+from .reference import CacheDirError, check_cache_dir, default_cache_dir
 
 SWEEP_FIELDS = ("algo", "order", "steps", "method", "startup", "spacing", "solver_type", "final_sigma", "coefficients", "compat")
 SOLVER_FIELDS = tuple(f for f in SWEEP_FIELDS if f != "steps")
@@ -43,9 +41,6 @@ DEFAULT_SWEEP = {
     "order": [1, 2, 3],
     "steps": [5, 10, 20, 50],
 }
-REFERENCE_ORDER = 2  # the fine-step SDE reference: order 2, exact weights, logsnr grid
-MIXTURE_REFERENCE_STEPS = 1000
-NETWORK_REFERENCE_STEPS = 200
 
 
 @dataclass
@@ -205,163 +200,6 @@ class SweepReport:
         }
 
 
-def _median_l2(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    distance = (a.double() - b.double()).reshape(a.shape[0], -1).norm(dim=1)
-    return distance.median().item(), distance.max().item()
-
-
-class _MixtureReferences:
-    """Ground truth of a sweep, computed once per distinct (kind, lambda range) and cached on disk."""
-
-    def __init__(self, sweep: Sweep, mixture, x_T: torch.Tensor, cache_writable: bool = True):
-        self.sweep, self.mixture, self.x_T = sweep, mixture, x_T.detach().double().cpu()
-        self.reference_steps = sweep.reference_steps or MIXTURE_REFERENCE_STEPS
-        self.cache = ReferenceCache(sweep.cache_dir, writable=cache_writable)
-        self.expect = dict(shape=tuple(self.x_T.shape), dtype=np.float64)  # what a cached reference must be
-        self.memory: dict = {}
-        self.fine_plans: dict = {}
-        self._arrays = (mixture.weights, mixture.means, mixture.stds, self.x_T.numpy())
-
-    def ode(self, plan: Plan) -> torch.Tensor:
-        lam0, lam1 = float(plan.lambdas[0]), float(plan.lambdas[-1])
-        description = {"kind": "ode", "lambda_start": lam0, "lambda_end": lam1, "rtol": 1e-10, "method": "DOP853"}
-        if not math.isfinite(lam1):
-            description["lambda_far"] = far_lambda(self.mixture, lam0)
-        key = ("ode", lam0, lam1)
-        if key not in self.memory:
-            self.memory[key] = self.cache.get_or_compute(
-                description, self._arrays, lambda: ode_limit(self.mixture, self.x_T, lam0, lam1), **self.expect
-            )
-        return self.memory[key]
-
-    def sde(self, plan: Plan, noise_for: Callable) -> torch.Tensor:
-        cfg = plan.config
-        fine_cfg = cfg.with_options(
-            order=REFERENCE_ORDER, coefficients="exact", steps=self.reference_steps, spacing="logsnr",
-            lower_order_final=False, euler_at_final=False, compat="none", sigmas=None, timesteps=None, method="multistep",
-            startup="lower-order", nfe=None, final_sigma="zero" if plan.sigmas[-1] == 0 else "sigma-min",
-        )
-        if fine_cfg not in self.fine_plans:
-            self.fine_plans[fine_cfg] = build_plan(fine_cfg)
-        fine = self.fine_plans[fine_cfg]
-        lam0, lam1 = float(fine.lambdas[0]), float(fine.lambdas[-1])
-        from .brownian import PATH_VERSION
-
-        description = {
-            "kind": "sde", "path_version": PATH_VERSION, "seed": self.sweep.seed,
-            "lambda_start": lam0, "lambda_end": lam1, "config": fine_cfg.to_dict(),
-            "trained_betas": None if cfg.trained_betas is None else list(cfg.trained_betas),
-        }
-        key = ReferenceCache.key(description)
-        if key not in self.memory:
-
-            def compute():
-                model = MixtureModel(self.mixture)
-                model.bind(fine)
-                return sample(fine, model, self.x_T.clone(), noise_for(fine)).samples
-
-            self.memory[key] = self.cache.get_or_compute(description, self._arrays, compute, **self.expect)
-        return self.memory[key]
-
-
-    def score(self, plan: Plan, final: torch.Tensor, noise_for: Callable) -> dict:
-        from .metrics import log_likelihood_gap, mmd2_to_mixture, mode_flips
-
-        row = {"log_likelihood_gap": log_likelihood_gap(final, self.mixture)["gap"]}
-        if plan.config.is_sde:
-            row["mmd2"] = mmd2_to_mixture(final, self.mixture, self.bandwidth)["mmd2"]
-            reference = self.sde(plan, noise_for)
-            row["strong_error"] = _median_l2(final, reference)[0]
-            row["error"], row["error_metric"] = row["mmd2"], "mmd2"
-        else:
-            reference = self.ode(plan)
-            row["error"], row["error_max"] = _median_l2(final, reference)
-            row["error_metric"] = "l2_median"
-        row["mode_flips"] = mode_flips(final, reference, self.mixture)
-        return row
-
-    def describe(self) -> dict:
-        return {
-            "kind": "exact",
-            "ode": "exact probability-flow ODE solution from the same x_T (scipy DOP853, rtol 1e-10); "
-            "error = median per-sample L2 distance",
-            "sde": f"distribution: MMD^2 against the exact mixture (Gaussian kernel, bandwidth {self.bandwidth:.6g}); "
-            f"strong error: median L2 distance to a {self.reference_steps}-step order-{REFERENCE_ORDER} exact-weight "
-            "solution of the same SDE on the same Brownian path",
-            "bandwidth": self.bandwidth,
-            "reference_steps": self.reference_steps,
-            "cache": None if self.sweep.cache_dir is None else str(self.sweep.cache_dir),
-            "cache_hits": self.cache.hits,
-            "cache_misses": self.cache.misses,
-        }
-
-
-class _ReferenceRuns:
-    """Ground truth for a network, which has no exact answer: reference runs of the same model.
-
-    ODE runs are measured against a many-step run of an exact-weight third-order solver (with
-    the singlestep start-up, so it keeps order 3) from the same x_T over the same lambda range;
-    SDE runs against a many-step order-2 exact-weight run of the same SDE on the same Brownian
-    path. Both grids are uniform in lambda. They are computed in this process, not cached on
-    disk (a network's identity is not hashed).
-    """
-
-    def __init__(self, sweep: Sweep, model: Denoiser, x_T: torch.Tensor, steps: int):
-        self.sweep, self.model, self.x_T, self.steps = sweep, model, x_T, steps
-        self.memory: dict = {}
-        self.nfe = 0
-
-    def _grid(self, plan: Plan) -> tuple[float, ...]:
-        first, last = float(plan.sigmas[0]), float(plan.sigmas[-1])
-        # sigma 0 is lambda = inf: go uniformly to the schedule's smallest sigma, then one step to 0
-        low = last if last > 0 else float(np.exp(-np.max(plan.schedule.lambdas[np.isfinite(plan.schedule.lambdas)])))
-        points = self.steps + 1 if last > 0 else self.steps
-        sigmas = np.exp(-np.linspace(-np.log(first), -np.log(low), points))
-        return tuple(float(v) for v in sigmas) + (() if last > 0 else (0.0,))
-
-    def _run(self, key: tuple, config: SolverConfig, noise_for: Callable | None) -> torch.Tensor:
-        key = (*key, self.model.guidance_scale)
-        if key not in self.memory:
-            fine = build_plan(config)
-            self.model.bind(fine)
-            result = run_plan(fine, self.model, self.x_T.clone(), None if noise_for is None else noise_for(fine))
-            self.nfe += result.nfe
-            self.memory[key] = result.samples.detach().double().cpu()
-        return self.memory[key]
-
-    def reference(self, plan: Plan, noise_for: Callable) -> torch.Tensor:
-        cfg = plan.config
-        grid = self._grid(plan)
-        common = dict(sigmas=grid, timesteps=None, steps=len(grid) - 1, coefficients="exact", method="multistep", compat="none",
-                      lower_order_final=False, euler_at_final=False, nfe=None)
-        if cfg.is_sde:
-            fine = cfg.with_options(order=REFERENCE_ORDER, startup="lower-order", **common)
-            return self._run(("sde", cfg.algo, grid), fine, noise_for)
-        fine = cfg.with_options(algo="dpmsolver++", order=3, startup="singlestep", **common)
-        return self._run(("ode", grid), fine, None)
-
-    def score(self, plan: Plan, final: torch.Tensor, noise_for: Callable) -> dict:
-        reference = self.reference(plan, noise_for)
-        self.model.bind(plan)
-        error, worst = _median_l2(final, reference)
-        row = {"error": error, "error_max": worst, "error_metric": "l2_median_vs_reference"}
-        if plan.config.is_sde:
-            row["strong_error"] = error
-        return row
-
-    def describe(self) -> dict:
-        return {
-            "kind": "reference run",
-            "ode": f"reference run: {self.steps}-step dpmsolver++ order 3 (exact weights, singlestep start-up, uniform "
-            "in lambda) of the same model from the same x_T; error = median per-sample L2 distance",
-            "sde": f"reference run: {self.steps}-step order-{REFERENCE_ORDER} exact-weight solution of the same SDE on the "
-            "same Brownian path; error = median per-sample L2 distance (strong error)",
-            "reference_steps": self.steps,
-            "reference_nfe": self.nfe,
-            "cache": None,
-        }
-
-
 @dataclass
 class PreparedSweep:
     """A sweep with its model loaded and its runs planned on the model's schedule."""
@@ -378,8 +216,6 @@ class PreparedSweep:
 
 def prepare_sweep(sweep: Sweep) -> PreparedSweep:
     """Check the numbers, load the model, plan every run; ConfigError before any sampling."""
-    from .experiment import apply_model_schedule
-
     if sweep.batch is not None and sweep.batch < 2:
         raise ConfigError(f"--batch: {sweep.batch} is not allowed; compare needs at least 2 samples")
     if sweep.reference_steps is not None and sweep.reference_steps < 10:
@@ -419,14 +255,14 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
         notes.append(f"--cache-dir: {unwritable}")
     # what each plan says about its grid (fewer steps than asked, ...), once per distinct message
     notes += list(dict.fromkeys(w for item in planned for w in item.plan.warnings))
+    # the model as the runs call it (an exact mixture answers in the sweep's prediction type, which
+    # its description states); each run still binds its own plan
+    model = model.bind(planned[0].plan)
     return PreparedSweep(sweep, model, planned, skipped, notes, device, dtype, unwritable is None)
 
 
 def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None = None) -> SweepReport:
     """Run every valid combination; returns the report (rows sorted by error within each kind)."""
-    from .brownian import BrownianNoise
-    from .metrics import default_bandwidth
-
     start = time.perf_counter()
     prepared = sweep if isinstance(sweep, PreparedSweep) else prepare_sweep(sweep)
     sweep, model = prepared.sweep, prepared.model
@@ -434,10 +270,12 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     shape = (sweep.batch, *model.sample_shape)
     x_T = initial_latents(sweep.seed, shape, prepared.device, model.latent_dtype or prepared.dtype)
     if mixture is not None:
-        references = _MixtureReferences(sweep, mixture, x_T, prepared.cache_writable)
-        references.bandwidth = default_bandwidth(mixture) if sweep.bandwidth is None else float(sweep.bandwidth)
+        references = MixtureReferences(
+            mixture, x_T, seed=sweep.seed, bandwidth=default_bandwidth(mixture) if sweep.bandwidth is None else float(sweep.bandwidth),
+            reference_steps=sweep.reference_steps, cache_dir=sweep.cache_dir, cache_writable=prepared.cache_writable,
+        )
     else:
-        references = _ReferenceRuns(sweep, model, x_T, sweep.reference_steps)
+        references = ReferenceRuns(model, x_T, sweep.reference_steps)
     trees: dict = {}
 
     def noise_for(plan: Plan):
@@ -447,27 +285,24 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     shown = tuple(f for f in SOLVER_FIELDS if f in ("algo", "order") or len(sweep.axis(f)) > 1)
     runs: list[dict] = []
     samples: dict = {}
-    default_scale = model.guidance_scale
-    try:
-        for scale in sweep.guidance:
-            if scale is not None:
-                model.guidance_scale = scale
-            _run_block(sweep, prepared, model, scale, shown, x_T, references, noise_for, runs, samples, on_run)
-    finally:
-        model.guidance_scale = default_scale  # the loaded model is left as it came
+    for scale in sweep.guidance:  # the model is never changed: each run binds it at its scale
+        block = _run_block(prepared, scale=scale, shown=shown, x_T=x_T, references=references, noise_for=noise_for, on_run=on_run)
+        runs += [row for row, _ in block]
+        samples.update((row["run"], final) for row, final in block if final is not None)
     _mark_best(runs)
     # each guidance block has its own references: its runs stay together, in the order of the scales
-    block = {scale: i for i, scale in reversed(list(enumerate(sweep.guidance)))}
-    runs.sort(key=lambda r: (block.get(r.get("guidance_scale"), 0), r["kind"], math.inf if r.get("error") is None else r["error"]))
+    order = {scale: i for i, scale in reversed(list(enumerate(sweep.guidance)))}
+    runs.sort(key=lambda r: (order.get(r.get("guidance_scale"), 0), r["kind"], math.inf if r.get("error") is None else r["error"]))
     orders = fit_orders(runs)
     warnings = list(references.cache.warnings) if mixture is not None else []
     return SweepReport(sweep, runs, prepared.skipped, orders, references.describe(), samples, mixture, time.perf_counter() - start,
                        model=model, notes=prepared.notes, warnings=warnings)
 
 
-def _run_block(sweep, prepared, model, scale, shown, x_T, references, noise_for, runs, samples, on_run) -> None:
-    """Every planned run at one guidance scale (None: the model's own)."""
-    mixture = model.mixture
+def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_for, on_run) -> list[tuple[dict, object]]:
+    """Every planned run at one guidance scale (None: the model's own): [(row, final samples or None)]."""
+    sweep, model = prepared.sweep, prepared.model
+    out = []
     for item in prepared.planned:
         plan, key = item.plan, item.key
         ran = key["steps"] if plan.config.method == "adaptive" else plan.steps  # a grid may hold fewer steps than asked
@@ -481,29 +316,31 @@ def _run_block(sweep, prepared, model, scale, shown, x_T, references, noise_for,
             row["steps"], row["steps_requested"] = ran, key["steps"]
         if scale is not None:
             row["guidance_scale"] = scale
-        model.bind(plan)
+        final = None
         try:
-            result = run_plan(plan, model, x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
+            result = run_plan(plan, model.bind(plan, scale), x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
         except NumericalError as exc:
             row.update({"status": "nan", "message": str(exc), "error": None, "seconds": None})
-            runs.append(row)
-            if on_run:
-                on_run(label)
-            continue
-        final = result.samples.detach().double().cpu()
-        row["seconds"] = result.seconds
-        row["nfe"] = result.nfe
-        row.update(references.score(plan, final, noise_for))
-        if mixture is None:
-            row.update(_scalar_quality(model.quality(result.samples)))
-        broken = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v) and k != "seconds"]
-        if broken:  # finite samples, non-finite scores: never a number that reads as a result
-            row.update({k: None for k in broken})
-            row.update({"status": "nan", "error": None, "message": f"non-finite {', '.join(broken)} from finite samples"})
-        samples[label] = final.numpy()
-        runs.append(row)
+        else:
+            final = result.samples.detach().double().cpu()
+            row.update(_scores(model, references, plan, result=result, final=final, noise_for=noise_for, scale=scale))
+            final = final.numpy()
+        out.append((row, final))
         if on_run:
             on_run(label)
+    return out
+
+
+def _scores(model, references, plan: Plan, *, result, final, noise_for, scale) -> dict:
+    """A finished run's columns: timing, error against the ground truth, the model's quality numbers."""
+    row = {"seconds": result.seconds, "nfe": result.nfe, **references.score(plan, final, noise_for, scale)}
+    if model.mixture is None:
+        row.update(_scalar_quality(model.quality(result.samples)))
+    broken = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v) and k != "seconds"]
+    if broken:  # finite samples, non-finite scores: never a number that reads as a result
+        row.update({k: None for k in broken})
+        row.update({"status": "nan", "error": None, "message": f"non-finite {', '.join(broken)} from finite samples"})
+    return row
 
 
 def _scalar_quality(quality: dict) -> dict:

@@ -7,7 +7,7 @@ where diffusers has a word for the same thing, diffusers' vocabulary.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import ConfigError, bad_choice
 
@@ -49,40 +49,93 @@ MAX_TRAIN_STEPS = 100_000
 RHO_RANGE = (1e-3, 1e3)
 
 
+# The help panels of the command line (long option names get panels of their own, so that at
+# 80 columns the help keeps room for its words and no name is cut short).
+SOLVER = "Solver"
+FINAL_STEPS = "Solver: the last steps"
+THRESHOLD = "Solver: dynamic thresholding"
+GRID = "Schedule and grid"
+
+
+def _option(default, help: str, panel: str = SOLVER):
+    """A field that is also a command-line option: ``--name-with-dashes``, its help text and panel."""
+    return field(default=default, metadata={"help": help, "panel": panel})
+
+
+def _choices(values) -> str:
+    return ", ".join(values)
+
+
 @dataclass(frozen=True)
 class SolverConfig:
-    """Everything the plan depends on. Build one, call :meth:`validated`, then ``build_plan``."""
+    """Everything the plan depends on. Build one, call :meth:`validated`, then ``build_plan``.
 
-    algo: str = "dpmsolver++"
-    order: int = 2
-    steps: int = 20
-    method: str = "multistep"
-    startup: str = "lower-order"
-    nfe: int | None = None  # singlestep: pick steps and orders for this budget (DPM-Solver-fast)
-    atol: float = 0.0078  # adaptive: absolute tolerance (the DPM-Solver paper's default for data in [-1, 1])
-    rtol: float = 0.05  # adaptive: relative tolerance
-    solver_type: str = "midpoint"
-    coefficients: str = "published"
-    compat: str = "none"
-    lower_order_final: bool = True
-    euler_at_final: bool = False
-    prediction_type: str = "epsilon"
-    thresholding: bool = False
-    dynamic_thresholding_ratio: float = 0.995
-    sample_max_value: float = 1.0
-    beta_schedule: str = "scaled_linear"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    train_steps: int = 1000
-    trained_betas: tuple[float, ...] | None = field(default=None, repr=False)
-    rescale_zero_snr: bool = False
-    lambda_min_clipped: float = -math.inf
-    spacing: str = "linspace"
-    steps_offset: int = 0
-    rho: float = 7.0
-    sigmas: tuple[float, ...] | None = None
-    timesteps: tuple[float, ...] | None = None  # a custom grid given as training timesteps (the model's t)
-    final_sigma: str = "zero"
+    Each field's ``metadata`` holds its command-line help text and panel (see ``option_flag``).
+    """
+
+    algo: str = _option(
+        "dpmsolver++",
+        f"Algorithm: {_choices(ALGOS)}. The ++ forms integrate the data (x0) prediction, the others the noise; "
+        "sde- forms add fresh noise each step.",
+    )
+    order: int = _option(
+        2,
+        "Order: multistep 1-8 (orders above 3 always use exact weights), singlestep 1-3, adaptive 2-3. "
+        "Order 3 with published weights converges at order 2 (see --coefficients).",
+    )
+    steps: int = _option(20, "Number of grid steps (multistep with the classic start-up: also the number of model calls).")
+    method: str = _option(
+        "multistep",
+        "multistep (reuse earlier model outputs), singlestep (DPM-Solver-1/2/3: extra evaluations inside each step) "
+        "or adaptive (DPM-Solver-12/23 with a step-size controller; ODE algorithms).",
+    )
+    startup: str = _option(
+        "lower-order",
+        "How an order-K multistep run starts: lower-order (orders 1, 2, ... first; caps the asymptotic order at 2) "
+        "or singlestep (extra evaluations so that the start keeps order K; ODE algorithms).",
+    )
+    # singlestep: pick steps and orders for this budget (DPM-Solver-fast)
+    nfe: int | None = _option(None, "singlestep: spend exactly this many model calls (DPM-Solver-fast picks steps and orders).")
+    # adaptive: absolute tolerance (the DPM-Solver paper's default for data in [-1, 1])
+    atol: float = _option(0.0078, "adaptive: absolute error tolerance per step.")
+    rtol: float = _option(0.05, "adaptive: relative error tolerance per step.")  # adaptive: relative tolerance
+    solver_type: str = _option("midpoint", f"Second-order form: {_choices(SOLVER_TYPES)} (heun is exact for linear predictions).")
+    coefficients: str = _option(
+        "published",
+        f"{_choices(COEFFICIENTS)}: 'published' are the weights of the papers, diffusers and k-diffusion; "
+        "'exact' integrates the interpolating polynomial exactly (order k converges at order k).",
+    )
+    compat: str = _option("none", "none, or diffusers: reproduce DPMSolverMultistepScheduler's arithmetic step for step.")
+    lower_order_final: bool = _option(
+        True, "Lower the order of the last two steps when there are fewer than 15 (on by default).", FINAL_STEPS
+    )
+    euler_at_final: bool = _option(False, "Take the last step with first order.", FINAL_STEPS)
+    prediction_type: str = _option("epsilon", f"What the model predicts: {_choices(PREDICTION_TYPES)}.")
+    thresholding: bool = _option(False, "Dynamic thresholding of the x0 prediction (Imagen).", THRESHOLD)
+    dynamic_thresholding_ratio: float = _option(0.995, "Quantile of |x0| used by --thresholding.", THRESHOLD)
+    sample_max_value: float = _option(1.0, "Largest threshold --thresholding may use.", THRESHOLD)
+    beta_schedule: str = _option("scaled_linear", f"Training betas: {_choices(BETA_SCHEDULES)}.", GRID)
+    beta_start: float = _option(0.00085, "First beta of linear / scaled_linear.", GRID)
+    beta_end: float = _option(0.012, "Last beta of linear / scaled_linear.", GRID)
+    train_steps: int = _option(1000, "Number of training timesteps.", GRID)
+    trained_betas: tuple[float, ...] | None = field(
+        default=None, repr=False, metadata={"help": "Betas from a .npy or text file (overrides --beta-schedule).", "panel": GRID}
+    )
+    rescale_zero_snr: bool = _option(False, "Rescale the betas to zero terminal SNR.", GRID)
+    lambda_min_clipped: float = _option(
+        -math.inf, "Drop the noisiest timesteps whose lambda is below this (cosine schedules).", GRID
+    )
+    spacing: str = _option("linspace", f"Step grid: {_choices(SPACINGS[:-1])} (custom: see --sigmas).", GRID)
+    steps_offset: int = _option(0, "Offset added to 'leading' timesteps.", GRID)
+    rho: float = _option(7.0, "Exponent of the karras grid.", GRID)
+    sigmas: tuple[float, ...] | None = _option(
+        None,
+        "A custom grid: comma list '14.6,7.0,...,0' or a .npy/text file; N+1 decreasing values, the last the final sigma.",
+        GRID,
+    )
+    # a custom grid given as training timesteps (the model's t); API only, the command line takes --sigmas
+    timesteps: tuple[float, ...] | None = None
+    final_sigma: str = _option("zero", f"Where the last step lands: {_choices(FINAL_SIGMAS)}.", GRID)
 
     @property
     def is_sde(self) -> bool:
@@ -173,6 +226,16 @@ class SolverConfig:
         if cfg.compat == "diffusers":
             _check_diffusers_compat(cfg)
         return cfg
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of a SolverConfig field: ``beta_start`` -> ``--beta-start``."""
+    return "--" + name.replace("_", "-")
+
+
+def option_fields() -> tuple:
+    """The fields of SolverConfig that carry command-line help (``metadata["help"]``, ``["panel"]``)."""
+    return tuple(f for f in fields(SolverConfig) if "help" in f.metadata)
 
 
 def _check_method(cfg: SolverConfig) -> None:

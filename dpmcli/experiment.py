@@ -161,7 +161,11 @@ def apply_model_schedule(config: SolverConfig, options: dict, explicit=frozenset
 
 
 def load_and_plan(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> tuple[Denoiser, Plan, torch.device, torch.dtype, list[str]]:
-    """Validate the options, load the model, and build the plan on the model's schedule."""
+    """Validate the options, load the model, and build the plan on the model's schedule.
+
+    The model returned is the one the run calls: ``model.bind(plan)`` (for the exact mixtures, the
+    mixture on the plan's schedule; a network is returned as loaded).
+    """
     if is_mixture(spec.model):
         build_plan(config)  # checked before any work; a network's own schedule may make other options valid
     device = resolve_device(spec.device)
@@ -171,8 +175,7 @@ def load_and_plan(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> 
     model = load_model(spec.model, device=device, dtype=dtype, **spec.conditioning())
     config, notes = apply_model_schedule(config, model.schedule_options, explicit)
     plan = build_plan(config)
-    model.bind(plan)
-    return model, plan, device, dtype, notes
+    return model.bind(plan), plan, device, dtype, notes
 
 
 def prepare(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> Prepared:
@@ -219,8 +222,7 @@ def solve(mixture, x_T: torch.Tensor, **options):
     """Run the solver that ``options`` describe (SolverConfig's names) on a mixture's exact model,
     from x_T; returns (samples, plan). A short way to get errors for convergence studies."""
     solver = DPMSolver(**options)
-    model = MixtureModel(mixture)
-    model.bind(solver.plan)
+    model = MixtureModel(mixture).bind(solver.plan)
     x = x_T.clone()
     for t in solver.timesteps:
         x = solver.step(model(x, t), t, x)

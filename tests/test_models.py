@@ -96,3 +96,41 @@ def test_gmm_json_files(tmp_path):
         assert "--model" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ConfigError):
         load_mixture("moons")
+
+
+# ---------------------------------------------------------------- bind: a callable per run, the model unchanged
+
+
+def test_mixture_bind_returns_a_bound_model_and_leaves_the_model_unchanged():
+    first = build_plan(SolverConfig(steps=8))
+    second = build_plan(SolverConfig(steps=5, prediction_type="sample", beta_schedule="linear", beta_start=1e-4, beta_end=0.02))
+    model = MixtureModel(ring())
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    a = model.bind(first)
+    before = a(x, 400)
+    b = model.bind(second)
+    torch.testing.assert_close(a(x, 400), before, rtol=0, atol=0)  # binding another plan changes nothing bound
+    torch.testing.assert_close(model.bind(first)(x, 400), before, rtol=0, atol=0)  # any order, same answers
+    assert model.schedule is None and model.prediction_type == "epsilon"
+    assert (b.prediction_type, b.schedule) == ("sample", second.schedule) and b.name == model.name
+    fresh = MixtureModel(ring(), second.schedule, "sample")
+    torch.testing.assert_close(b(x, 400), fresh(x, 400), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="--guidance-scale"):
+        model.bind(first, guidance_scale=2.0)
+
+
+def test_guided_bind_passes_the_scale_per_call():
+    from dpmcli.models.digits import load_digits_model
+
+    plan = build_plan(SolverConfig(steps=4))
+    model = load_digits_model(class_label=3, guidance_scale=2.0)
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert model.bind(plan) is model  # no scale: the model itself
+    strong = model.bind(plan, 4.0)(x, 500)
+    weak = model.bind(plan, 1.0)(x, 500)
+    own = model(x, 500)
+    assert model.guidance_scale == 2.0  # never changed by a bind
+    torch.testing.assert_close(model.bind(plan, 4.0)(x, 500), strong, rtol=0, atol=0)  # any order, same answers
+    torch.testing.assert_close(model.bind(plan, 2.0)(x, 500), own, rtol=0, atol=0)
+    torch.testing.assert_close(model(x, 500, guidance_scale=1.0), weak, rtol=0, atol=0)
+    assert not torch.equal(strong, weak)

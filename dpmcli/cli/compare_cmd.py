@@ -7,16 +7,17 @@ import math
 import sys
 from pathlib import Path
 
+from ..compare import Sweep, check_gates, prepare_sweep, run_sweep
 from ..errors import EXIT_GATE_FAILED, EXIT_NUMERICAL, ConfigError
-from ..report import OutputFiles
+from ..export import compare_csv, markdown_summary, save_error_figure, write_compare_folder
+from ..reference import default_cache_dir
+from ..report import OutputFiles, dumps_json
+from .console import progress_bar, show_progress, stdout_console, warn
 from .options import check_format, split_list
+from .plotting import check_dpi, check_figure_path, print_written
+from .render import compare_tables
 
 FORMATS = ("table", "json", "csv", "markdown")
-CSV_COLUMNS = [
-    "run", "solver", "algo", "order", "method", "startup", "solver_type", "spacing", "steps", "final_sigma", "coefficients", "compat",
-    "kind", "nfe", "error", "error_metric", "error_max", "mode_flips", "mmd2", "strong_error", "log_likelihood_gap",
-    "convergence_order", "best_at_nfe", "seconds", "status",
-]
 
 
 def _load_baseline(path: Path) -> dict:
@@ -45,11 +46,6 @@ def _load_baseline(path: Path) -> dict:
 
 def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, reference_steps, bandwidth, cache_dir, no_cache,
                 max_error, baseline, tolerance, min_order, fmt, out, plot, dpi, quiet, conditioning=None, guidance=None) -> int:
-    from ..compare import Sweep, check_gates, prepare_sweep, run_sweep
-    from ..reference import default_cache_dir
-    from .console import progress_bar, show_progress, warn
-    from .plotting import check_dpi, check_figure_path, print_written
-
     check_format(fmt, FORMATS)
     converters = {"order": int, "steps": int}
     values = {name: split_list(f"--{name.replace('_', '-')}", raw, converters.get(name, str)) for name, raw in sweep_values.items()}
@@ -83,7 +79,7 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
         warn([f"{merged} combination(s) give the same update as another run and were not run twice (listed under 'skipped')"], quiet)
     failures, notes = check_gates(report, max_error, baseline_doc, tolerance, min_order)
     if baseline_doc is not None:
-        before, now = baseline_doc.get("config", {}), document_config(report)
+        before, now = baseline_doc.get("config", {}), report.sweep.to_dict()
         differ = [k for k in ("model", "batch", "seed", "dtype") if k in before and before[k] != now[k]]
         if differ:
             notes.insert(0, "the baseline was made with other inputs: " + ", ".join(f"{k} {before[k]!r} (now {now[k]!r})" for k in differ))
@@ -95,11 +91,9 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     with outputs:
         if out is not None:
             outputs.make_folder(out)
-            write_out_dir(report, document, out, dpi)
+            write_compare_folder(report, out, document=document, dpi=dpi)
         if plot is not None:
-            from ..plots import error_figure, save_figure
-
-            save_figure(error_figure(report.runs, _title(report)), plot, dpi)
+            save_error_figure(report, plot, dpi)
     emit(report, document, fmt)
     print_written(outputs.written, quiet)
     warn(notes, quiet)
@@ -115,164 +109,15 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     return 0
 
 
-def csv_columns(report) -> list[str]:
-    """The fixed columns, then guidance and the model's quality numbers when a network ran."""
-    extra = (["guidance_scale"] if any("guidance_scale" in r for r in report.runs) else []) + list(report.quality_columns)
-    return CSV_COLUMNS[:-2] + extra + CSV_COLUMNS[-2:]
-
-
-def document_config(report) -> dict:
-    return report.sweep.to_dict()
-
-
-def _title(report) -> str:
-    sweep = report.sweep
-    return f"{sweep.model}, {sweep.batch} samples, seed {sweep.seed}: error against NFE"
-
-
 def emit(report, document: dict, fmt: str) -> None:
-    from ..report import csv_text, dumps_json
-
+    """The report on stdout in the chosen format."""
     if fmt == "json":
         sys.stdout.write(dumps_json(document))
     elif fmt == "csv":
-        sys.stdout.write(csv_text(report.runs, csv_columns(report)))
+        sys.stdout.write(compare_csv(report))
     elif fmt == "markdown":
         sys.stdout.write(markdown_summary(report, document))
     else:
-        from .console import stdout_console
-        from .render import compare_tables
-
         console = stdout_console()
         for renderable in compare_tables(report, document):
             console.print(renderable)
-
-
-def write_out_dir(report, document: dict, out: Path, dpi: int) -> None:
-    from ..plots import compare_samples_figure, error_figure, save_figure
-    from ..report import atomic_write, csv_text, dumps_json
-
-    out.mkdir(exist_ok=True)
-    files = {
-        "results.json": dumps_json(document),
-        "results.csv": csv_text(report.runs, csv_columns(report)),
-        "summary.md": markdown_summary(report, document),
-        "config.json": dumps_json(document["config"]),
-    }
-    for name, text in files.items():
-        atomic_write(out / name, lambda handle, text=text: handle.write(text.encode()))
-    save_figure(error_figure(report.runs, _title(report)), out / "error_vs_nfe.png", dpi)
-    if report.mixture is None and report.model is not None and report.model.has_images:
-        write_image_panels(report, out / "samples.png", dpi)
-    elif report.mixture is not None and report.mixture.dims == 2:
-        panels = sample_panels(report)
-        if panels:
-            save_figure(compare_samples_figure(report.mixture, panels, f"{report.sweep.model}: final samples per solver"), out / "samples.png", dpi)
-
-
-def write_image_panels(report, path: Path, dpi: int, per_run: int = 10) -> None:
-    """Image models: one row per solver at the shared step count, the first ``per_run`` samples each."""
-    import torch
-
-    from ..images import image_grid
-    from ..plots import image_rows_figure, save_figure
-
-    chosen = _panel_rows(report)
-    if not chosen:
-        return
-    rows = []
-    for row in chosen:
-        images = report.model.to_images(torch.from_numpy(report.samples[row["run"]][:per_run]))
-        label = f"{row['solver']}\nerror {row['error']:.3g}" if row.get("error") is not None else row["solver"]
-        rows.append((label, image_grid(images, columns=per_run)))
-    title = f"{report.sweep.model}: the first {per_run} samples of each solver at {chosen[0]['steps']} steps (shared x_T)"
-    save_figure(image_rows_figure(rows, title), path, dpi)
-
-
-def _panel_rows(report) -> list:
-    steps = sorted({r["steps"] for r in report.runs if r["status"] == "ok"})
-    if not steps:
-        return []
-    chosen = steps[1] if len(steps) > 1 else steps[0]
-    rows = [r for r in report.runs if r["steps"] == chosen and r["status"] == "ok"]
-    return sorted(rows, key=lambda r: (r["kind"], r["solver"]))[:16]
-
-
-def sample_panels(report) -> list:
-    """One panel per solver at a shared step count: the second-smallest of the sweep (or the only one)."""
-    steps = sorted({r["steps"] for r in report.runs if r["status"] == "ok"})
-    if not steps:
-        return []
-    chosen = steps[1] if len(steps) > 1 else steps[0]
-    panels = []
-    for row in sorted(report.runs, key=lambda r: (r["kind"], r["solver"])):
-        if row["steps"] != chosen or row["status"] != "ok":
-            continue
-        caption = f"{chosen} steps, " + (
-            f"L2 error {row['error']:.3g}, flips {row['mode_flips']:.1%}" if row["kind"] == "ode" else f"MMD² {row['mmd2']:.2e}"
-        )
-        panels.append((row["solver"], report.samples[row["run"]], caption))
-    return panels[:16]
-
-
-def _md_number(value) -> str:
-    from .render import DASH, compare_cell
-
-    if isinstance(value, bool):
-        return "★" if value else ""
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{value:.4g}"
-    if value is None or isinstance(value, (int, float)):
-        return compare_cell(value)
-    return str(value) if str(value) else DASH
-
-
-def markdown_summary(report, document: dict) -> str:
-    from .render import DASH, guidance_blocks
-
-    sweep = document["config"]
-    lines = [
-        "# dpmcli compare",
-        "",
-        f"Model `{sweep['model']}`, {sweep['batch']} samples, seed {sweep['seed']}, dtype {sweep['dtype']}; "
-        f"{len(report.runs)} runs, {len(report.skipped)} skipped, {report.seconds:.1f} s.",
-        "",
-        f"- ODE ground truth: {report.reference['ode']}",
-        f"- SDE ground truth: {report.reference['sde']}",
-    ]
-    quality = report.quality_columns
-    middle = (
-        {"mode_flips": "mode flips", "strong_error": "strong error", "log_likelihood_gap": "log-lik gap"}
-        if report.mixture is not None else quality
-    )
-    for scale, block in guidance_blocks(report):
-        where = f" at guidance scale {scale:g}, against its own references" if scale is not None else ""
-        lines += [
-            "",
-            f"## Runs{where}: sorted by error, ★ = best at its NFE",
-            "",
-            "| | solver | steps | NFE | error | metric | " + " | ".join(middle.values()) + " | seconds |",
-            "|---|---|---|---|---|---|" + "---|" * len(middle) + "---|",
-        ]
-        for r in block:
-            cells = " | ".join(_md_number(r.get(key)) for key in middle)
-            steps = "auto" if r.get("method") == "adaptive" else _md_number(r.get("steps"))
-            lines.append(
-                f"| {_md_number(r.get('best_at_nfe'))} | {r['solver']} | {steps} | {_md_number(r.get('nfe'))} | "
-                f"{_md_number(r.get('error'))} | {r['status'] if r['status'] != 'ok' else r.get('error_metric', DASH)} | {cells} | "
-                f"{_md_number(r.get('seconds'))} |"
-            )
-    lines += ["", "## Convergence orders (slope of log error against log NFE)", "",
-              "| solver | metric | nominal | expected | fitted |", "|---|---|---|---|---|"]
-    for o in report.orders:
-        lines.append(
-            f"| {o['solver']} | {o['metric']} | {_md_number(o['nominal_order'])} | {_md_number(o['expected_order'])} | "
-            f"{_md_number(o['fitted_order'])} |"
-        )
-    if report.skipped:
-        lines += ["", "## Skipped", ""] + [f"- {s['run']}: {s['reason']}" for s in report.skipped]
-    gates = document.get("gates", {})
-    if gates:
-        lines += ["", "## Gates", "", "passed" if gates.get("passed") else "**failed**"]
-        lines += [f"- FAIL {f}" for f in gates.get("failures", [])] + [f"- note: {n}" for n in gates.get("notes", [])]
-    return "\n".join(lines) + "\n"

@@ -9,8 +9,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import __version__
+from ..config import GRID, SOLVER
+from ..plan import build_plan
+from ..report import csv_text, dumps_json
+from .compare_cmd import run_compare
 from .console import DpmcliGroup, handle_errors, progress_bar, show_progress, stdout_console, warn
 from .options import OUTPUT, RUN, check_format, with_solver_options
+from .plotting import plot_schedule_command
+from .render import schedule_table
+from .run import run_sample
+from .train_cmd import run_train
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok · 1 a compare gate failed · 2 usage or configuration error · "
@@ -45,8 +54,6 @@ def command(name: str | None = None):
 
 def _show_version(value: bool) -> None:
     if value:
-        from .. import __version__
-
         print(f"dpmcli {__version__}")
         raise typer.Exit(0)
 
@@ -93,7 +100,7 @@ AllowDownload = Annotated[
 @command()
 @handle_errors
 @with_solver_options
-def schedule(solver, format: Format = "table", quiet: Quiet = False):
+def schedule(*, solver, format: Format = "table", quiet: Quiet = False):
     """Build the noise schedule and step grid and print the per-step plan.
 
     Shows, for every step, the timestep the model is evaluated at, diffusers' sigma, the VP
@@ -102,9 +109,6 @@ def schedule(solver, format: Format = "table", quiet: Quiet = False):
 
     Example: [bold]dpmcli schedule --spacing karras --steps 10 --format json[/bold]
     """
-    from ..plan import build_plan
-    from ..report import csv_text, dumps_json
-
     fmt = check_format(format, ("table", "json", "csv"))
     plan = build_plan(solver())
     warn(plan.warnings, quiet)
@@ -122,8 +126,6 @@ def schedule(solver, format: Format = "table", quiet: Quiet = False):
     elif fmt == "csv":
         sys.stdout.write(csv_text(plan.step_table(), columns))
     else:
-        from .render import schedule_table
-
         stdout_console().print(schedule_table(plan))
 
 
@@ -131,6 +133,7 @@ def schedule(solver, format: Format = "table", quiet: Quiet = False):
 @handle_errors
 @with_solver_options
 def sample(
+    *,
     solver,
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP, rich_help_panel=RUN)] = "ring",
     batch: Annotated[
@@ -188,8 +191,6 @@ def sample(
     Examples: [bold]dpmcli sample --algo sde-dpmsolver++ --order 2 --steps 30[/bold]
     · [bold]dpmcli sample --model digits --class 3 --guidance-scale 2 --save-images threes.png[/bold]
     """
-    from .run import run_sample
-
     fmt = check_format(format, ("table", "json"))
     run_sample(
         config=solver(),
@@ -223,18 +224,19 @@ def sample(
 @handle_errors
 @with_solver_options(exclude=("spacing", "beta_schedule", "steps"))
 def plot_schedule(
+    *,
     solver,
     spacing: Annotated[
         Optional[list[str]],
-        typer.Option("--spacing", help="Step grid(s); repeat or give a comma list to overlay several.", show_default="linspace", rich_help_panel="Schedule and grid"),
+        typer.Option("--spacing", help="Step grid(s); repeat or give a comma list to overlay several.", show_default="linspace", rich_help_panel=GRID),
     ] = None,
     beta_schedule: Annotated[
         Optional[list[str]],
-        typer.Option("--beta-schedule", help="Training betas; repeat or comma list.", show_default="scaled_linear", rich_help_panel="Schedule and grid"),
+        typer.Option("--beta-schedule", help="Training betas; repeat or comma list.", show_default="scaled_linear", rich_help_panel=GRID),
     ] = None,
     steps: Annotated[
         Optional[list[str]],
-        typer.Option("--steps", help="Number of steps; repeat or comma list.", show_default="20", rich_help_panel="Solver"),
+        typer.Option("--steps", help="Number of steps; repeat or comma list.", show_default="20", rich_help_panel=SOLVER),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Figure file: .png, .svg or .pdf.", rich_help_panel=OUTPUT)] = Path("schedule.png"),
     dpi: Dpi = 150,
@@ -249,9 +251,7 @@ def plot_schedule(
 
     Example: [bold]dpmcli plot-schedule --spacing linspace,karras,logsnr --steps 10 --out grids.png[/bold]
     """
-    from .plotting import plot_schedule_command
-
-    plot_schedule_command(solver, spacing, beta_schedule, steps, out, dpi, title, quiet)
+    plot_schedule_command(solver=solver, spacing=spacing, beta_schedule=beta_schedule, steps=steps, out=out, dpi=dpi, title=title, quiet=quiet)
 
 
 def _sweep_option(flag: str, what: str, default: str, panel: str = "Sweep"):
@@ -265,6 +265,7 @@ SweepList = Optional[list[str]]
 @handle_errors
 @with_solver_options(exclude=("algo", "order", "steps", "method", "startup", "spacing", "solver_type", "final_sigma", "coefficients", "compat"))
 def compare(
+    *,
     solver,
     algo: Annotated[SweepList, _sweep_option("--algo", "Algorithms", "all four")] = None,
     order: Annotated[SweepList, _sweep_option("--order", "Orders", "1,2,3")] = None,
@@ -337,8 +338,6 @@ def compare(
 
     Example: [bold]dpmcli compare --algo dpmsolver++ --order 3 --coefficients published,exact --steps 10,20,40,80[/bold]
     """
-    from .compare_cmd import run_compare
-
     code = run_compare(
         solver=solver, sweep_values={
             "algo": algo, "order": order, "steps": steps, "method": method, "startup": startup, "spacing": spacing, "solver_type": solver_type,
@@ -360,6 +359,7 @@ def compare(
 @command()
 @handle_errors
 def train(
+    *,
     target: Annotated[str, typer.Argument(help="What to train: digits.", show_default=False)],
     out: Annotated[
         Path,
@@ -388,8 +388,6 @@ def train(
 
     Example: [bold]dpmcli train digits --out my-digits --seed 1[/bold]
     """
-    from .train_cmd import run_train
-
     fmt = check_format(format, ("table", "json"))
     run_train(
         target=target, out=out, seed=seed, iterations=iterations, minutes=minutes, threads=threads, fmt=fmt, quiet=quiet,

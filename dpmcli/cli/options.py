@@ -12,142 +12,57 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from ..config import (
-    ALGOS,
-    BETA_SCHEDULES,
-    COEFFICIENTS,
-    FINAL_SIGMAS,
-    PREDICTION_TYPES,
-    SOLVER_TYPES,
-    SPACINGS,
-    SolverConfig,
-)
+from ..config import SolverConfig, option_fields, option_flag
 from ..errors import ConfigError
 
-SOLVER = "Solver"
-# Long option names get panels of their own (and switches no type column), so that at 80 columns
-# the help keeps room for its words and no name is cut short.
-FINAL_STEPS = "Solver: the last steps"
-THRESHOLD = "Solver: dynamic thresholding"
-GRID = "Schedule and grid"
+# The panels of the options that are the commands' own; the solver options' panels are in config.py
 OUTPUT = "Output"
 RUN = "Model and run"
 
+# How a field reads on the command line where its type alone does not say it: a file or a comma
+# list instead of the tuple it holds; --steps is None until typed (so --sigmas can set the count)
+COMMAND_LINE_TYPES = {"steps": Optional[int], "trained_betas": Optional[Path], "sigmas": Optional[str]}
+UNSET_UNTIL_TYPED = ("steps",)
+# Switches with long names: no type column, and --lower-order-final can be turned off
+SWITCHES = {
+    "lower_order_final": dict(flag="--lower-order-final/--no-lower-order-final", show_default=False, metavar=""),
+    "euler_at_final": dict(metavar=""),
+}
+# SolverConfig fields the command line does not take, and why
+NOT_OPTIONS = {
+    "timesteps": "a custom grid as training timesteps is for API users; the command line takes --sigmas",
+}
 
-def _choices(values) -> str:
-    return ", ".join(values)
+
+def _annotation(spec):
+    """The typer annotation of one SolverConfig field: its flag, help text and panel from the field's metadata."""
+    name = spec.name
+    extra = dict(SWITCHES.get(name, {}))
+    flag = extra.pop("flag", option_flag(name))
+    if name in UNSET_UNTIL_TYPED:
+        extra["show_default"] = str(spec.default)
+    python_type = COMMAND_LINE_TYPES.get(name) or _HINTS[name]
+    option = typer.Option(flag, help=spec.metadata["help"], rich_help_panel=spec.metadata["panel"], **extra)
+    return Annotated[python_type, option]
 
 
-Algo = Annotated[
-    str,
-    typer.Option(
-        "--algo",
-        help=f"Algorithm: {_choices(ALGOS)}. The ++ forms integrate the data (x0) prediction, the others the noise; "
-        "sde- forms add fresh noise each step.",
-        rich_help_panel=SOLVER,
-    ),
-]
-Order = Annotated[
-    int,
-    typer.Option(
-        "--order",
-        help="Order: multistep 1-8 (orders above 3 always use exact weights), singlestep 1-3, adaptive 2-3. "
-        "Order 3 with published weights converges at order 2 (see --coefficients).",
-        rich_help_panel=SOLVER,
-    ),
-]
-Steps = Annotated[
-    Optional[int],
-    typer.Option("--steps", help="Number of grid steps (multistep with the classic start-up: also the number of model calls).", show_default="20", rich_help_panel=SOLVER),
-]
-Method = Annotated[
-    str,
-    typer.Option(
-        "--method",
-        help="multistep (reuse earlier model outputs), singlestep (DPM-Solver-1/2/3: extra evaluations inside each step) "
-        "or adaptive (DPM-Solver-12/23 with a step-size controller; ODE algorithms).",
-        rich_help_panel=SOLVER,
-    ),
-]
-Startup = Annotated[
-    str,
-    typer.Option(
-        "--startup",
-        help="How an order-K multistep run starts: lower-order (orders 1, 2, ... first; caps the asymptotic order at 2) "
-        "or singlestep (extra evaluations so that the start keeps order K; ODE algorithms).",
-        rich_help_panel=SOLVER,
-    ),
-]
-Nfe = Annotated[
-    Optional[int],
-    typer.Option("--nfe", help="singlestep: spend exactly this many model calls (DPM-Solver-fast picks steps and orders).", rich_help_panel=SOLVER),
-]
-Atol = Annotated[float, typer.Option("--atol", help="adaptive: absolute error tolerance per step.", rich_help_panel=SOLVER)]
-Rtol = Annotated[float, typer.Option("--rtol", help="adaptive: relative error tolerance per step.", rich_help_panel=SOLVER)]
-SolverType = Annotated[
-    str,
-    typer.Option("--solver-type", help=f"Second-order form: {_choices(SOLVER_TYPES)} (heun is exact for linear predictions).", rich_help_panel=SOLVER),
-]
-Coefficients = Annotated[
-    str,
-    typer.Option(
-        "--coefficients",
-        help=f"{_choices(COEFFICIENTS)}: 'published' are the weights of the papers, diffusers and k-diffusion; "
-        "'exact' integrates the interpolating polynomial exactly (order k converges at order k).",
-        rich_help_panel=SOLVER,
-    ),
-]
-Compat = Annotated[
-    str,
-    typer.Option("--compat", help="none, or diffusers: reproduce DPMSolverMultistepScheduler's arithmetic step for step.", rich_help_panel=SOLVER),
-]
-LowerOrderFinal = Annotated[
-    bool,
-    typer.Option("--lower-order-final/--no-lower-order-final", help="Lower the order of the last two steps when there are fewer than 15 (on by default).", show_default=False, metavar="", rich_help_panel=FINAL_STEPS),
-]
-EulerAtFinal = Annotated[bool, typer.Option("--euler-at-final", help="Take the last step with first order.", metavar="", rich_help_panel=FINAL_STEPS)]
-PredictionType = Annotated[
-    str,
-    typer.Option("--prediction-type", help=f"What the model predicts: {_choices(PREDICTION_TYPES)}.", rich_help_panel=SOLVER),
-]
-Thresholding = Annotated[bool, typer.Option("--thresholding", help="Dynamic thresholding of the x0 prediction (Imagen).", rich_help_panel=THRESHOLD)]
-ThresholdRatio = Annotated[float, typer.Option("--dynamic-thresholding-ratio", help="Quantile of |x0| used by --thresholding.", rich_help_panel=THRESHOLD)]
-SampleMax = Annotated[float, typer.Option("--sample-max-value", help="Largest threshold --thresholding may use.", rich_help_panel=THRESHOLD)]
+def _command_line_type(hint):
+    """``int | None`` as typer reads it: Optional[int]."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return Optional[next(a for a in args if a is not type(None))]
+    return hint
 
-BetaSchedule = Annotated[
-    str,
-    typer.Option("--beta-schedule", help=f"Training betas: {_choices(BETA_SCHEDULES)}.", rich_help_panel=GRID),
-]
-BetaStart = Annotated[float, typer.Option("--beta-start", help="First beta of linear / scaled_linear.", rich_help_panel=GRID)]
-BetaEnd = Annotated[float, typer.Option("--beta-end", help="Last beta of linear / scaled_linear.", rich_help_panel=GRID)]
-TrainSteps = Annotated[int, typer.Option("--train-steps", help="Number of training timesteps.", rich_help_panel=GRID)]
-TrainedBetas = Annotated[
-    Optional[Path],
-    typer.Option("--trained-betas", help="Betas from a .npy or text file (overrides --beta-schedule).", rich_help_panel=GRID),
-]
-RescaleZeroSnr = Annotated[bool, typer.Option("--rescale-zero-snr", help="Rescale the betas to zero terminal SNR.", rich_help_panel=GRID)]
-LambdaMinClipped = Annotated[
-    float,
-    typer.Option("--lambda-min-clipped", help="Drop the noisiest timesteps whose lambda is below this (cosine schedules).", rich_help_panel=GRID),
-]
-Spacing = Annotated[
-    str,
-    typer.Option("--spacing", help=f"Step grid: {_choices(SPACINGS[:-1])} (custom: see --sigmas).", rich_help_panel=GRID),
-]
-StepsOffset = Annotated[int, typer.Option("--steps-offset", help="Offset added to 'leading' timesteps.", rich_help_panel=GRID)]
-Rho = Annotated[float, typer.Option("--rho", help="Exponent of the karras grid.", rich_help_panel=GRID)]
-Sigmas = Annotated[
-    Optional[str],
-    typer.Option(
-        "--sigmas",
-        help="A custom grid: comma list '14.6,7.0,...,0' or a .npy/text file; N+1 decreasing values, the last the final sigma.",
-        rich_help_panel=GRID,
-    ),
-]
-FinalSigma = Annotated[
-    str,
-    typer.Option("--final-sigma", help=f"Where the last step lands: {_choices(FINAL_SIGMAS)}.", rich_help_panel=GRID),
-]
+
+_HINTS = {name: _command_line_type(hint) for name, hint in typing.get_type_hints(SolverConfig).items()}
+_DEFAULTS = SolverConfig()
+# Every shared option: (parameter name, annotated type), in SolverConfig's order
+SHARED_OPTIONS = tuple((spec.name, _annotation(spec)) for spec in option_fields() if spec.name not in NOT_OPTIONS)
+
+
+def option_default(name: str):
+    """The default a command's parameter takes: SolverConfig's, or None for an option unset until typed."""
+    return None if name in UNSET_UNTIL_TYPED else getattr(_DEFAULTS, name)
 
 
 def check_format(value: str, allowed: tuple[str, ...]) -> str:
@@ -179,112 +94,19 @@ def read_numbers(option: str, value: str) -> tuple[float, ...]:
     return tuple(float(v) for v in numbers)
 
 
-def solver_config(
-    *,
-    algo: str,
-    order: int,
-    steps: int | None,
-    method: str,
-    startup: str,
-    nfe: int | None,
-    atol: float,
-    rtol: float,
-    solver_type: str,
-    coefficients: str,
-    compat: str,
-    lower_order_final: bool,
-    euler_at_final: bool,
-    prediction_type: str,
-    thresholding: bool,
-    dynamic_thresholding_ratio: float,
-    sample_max_value: float,
-    beta_schedule: str,
-    beta_start: float,
-    beta_end: float,
-    train_steps: int,
-    trained_betas: Path | None,
-    rescale_zero_snr: bool,
-    lambda_min_clipped: float,
-    spacing: str,
-    steps_offset: int,
-    rho: float,
-    sigmas: str | None,
-    final_sigma: str,
-) -> SolverConfig:
+def solver_config(**values) -> SolverConfig:
+    """The SolverConfig of the parsed options (SolverConfig's names): files and lists read, --steps checked."""
+    sigmas, trained_betas, steps = values.pop("sigmas", None), values.pop("trained_betas", None), values.pop("steps", None)
     custom = read_numbers("--sigmas", sigmas) if sigmas is not None else None
     if custom is not None and steps is not None and steps != len(custom) - 1:
         raise ConfigError(f"--steps: {steps} conflicts with --sigmas, which gives {len(custom) - 1} steps; drop one of them")
     if trained_betas is not None and not os.path.exists(str(trained_betas)):
         raise ConfigError(f"--trained-betas: {trained_betas} does not exist")
     betas = read_numbers("--trained-betas", str(trained_betas)) if trained_betas is not None else None
-    return SolverConfig(
-        algo=algo,
-        order=order,
-        steps=20 if steps is None else steps,
-        method=method,
-        startup=startup,
-        nfe=nfe,
-        atol=atol,
-        rtol=rtol,
-        solver_type=solver_type,
-        coefficients=coefficients,
-        compat=compat,
-        lower_order_final=lower_order_final,
-        euler_at_final=euler_at_final,
-        prediction_type=prediction_type,
-        thresholding=thresholding,
-        dynamic_thresholding_ratio=dynamic_thresholding_ratio,
-        sample_max_value=sample_max_value,
-        beta_schedule=beta_schedule,
-        beta_start=beta_start,
-        beta_end=beta_end,
-        train_steps=train_steps,
-        trained_betas=betas,
-        rescale_zero_snr=rescale_zero_snr,
-        lambda_min_clipped=lambda_min_clipped,
-        spacing=spacing,
-        steps_offset=steps_offset,
-        rho=rho,
-        sigmas=custom,
-        final_sigma=final_sigma,
-    )
+    return SolverConfig(steps=_DEFAULTS.steps if steps is None else steps, trained_betas=betas, sigmas=custom, **values)
 
 
-# Every shared option: (parameter name, annotated type); defaults come from SolverConfig.
-SHARED_OPTIONS = (
-    ("algo", Algo),
-    ("order", Order),
-    ("steps", Steps),
-    ("method", Method),
-    ("startup", Startup),
-    ("nfe", Nfe),
-    ("atol", Atol),
-    ("rtol", Rtol),
-    ("solver_type", SolverType),
-    ("coefficients", Coefficients),
-    ("compat", Compat),
-    ("lower_order_final", LowerOrderFinal),
-    ("euler_at_final", EulerAtFinal),
-    ("prediction_type", PredictionType),
-    ("thresholding", Thresholding),
-    ("dynamic_thresholding_ratio", ThresholdRatio),
-    ("sample_max_value", SampleMax),
-    ("beta_schedule", BetaSchedule),
-    ("beta_start", BetaStart),
-    ("beta_end", BetaEnd),
-    ("train_steps", TrainSteps),
-    ("trained_betas", TrainedBetas),
-    ("rescale_zero_snr", RescaleZeroSnr),
-    ("lambda_min_clipped", LambdaMinClipped),
-    ("spacing", Spacing),
-    ("steps_offset", StepsOffset),
-    ("rho", Rho),
-    ("sigmas", Sigmas),
-    ("final_sigma", FinalSigma),
-)
-_DEFAULTS = SolverConfig()
 CONTEXT = "solver_options_context"
-_NONE_DEFAULT = {"steps", "trained_betas", "sigmas", "nfe"}
 
 
 class SolverOptions:
@@ -340,13 +162,13 @@ def with_solver_options(command=None, *, exclude: tuple[str, ...] = ()):
         inspect.Parameter(
             name,
             inspect.Parameter.KEYWORD_ONLY,
-            default=None if name in _NONE_DEFAULT else getattr(_DEFAULTS, name),
+            default=option_default(name),
             annotation=annotation,
         )
         for name, annotation in chosen
     ]
 
-    defaults = {name: None if name in _NONE_DEFAULT else getattr(_DEFAULTS, name) for name in exclude}
+    defaults = {name: option_default(name) for name in exclude}
 
     @functools.wraps(command)
     def wrapper(**kwargs):

@@ -6,8 +6,12 @@ import itertools
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ConfigError
-from ..report import OutputFiles
+from ..plan import build_plan
+from ..report import OutputFiles, atomic_write
+from .console import warn
 from .options import require_suffix, split_list
 
 
@@ -23,10 +27,9 @@ def check_figure_path(option: str, path: Path | None) -> None:
         figure_format(option, path)
 
 
-def plot_schedule_command(solver, spacing, beta_schedule, steps, out: Path, dpi: int, title, quiet: bool) -> None:
-    from ..plan import build_plan
+def plot_schedule_command(*, solver, spacing, beta_schedule, steps, out: Path, dpi: int, title, quiet: bool) -> None:
+    """Every combination of the --spacing, --beta-schedule and --steps lists as one curve of one figure."""
     from ..plots import grid_label, save_figure, schedule_figure
-    from .console import warn
 
     check_figure_path("--out", out)
     outputs = OutputFiles({"--out": out})
@@ -64,11 +67,9 @@ def check_sample_outputs(plot, plot_samples, trace, trace_stride: int, dpi: int)
     check_dpi(dpi)
 
 
-def write_sample_outputs(report, trace_recorder, plot, plot_samples, trace, dpi: int, title: str) -> None:
-    import numpy as np
-
+def write_sample_outputs(report, *, trace_recorder, plot, plot_samples, trace, dpi: int, title: str) -> None:
+    """The files of ``dpmcli sample``: --plot, --plot-samples and --trace (those given)."""
     from ..plots import run_figure, samples_figure, save_figure
-    from ..report import atomic_write
 
     if plot is not None:
         save_figure(run_figure(report.steps, report.final, title, report.result.attempts), plot, dpi)

@@ -7,6 +7,9 @@ import math
 from rich.table import Table
 from rich.text import Text
 
+from ..compare import SWEEP_FIELDS
+from ..export import DASH, compare_cell, guidance_blocks
+
 
 def num(value, digits: int = 5) -> str:
     if value is None:
@@ -170,31 +173,7 @@ def quality_tables(quality: dict, summary: Table) -> list:
     return tables
 
 
-DASH = "—"  # a missing or non-finite number in compare's outputs (table and Markdown alike)
-
-
-def compare_cell(value, digits: int = 3) -> str:
-    """A number of compare's outputs: an em dash when it is missing or not finite."""
-    if value is None or isinstance(value, bool):
-        return DASH
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return DASH
-    return f"{value:.{digits}g}"
-
-
-def guidance_blocks(report) -> list:
-    """[(scale or None, runs)]: one block per guidance scale, in the order of the sweep (one block without guidance)."""
-    scales = list(dict.fromkeys(report.sweep.guidance))
-    if scales == [None]:
-        return [(None, list(report.runs))]
-    return [(scale, [r for r in report.runs if r.get("guidance_scale") == scale]) for scale in scales]
-
-
 def compare_tables(report, document) -> list:
-    from ..compare import SWEEP_FIELDS
-
     varying = [f for f in SWEEP_FIELDS if len(report.sweep.axis(f)) > 1 and f != "steps"]
     shown = [
         f for f in ("algo", "order", "method", "startup", "solver_type", "spacing", "final_sigma", "coefficients", "compat")

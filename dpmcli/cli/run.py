@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
+from .. import experiment
 from ..errors import ConfigError
-from ..report import OutputFiles
+from ..images import save_image_grid
+from ..report import OutputFiles, dumps_json, save_npy
+from ..trace import Trace
+from .console import stdout_console, warn
 from .options import require_suffix
+from .plotting import check_sample_outputs, print_written, write_sample_outputs
+from .render import config_line, sample_tables
 
 
 def run_sample(
     *, config, explicit=frozenset(), model_name, conditioning=None, batch, seed, device_name, dtype_name, x_init, noise_path,
     save, save_images=None, plot, plot_samples, trace, trace_stride, dpi, fmt, quiet, progress, progress_enabled,
 ):
-    import torch
-
-    from .. import experiment
-    from ..report import dumps_json, save_npy
-    from ..trace import Trace
-    from .console import stdout_console, warn
-    from .plotting import check_sample_outputs, print_written, write_sample_outputs
-
     require_suffix("--save", save, ".npy")
     require_suffix("--save-images", save_images, ".png")
     check_sample_outputs(plot, plot_samples, trace, trace_stride, dpi)
@@ -41,25 +41,22 @@ def run_sample(
     config = prepared.plan.config
     with progress(prepared.plan.nfe or None, f"{config.algo} order {config.order}", progress_enabled) as advance:
         report = experiment.run(prepared, on_step=advance, extra=() if recorder is None else (recorder,))
-    from .render import config_line
-
     with outputs:
         if save is not None:
             samples = report.result.samples.detach().cpu()
             if samples.dtype not in (torch.float32, torch.float64):  # half types are written as float32
                 samples = samples.float()
             save_npy(save, samples.numpy())
-        write_sample_outputs(report, recorder, plot, plot_samples, trace, dpi, config_line(prepared.plan.config))
+        write_sample_outputs(
+            report, trace_recorder=recorder, plot=plot, plot_samples=plot_samples, trace=trace, dpi=dpi,
+            title=config_line(prepared.plan.config),
+        )
         if save_images is not None:
-            from ..images import save_image_grid
-
             images = prepared.model.to_images(report.result.samples)
             save_image_grid(save_images, images, columns=prepared.model.grid_columns)
     if fmt == "json":
         sys.stdout.write(dumps_json(report.document()))
     else:
-        from .render import sample_tables
-
         console = stdout_console()
         for renderable in sample_tables(report):
             console.print(renderable)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-
 import torch
 
 from ..errors import ConfigError
 from ..schedule import Schedule, alpha_sigma
+from ..stats import mixture_summary
 from .base import Denoiser
+from .digits import load_digits_model
+from .hf import load_diffusers_model
 from .mixture import GaussianMixture, gmm64, load_json, ring
 
 MODEL_NAMES = ("ring", "gmm64", "gmm:PATH.json", "digits", "digits:DIR", "diffusers:PATH")
@@ -34,14 +36,15 @@ class MixtureModel(Denoiser):
     def sample_shape(self) -> tuple[int, ...]:
         return (self.mixture.dims,)
 
-    def bind(self, plan) -> None:
-        # an exact model answers any prediction type, on whatever schedule the plan uses
-        self.schedule = plan.schedule
-        self.prediction_type = plan.config.prediction_type
+    def bind(self, plan, guidance_scale: float | None = None) -> "MixtureModel":
+        """The same mixture on the plan's schedule, in its prediction type (this model is unchanged).
+
+        An exact model answers any prediction type, on whatever schedule the plan uses.
+        """
+        super().bind(plan, guidance_scale)  # refuses a guidance scale: a mixture is not guided
+        return MixtureModel(self.mixture, plan.schedule, plan.config.prediction_type)
 
     def quality(self, samples: torch.Tensor) -> dict:
-        from ..stats import mixture_summary
-
         return mixture_summary(self.mixture, samples)
 
     def noise_level(self, timestep) -> tuple[float, float]:
@@ -96,8 +99,6 @@ def load_model(name: str, *, device=None, dtype=torch.float32, **options) -> Den
             raise ConfigError(f"{conditioning_flag(next(iter(given)))}: model {name!r} takes no conditioning; it applies to digits and diffusers models")
         return MixtureModel(load_mixture(name))
     if name == "digits" or name.startswith("digits:"):
-        from .digits import load_digits_model
-
         unknown = sorted(set(given) - {"class_label", "guidance_scale"})
         if unknown:
             raise ConfigError(f"{conditioning_flag(unknown[0])}: the digits model takes --class and --guidance-scale only")
@@ -115,8 +116,6 @@ def load_model(name: str, *, device=None, dtype=torch.float32, **options) -> Den
             raise ConfigError("--model: 'diffusers:' needs a folder saved by diffusers or a hub id, as in diffusers:./ddpm-cifar10")
         if "class_label" in given:
             raise ConfigError("--class: diffusers models are conditioned by --prompt, not --class")
-        from .hf import load_diffusers_model
-
         return load_diffusers_model(source, device=device, dtype=dtype, **given)
     raise ConfigError(f"--model: {name!r} is not allowed; choose one of: {', '.join(MODEL_NAMES)}")
 

@@ -7,7 +7,10 @@ was trained to output). Everything else is optional and has a neutral default he
 * ``schedule_options``: SolverConfig fields the model was trained with (betas, number of
   training steps, prediction type, the pipeline's timestep spacing). They replace dpmcli's
   defaults; options the user gives on the command line win over them.
-* ``bind(plan)``: called once the plan is built (the exact mixtures need its schedule).
+* ``bind(plan, guidance_scale=None)``: the callable ``denoise(x, timestep)`` a run with ``plan``
+  calls, at this guidance scale (None: the model's own). The model itself is left unchanged, so
+  binds in any order give the same answers. Without a guidance scale it is itself a model: the
+  model, or (the exact mixtures, which answer on any schedule) the mixture on the plan's schedule.
 * ``mixture``: the exact data distribution when it is known (ground truth for ``compare``).
 * ``to_images(x)``: final latents as images in [0, 1], (batch, channels, height, width), for
   ``--save-images``; None when the model has no image view.
@@ -18,9 +21,13 @@ was trained to output). Everything else is optional and has a neutral default he
 from __future__ import annotations
 
 import math
+import functools
 from abc import ABC, abstractmethod
+from typing import Callable
 
 import torch
+
+from ..errors import ConfigError
 
 
 class Denoiser(ABC):
@@ -36,7 +43,8 @@ class Denoiser(ABC):
     compare_batch: int = 16  # samples per run of `dpmcli compare`
     # quality() keys worth a column in compare tables, with their headers
     quality_columns: dict[str, str] = {}
-    # classifier-free guidance scale, read at every call (compare sweeps it); None: not guided
+    # the classifier-free guidance scale of a plain call; None: not guided. A guided model's
+    # __call__ also takes ``guidance_scale=`` (compare sweeps it through ``bind``)
     guidance_scale: float | None = None
     notes: tuple[str, ...] = ()  # what the loader decided that the user should hear (shown as warnings)
     grid_columns: int | None = None  # images per row of --save-images (None: a square grid)
@@ -49,8 +57,16 @@ class Denoiser(ABC):
     def dims(self) -> int:
         return math.prod(int(size) for size in self.sample_shape)
 
-    def bind(self, plan) -> None:
-        """Called once with the run's plan before the first model call."""
+    def bind(self, plan, guidance_scale: float | None = None) -> Callable[[torch.Tensor, object], torch.Tensor]:
+        """What a run with ``plan`` calls: ``denoise = model.bind(plan); denoise(x, t)``; the model is unchanged.
+
+        ``guidance_scale``: classifier-free guidance for this run (None: the model's own scale).
+        """
+        if guidance_scale is None:
+            return self
+        if self.guidance_scale is None:
+            raise ConfigError(f"--guidance-scale: model {self.name!r} is not guided; drop --guidance-scale")
+        return functools.partial(self, guidance_scale=guidance_scale)
 
     @abstractmethod
     def __call__(self, x: torch.Tensor, timestep) -> torch.Tensor:
