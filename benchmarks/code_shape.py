@@ -63,7 +63,9 @@ def imports_of(tree: ast.AST, module: str, is_package: bool, known: set[str]):
             submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in known]
             for sub in submodules:
                 yield sub, [], node.lineno
-            yield target, [n for n in names if f"{target}.{n}" not in known], node.lineno
+            others = [n for n in names if f"{target}.{n}" not in known]
+            if others or not submodules:  # `from . import solvers` reads the submodule, not the package
+                yield target, others, node.lineno
 
 
 def _imports_heavy_at_top(tree: ast.Module) -> bool:

@@ -196,7 +196,7 @@ class SolverConfig:
             if cfg.compat == "diffusers" and cfg.spacing in DIFFUSERS_SIGMA_SPACINGS:
                 raise ConfigError(
                     f"--compat diffusers: diffusers refuses custom timesteps with --spacing {cfg.spacing} "
-                    "(use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas, use_lu_lambdas); drop one of them"
+                    "(its use_*_sigmas and use_lu_lambdas grids); drop one of them"
                 )
             cfg = replace(cfg, spacing="custom", timesteps=_custom_timesteps(cfg))
             cfg = replace(cfg, steps=len(cfg.timesteps))

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import report
 from ..api import DPMSolver
 from ..errors import ConfigError
 from ..vocabulary import schedule_options
@@ -70,8 +71,6 @@ class DigitsData:
         """A compressed .npz, byte for byte the same for the same data (fixed entry dates)."""
         import zipfile
 
-        from ..report import atomic_write
-
         def write(handle) -> None:
             with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 for name, array in (("images", self.images), ("labels", self.labels), ("test", self.test)):
@@ -80,7 +79,7 @@ class DigitsData:
                     with archive.open(info, "w") as entry:
                         np.lib.format.write_array(entry, np.ascontiguousarray(array), allow_pickle=False)
 
-        atomic_write(path, write)
+        report.atomic_write(path, write)
 
 
 def load_data(path: str | Path) -> DigitsData:
@@ -190,10 +189,8 @@ def save_weights(module: nn.Module, path: str | Path) -> None:
     """The module's parameters as float16 safetensors, written atomically."""
     from safetensors.torch import save_file
 
-    from ..report import atomic_path
-
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in module.state_dict().items()}
-    with atomic_path(path) as tmp:
+    with report.atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
 
 
