@@ -86,12 +86,17 @@ def check_timestep_range(t: np.ndarray, schedule: Schedule, cfg: SolverConfig, c
 def karras_ramp(sigma_max: float, sigma_min: float, ramp: np.ndarray, rho: float) -> np.ndarray:
     """Karras et al.'s sigma_i = (sigma_max^(1/rho) + r_i (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
 
-    Evaluated in logarithms, so that sigma^(1/rho) cannot overflow at small rho nor lose its
-    digits at large rho: log of the bracket = log((1 - r) e^a + r e^b), a = log(sigma_max)/rho,
-    b = log(sigma_min)/rho.
+    Where sigma^(1/rho) would overflow (small rho) it is evaluated in logarithms instead: log of
+    the bracket = log((1 - r) e^a + r e^b), a = log(sigma_max)/rho, b = log(sigma_min)/rho.
     """
-    a, b = math.log(sigma_max) / rho, math.log(sigma_min) / rho
     r = np.asarray(ramp, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        # the formula as published wherever it holds, so a grid keeps its bits across versions
+        lo, hi = np.float64(sigma_min) ** (1.0 / rho), np.float64(sigma_max) ** (1.0 / rho)
+        direct = (hi + r * (lo - hi)) ** rho
+    if np.all(np.isfinite(direct)) and np.all(direct > 0) and math.isfinite(hi):
+        return direct
+    a, b = math.log(sigma_max) / rho, math.log(sigma_min) / rho
     with np.errstate(divide="ignore"):
         if max(abs(a), abs(b)) < 1.0:
             # the bracket is 1 + (1 - r) expm1(a) + r expm1(b): log1p keeps what large rho needs
