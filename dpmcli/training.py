@@ -316,7 +316,7 @@ def train_digits(
     """
     out = Path(out_dir)
     _check_out(out)
-    sched, cfg = _checked_options(schedule, iterations=iterations, minutes=minutes)
+    sched, cfg = _checked_options(schedule, seed=seed, iterations=iterations, minutes=minutes)
     recipe = DenoiserRecipe(hidden=hidden, blocks=blocks, embedding=embedding, batch_size=batch_size, lr=lr)
     data = load_sklearn_digits()
     started = time.perf_counter()
@@ -339,8 +339,10 @@ def train_digits(
     return document
 
 
-def _checked_options(schedule: dict | None, *, iterations, minutes) -> tuple[dict, SolverConfig]:
+def _checked_options(schedule: dict | None, *, seed, iterations, minutes) -> tuple[dict, SolverConfig]:
     """The run's options checked up front: the scheduler words (shipped defaults filled in) and their config."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"--seed: {seed!r} is not allowed; it must be an integer >= 0")
     if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
         raise ConfigError(f"--minutes: {minutes!r} is not allowed; it must be a positive number")
     if not isinstance(iterations, int) or iterations < 1:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 from pathlib import Path
 
@@ -42,23 +41,18 @@ class _StageBars:
         self.stack.close()
 
 
-def check_options(target: str, out: Path, iterations: int, minutes: float | None, threads: int, seed: int = 0) -> None:
+def check_options(target: str, out: Path, threads: int) -> None:
+    """What only the command line decides; train_digits checks the training options themselves."""
     if target not in TARGETS:
         raise ConfigError(f"TARGET: {target!r} is not allowed; choose one of: {', '.join(TARGETS)}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file; give a folder (it is created if missing)")
-    if iterations < 1:
-        raise ConfigError(f"--iterations: {iterations} is not allowed; it must be a positive integer")
-    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
-        raise ConfigError(f"--minutes: {minutes!r} is not allowed; it must be a positive number")
     if threads < 1:
         raise ConfigError(f"--threads: {threads} is not allowed; it must be a positive integer")
-    if seed < 0:
-        raise ConfigError(f"--seed: {seed} is not allowed; it must be an integer >= 0")
 
 
 def run_train(*, target, out, seed, iterations, minutes, threads, fmt, quiet, progress, progress_enabled) -> None:
-    check_options(target, out, iterations, minutes, threads, seed)
+    check_options(target, out, threads)
     bars = _StageBars(progress, progress_enabled, lines=not quiet)
     try:
         document = training.train_digits(out, seed=seed, iterations=iterations, minutes=minutes, threads=threads, progress=bars)
