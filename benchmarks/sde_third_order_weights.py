@@ -23,7 +23,7 @@ from dpmcli import SolverConfig, build_plan
 from dpmcli.coefficients import FORMS, difference_weights, differences_to_linear
 from dpmcli.models import MixtureModel, load_mixture
 from dpmcli.noise import initial_latents
-from dpmcli.reference import alpha_of_lambda, sigma_of_lambda
+from dpmcli.schedule import alpha_sigma
 from dpmcli.solvers import data_prediction
 
 STEPS = [50, 100, 200, 400, 800]
@@ -41,7 +41,7 @@ def drift_reference(mixture, x_T: torch.Tensor, lam0: float, lam1: float) -> tor
 
     def rhs(lam, y):
         x = torch.from_numpy(y).reshape(shape)
-        alpha, sigma = alpha_of_lambda(lam), sigma_of_lambda(lam)
+        alpha, sigma = alpha_sigma(lam)
         x0, _ = mixture.denoise(x, alpha, sigma)
         return (-(1 + alpha * alpha) * x + 2 * alpha * x0).reshape(-1).numpy()
 

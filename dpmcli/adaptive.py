@@ -22,12 +22,11 @@ from typing import Callable
 
 import torch
 
-from .coefficients import FORMS, conversion
+from .coefficients import FORMS
 from .errors import NumericalError
 from .plan import Plan
 from .rows import Rule, update_weights
 from .sampler import RunResult, StepEvent
-from .schedule import alpha_sigma
 
 H_INIT = 0.05  # first step in lambda
 MAX_ATTEMPTS = 20_000  # a controller still stepping after this many attempts is stuck
@@ -44,18 +43,22 @@ class _Model:
         self.data = form.data
 
     def __call__(self, x: torch.Tensor, lam: float):
-        alpha, sigma = alpha_sigma(lam)
-        timestep = float(self.plan.schedule.timestep_at(lam))
-        out = self.model(x, timestep)
+        schedule = self.plan.schedule
+        alpha, sigma = schedule.alpha_sigma(lam)
+        timestep = float(schedule.timestep_at(lam))
+        scale = schedule.input_scale(sigma)
+        out = self.model(x if scale == 1.0 else x * scale, timestep)
         self.calls += 1
-        p, q = conversion(self.data, self.plan.config.prediction_type, alpha, sigma)
+        p, q = schedule.conversion(self.data, self.plan.config.prediction_type, alpha, sigma)
         m = out * q if p == 0.0 else x * p + out * q
         return m, out
 
 
 def _update(plan: Plan, x: torch.Tensor, lam_s: float, lam_t: float, outputs: list[tuple[float, torch.Tensor]], rule: Rule):
     """x at lam_t from x at lam_s with the polynomial through ``outputs`` ((lambda, m) pairs)."""
-    a, weights, _ = update_weights(FORMS[plan.config.algo], rule, lam_s, lam_t, [lam for lam, _ in outputs])
+    a, weights, _ = update_weights(
+        FORMS[plan.config.algo], rule, lam_s, lam_t, [lam for lam, _ in outputs], noise_level=plan.schedule.alpha_sigma
+    )
     result = x * a
     for w, (_, m) in zip(weights, outputs):
         result = result + w * m
@@ -71,7 +74,7 @@ def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), 
     if dtype in (torch.float16, torch.bfloat16):
         x = x.float()  # the solver arithmetic runs in float32 at least; the result is cast back
     lam_start = float(plan.lambdas[0])
-    lam_end = float(plan.schedule.lambda_at(0.0))
+    lam_end = plan.schedule.lambda_limits[1]
     calls = _Model(plan, model)
     start = time.perf_counter()
     h = H_INIT
@@ -136,14 +139,14 @@ def sample_adaptive(plan: Plan, model: Callable, x: torch.Tensor, callbacks=(), 
 
 def _info(plan: Plan, step: int, lam: float, h: float, order: int) -> dict:
     """The per-step columns (as ``Plan.eval_row``) of an accepted step starting at lambda."""
-    alpha, sigma = alpha_sigma(lam)
+    alpha, sigma = plan.schedule.alpha_sigma(lam)
     return {
-        "step": step, "stage": 0, "timestep": float(plan.schedule.timestep_at(lam)), "sigma": math.exp(-lam),
+        "step": step, "stage": 0, "timestep": float(plan.schedule.timestep_at(lam)), "sigma": float(plan.schedule.sigma_of(lam)),
         "alpha_t": alpha, "sigma_t": sigma, "lambda": lam, "h": h, "order": order,
     }
 
 
 def data_prediction_at(plan: Plan, x: torch.Tensor, out: torch.Tensor, lam: float) -> torch.Tensor:
-    alpha, sigma = alpha_sigma(lam)
-    x0_p, x0_q = conversion(True, plan.config.prediction_type, alpha, sigma)
+    alpha, sigma = plan.schedule.alpha_sigma(lam)
+    x0_p, x0_q = plan.schedule.conversion(True, plan.config.prediction_type, alpha, sigma)
     return out * x0_q if x0_p == 0.0 else x * x0_p + out * x0_q

@@ -185,9 +185,8 @@ class BrownianTree:
 
 def schedule_lambda_range(schedule) -> tuple[float, float]:
     """The lambda range a Brownian noise source covers for a schedule: its table widened by LAMBDA_PAD."""
-    lambdas = np.asarray(schedule.lambdas, dtype=np.float64)
-    finite = lambdas[np.isfinite(lambdas)]
-    return float(finite.min()) - LAMBDA_PAD, float(finite.max()) + LAMBDA_PAD
+    noisiest, cleanest = schedule.lambda_limits
+    return noisiest - LAMBDA_PAD, cleanest + LAMBDA_PAD
 
 
 def _tree_time(lambdas, data: bool) -> np.ndarray:

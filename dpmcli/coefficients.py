@@ -140,6 +140,9 @@ def midpoint_weights(form: AlgoForm, h: float, scale: float, nodes) -> list[floa
 
 def conversion(data: bool, prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:
     """(p, q) with (x0 if data else eps) = p * x + q * model_output, at noise level (alpha, sigma)."""
+    if prediction_type == "flow_prediction":
+        # v = eps - x0 on the flow path (alpha + sigma = 1): x0 = x - sigma v, eps = x + alpha v
+        return (1.0, -sigma) if data else (1.0, alpha)
     if data:
         if prediction_type == "epsilon":
             return 1.0 / alpha, -sigma / alpha

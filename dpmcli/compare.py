@@ -268,7 +268,8 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     sweep, model = prepared.sweep, prepared.model
     mixture = model.mixture
     shape = (sweep.batch, *model.sample_shape)
-    x_T = initial_latents(sweep.seed, shape, prepared.device, model.latent_dtype or prepared.dtype)
+    x_T = initial_latents(sweep.seed, shape, prepared.device, model.latent_dtype or prepared.dtype,
+                          prepared.planned[0].plan.schedule.init_noise_sigma)
     if mixture is not None:
         references = MixtureReferences(
             mixture, x_T, seed=sweep.seed, bandwidth=default_bandwidth(mixture) if sweep.bandwidth is None else float(sweep.bandwidth),

@@ -21,11 +21,16 @@ f32 = np.float32
 f64 = np.float64
 
 
-def vp32(sigma: float):
-    """diffusers' float32 (alpha_t, sigma_t, lambda) of its sigma."""
+def alpha_sigma32(sigma: float, process: str = "vp"):
+    """diffusers' float32 (alpha_t, sigma_t, lambda) of its sigma: VP, flow (alpha = 1 - s) or EDM (alpha = 1)."""
     s = f32(sigma)
-    alpha = f32(1.0) / np.sqrt(s * s + f32(1.0))
-    sig = s * alpha
+    if process == "flow":
+        alpha, sig = f32(1.0) - s, s
+    elif process == "edm":
+        alpha, sig = f32(1.0), s
+    else:
+        alpha = f32(1.0) / np.sqrt(s * s + f32(1.0))
+        sig = s * alpha
     with np.errstate(divide="ignore"):
         lam = np.log(alpha) - np.log(sig)
     return alpha, sig, lam
@@ -63,8 +68,8 @@ def _terms32(algo: str, alpha_t, sigma_t, alpha_a, sigma_a, h):
 
 def diffusers_step_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, order: int):
     """(a, b, c, alpha_s, sigma_s) of step i exactly as diffusers' multistep scheduler computes them (float32)."""
-    alpha_t, sigma_t, lam_t = vp32(sigmas[i + 1])
-    alpha_s, sigma_s, lam_s = vp32(sigmas[i])
+    alpha_t, sigma_t, lam_t = alpha_sigma32(sigmas[i + 1], cfg.process)
+    alpha_s, sigma_s, lam_s = alpha_sigma32(sigmas[i], cfg.process)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         h = lam_t - lam_s
         a, w0, w1_mid, w1_heun, w2, c = _terms32(cfg.algo, alpha_t, sigma_t, alpha_s, sigma_s, h)
@@ -74,13 +79,13 @@ def diffusers_step_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, order:
         if order == 1:
             b = [f64(w0)]
         else:
-            lam_1 = vp32(sigmas[i - 1])[2]
+            lam_1 = alpha_sigma32(sigmas[i - 1], cfg.process)[2]
             r0 = f64((lam_s - lam_1) / h)
             if order == 2:
                 w1 = w1_heun if cfg.solver_type == "heun" else w1_mid
                 b = differences_to_linear(2, f64(w0), f64(w1), f64(0.0), r0, f64(1.0))
             else:
-                lam_2 = vp32(sigmas[i - 2])[2]
+                lam_2 = alpha_sigma32(sigmas[i - 2], cfg.process)[2]
                 r1 = f64((lam_1 - lam_2) / h)
                 # diffusers' third order always uses the heun-form D1 weight.
                 b = differences_to_linear(3, f64(w0), f64(w1_heun), f64(w2), r0, r1)
@@ -116,8 +121,8 @@ def diffusers_singlestep_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, 
     weighs the model outputs of points i, i-1, ..., i-order+1 (the anchor last).
     """
     anchor = i - order + 1
-    alpha_t, sigma_t, lam_t = vp32(sigmas[i + 1])
-    alpha_a, sigma_a, lam_a = vp32(sigmas[anchor])
+    alpha_t, sigma_t, lam_t = alpha_sigma32(sigmas[i + 1], cfg.process)
+    alpha_a, sigma_a, lam_a = alpha_sigma32(sigmas[anchor], cfg.process)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         h = lam_t - lam_a
         a, w0, w1_mid, w1_heun, w2, c = _terms32(cfg.algo, alpha_t, sigma_t, alpha_a, sigma_a, h)
@@ -125,12 +130,12 @@ def diffusers_singlestep_weights(cfg: SolverConfig, sigmas: np.ndarray, i: int, 
         if order == 1:
             b = [f64(w0)]
         elif order == 2:
-            r0 = f64((vp32(sigmas[i])[2] - lam_a) / h)
+            r0 = f64((alpha_sigma32(sigmas[i], cfg.process)[2] - lam_a) / h)
             w1 = f64(w1_heun if heun else w1_mid)
             b = [w1 / r0, f64(w0) - w1 / r0]
         else:
-            r0 = f64((vp32(sigmas[i])[2] - lam_a) / h)
-            r1 = f64((vp32(sigmas[i - 1])[2] - lam_a) / h)
+            r0 = f64((alpha_sigma32(sigmas[i], cfg.process)[2] - lam_a) / h)
+            r1 = f64((alpha_sigma32(sigmas[i - 1], cfg.process)[2] - lam_a) / h)
             if heun:
                 on_d10 = (f64(w1_heun) * r0 - 2.0 * f64(w2)) / (r0 - r1)  # D1_0 = (m1 - m2) / r1
                 on_d11 = (2.0 * f64(w2) - f64(w1_heun) * r1) / (r0 - r1)  # D1_1 = (m0 - m2) / r0

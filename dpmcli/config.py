@@ -19,7 +19,24 @@ PUBLISHED_MAX_ORDER = 3  # the papers' (and diffusers') weights stop at order 3
 SINGLESTEP_ORDERS = (1, 2, 3)  # DPM-Solver-1, -2, -3
 ADAPTIVE_ORDERS = (2, 3)  # the embedded pairs DPM-Solver-12 and -23
 SOLVER_TYPES = ("midpoint", "heun")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
+PROCESSES = ("vp", "flow", "edm")
+# what each process's network can predict (edm: diffusers' preconditioned F, its two signs)
+PROCESS_PREDICTIONS = {
+    "vp": ("epsilon", "sample", "v_prediction"),
+    "flow": ("flow_prediction", "epsilon", "sample", "v_prediction"),
+    "edm": ("epsilon", "v_prediction"),
+}
+# the step grids each process can be stepped on (flow: linspace and time-uniform are diffusers'
+# flow grid, uniform in s; edm: sigma ramps and logsnr, all placed in lambda)
+PROCESS_SPACINGS = {
+    "flow": ("linspace", "time-uniform", "logsnr", "karras", "exponential", "beta", "custom"),
+    "edm": ("karras", "exponential", "logsnr", "beta", "custom"),
+}
+# options that belong to one process only: a value other than the default elsewhere is refused
+VP_ONLY = ("beta_schedule", "beta_start", "beta_end", "trained_betas", "rescale_zero_snr", "lambda_min_clipped", "steps_offset")
+FLOW_ONLY = ("flow_shift", "flow_mu")
+EDM_ONLY = ("sigma_min", "sigma_max", "sigma_data")
 COEFFICIENTS = ("published", "exact")
 COMPAT = ("none", "diffusers")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -55,6 +72,7 @@ SOLVER = "Solver"
 FINAL_STEPS = "Solver: the last steps"
 THRESHOLD = "Solver: dynamic thresholding"
 GRID = "Schedule and grid"
+PROCESS = "Noise process"
 
 
 def _option(default, help: str, panel: str = SOLVER):
@@ -114,6 +132,17 @@ class SolverConfig:
     thresholding: bool = _option(False, "Dynamic thresholding of the x0 prediction (Imagen).", THRESHOLD)
     dynamic_thresholding_ratio: float = _option(0.995, "Quantile of |x0| used by --thresholding.", THRESHOLD)
     sample_max_value: float = _option(1.0, "Largest threshold --thresholding may use.", THRESHOLD)
+    process: str = _option(
+        "vp",
+        "The Gaussian path x = alpha x0 + sigma eps: vp (discrete betas, Stable Diffusion 1.x/2.x), "
+        "flow (rectified flow, alpha = 1 - s, sigma = s: SD3, Flux, Sana) or edm (sigma space, alpha = 1).",
+        PROCESS,
+    )
+    flow_shift: float = _option(1.0, "flow: static shift S of the grid, s' = S s / (1 + (S - 1) s) (SD3 3.0, Sana 3.0 or 6.0).", PROCESS)
+    flow_mu: float | None = _option(None, "flow: dynamic shift as Flux computes it: S = exp(mu) (diffusers' use_dynamic_shifting).", PROCESS)
+    sigma_min: float = _option(0.002, "edm: smallest sigma of the grid.", PROCESS)
+    sigma_max: float = _option(80.0, "edm: largest sigma of the grid (x_T is drawn with std sqrt(sigma_max^2 + 1)).", PROCESS)
+    sigma_data: float = _option(0.5, "edm: the data's standard deviation in the preconditioning.", PROCESS)
     beta_schedule: str = _option("scaled_linear", f"Training betas: {_choices(BETA_SCHEDULES)}.", GRID)
     beta_start: float = _option(0.00085, "First beta of linear / scaled_linear.", GRID)
     beta_end: float = _option(0.012, "Last beta of linear / scaled_linear.", GRID)
@@ -156,7 +185,14 @@ class SolverConfig:
             del out["timesteps"]  # only API users give timesteps; keep the CLI's documents as they were
         else:
             out["timesteps"] = list(self.timesteps)
+        for name in _foreign_options(self.process):
+            out.pop(name, None)  # another process's options say nothing about this run
         return out
+
+    @property
+    def shift(self) -> float:
+        """The flow grid's shift S: exp(--flow-mu) when it is given, else --flow-shift."""
+        return math.exp(self.flow_mu) if self.flow_mu is not None else self.flow_shift
 
     def with_options(self, **changes) -> "SolverConfig":
         return replace(self, **changes)
@@ -169,6 +205,8 @@ class SolverConfig:
         _choice("--coefficients", cfg.coefficients, COEFFICIENTS)
         _choice("--compat", cfg.compat, COMPAT)
         _choice("--prediction-type", cfg.prediction_type, PREDICTION_TYPES)
+        _choice("--process", cfg.process, PROCESSES)
+        _check_process(cfg)
         if cfg.sigmas is None:  # a custom grid sets its own final sigma
             _choice("--final-sigma", cfg.final_sigma, FINAL_SIGMAS)
         _choice("--spacing", cfg.spacing, SPACINGS)
@@ -236,6 +274,48 @@ def option_flag(name: str) -> str:
 def option_fields() -> tuple:
     """The fields of SolverConfig that carry command-line help (``metadata["help"]``, ``["panel"]``)."""
     return tuple(f for f in fields(SolverConfig) if "help" in f.metadata)
+
+
+def _foreign_options(process: str) -> tuple[str, ...]:
+    """The options of the processes other than ``process``."""
+    own = {"vp": VP_ONLY, "flow": FLOW_ONLY, "edm": EDM_ONLY}.get(process, ())
+    return tuple(name for name in (*VP_ONLY, *FLOW_ONLY, *EDM_ONLY) if name not in own)
+
+
+def _check_process(cfg: SolverConfig) -> None:
+    """The options a noise process takes, and their ranges."""
+    process = cfg.process
+    for name in _foreign_options(process):
+        if getattr(cfg, name) != _DEFAULTS[name]:
+            owner = "vp" if name in VP_ONLY else "flow" if name in FLOW_ONLY else "edm"
+            raise ConfigError(f"{option_flag(name)}: applies to --process {owner} only, not --process {process}; drop it")
+    allowed = PROCESS_PREDICTIONS[process]
+    if cfg.prediction_type not in allowed:
+        raise ConfigError(
+            f"--prediction-type: {cfg.prediction_type!r} is not allowed with --process {process}; choose one of: {_choices(allowed)}"
+        )
+    spacings = PROCESS_SPACINGS.get(process)
+    if spacings is not None and cfg.spacing not in spacings and cfg.sigmas is None and cfg.timesteps is None:
+        raise ConfigError(f"--spacing: {cfg.spacing!r} is not allowed with --process {process}; choose one of: {_choices(spacings[:-1])}")
+    if process == "flow":
+        if not _finite(cfg.flow_shift) or cfg.flow_shift <= 0:
+            raise ConfigError(f"--flow-shift: {cfg.flow_shift!r} is not allowed; it must be a positive number (1: no shift)")
+        if cfg.flow_mu is not None:
+            if not _finite(cfg.flow_mu) or abs(cfg.flow_mu) > 50:
+                raise ConfigError(f"--flow-mu: {cfg.flow_mu!r} is not allowed; it must be a number in [-50, 50] (the shift is exp(mu))")
+            if cfg.flow_shift != 1.0:
+                raise ConfigError("--flow-mu: sets the shift exp(mu) itself; drop --flow-shift or --flow-mu")
+    if process == "edm":
+        for name in EDM_ONLY:
+            value = getattr(cfg, name)
+            if not _finite(value) or value <= 0:
+                raise ConfigError(f"{option_flag(name)}: {value!r} is not allowed; it must be a positive number")
+        if not cfg.sigma_min < cfg.sigma_max:
+            raise ConfigError(f"--sigma-min: {cfg.sigma_min!r} is not allowed; it must be below --sigma-max ({cfg.sigma_max!r})")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_method(cfg: SolverConfig) -> None:
@@ -384,3 +464,5 @@ def _check_diffusers_compat(cfg: SolverConfig) -> None:
     if cfg.rho != 7.0 and cfg.spacing == "karras":
         raise ConfigError("--compat diffusers: diffusers fixes rho at 7 for karras sigmas; drop --rho")
 
+
+_DEFAULTS = {f.name: f.default for f in fields(SolverConfig)}

@@ -191,7 +191,7 @@ def prepare(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> Prepar
     else:
         batch = model.default_batch if spec.batch is None else spec.batch
         check_batch_memory(model, batch, device)
-        x = initial_latents(spec.seed, (batch, *shape), device, latent_dtype)
+        x = initial_latents(spec.seed, (batch, *shape), device, latent_dtype, plan.schedule.init_noise_sigma)
     warnings = list(model.notes) + list(plan.warnings) + notes
     if spec.noise is not None:
         noise = ArrayNoise.load(spec.noise, plan.steps, tuple(x.shape))

@@ -58,10 +58,13 @@ class MixtureReferences:
         description = {"kind": "ode", "lambda_start": lam0, "lambda_end": lam1, "rtol": 1e-10, "method": "DOP853"}
         if not math.isfinite(lam1):
             description["lambda_far"] = far_lambda(self.mixture, lam0)
-        key = ("ode", lam0, lam1)
+        process = plan.schedule
+        if process.process != "vp":
+            description["process"] = process.process  # (VP keeps its old descriptions: cached entries stay valid)
+        key = ("ode", process.process, lam0, lam1)
         if key not in self.memory:
             self.memory[key] = self.cache.get_or_compute(
-                description, self._arrays, lambda: ode_limit(self.mixture, self.x_T, lam0, lam1), **self.expect
+                description, self._arrays, lambda: ode_limit(self.mixture, self.x_T, lam0, lam1, process=process), **self.expect
             )
         return self.memory[key]
 
@@ -139,10 +142,15 @@ class ReferenceRuns:
 
     def _grid(self, plan: Plan) -> tuple[float, ...]:
         first, last = float(plan.sigmas[0]), float(plan.sigmas[-1])
-        # sigma 0 is lambda = inf: go uniformly to the schedule's smallest sigma, then one step to 0
-        low = last if last > 0 else float(np.exp(-np.max(plan.schedule.lambdas[np.isfinite(plan.schedule.lambdas)])))
         points = self.steps + 1 if last > 0 else self.steps
-        sigmas = np.exp(-np.linspace(-np.log(first), -np.log(low), points))
+        schedule = plan.schedule
+        if schedule.process == "vp":
+            # sigma 0 is lambda = inf: go uniformly to the schedule's smallest sigma, then one step to 0
+            low = last if last > 0 else float(np.exp(-np.max(schedule.lambdas[np.isfinite(schedule.lambdas)])))
+            sigmas = np.exp(-np.linspace(-np.log(first), -np.log(low), points))
+        else:
+            lam_last = float(plan.lambdas[-1]) if last > 0 else schedule.lambda_limits[1]
+            sigmas = schedule.sigma_of(np.linspace(float(plan.lambdas[0]), lam_last, points))
         return tuple(float(v) for v in sigmas) + (() if last > 0 else (0.0,))
 
     def _run(self, key: tuple, config: SolverConfig, noise_for: Callable | None, guidance_scale: float | None) -> torch.Tensor:

@@ -70,7 +70,13 @@ def check_real_finite(option: str, path, array: np.ndarray) -> None:
         raise ConfigError(f"{option}: {path} holds NaN or infinite values; it must hold finite numbers")
 
 
-def initial_latents(seed: int, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
-    """x_T ~ N(0, I), drawn in float64 on the CPU from the seed, then moved and cast."""
+def initial_latents(seed: int, shape: tuple[int, ...], device, dtype, std: float = 1.0) -> torch.Tensor:
+    """x_T ~ N(0, std^2 I), drawn in float64 on the CPU from the seed, then moved and cast.
+
+    ``std`` is the schedule's ``init_noise_sigma`` (EDM: sqrt(sigma_max^2 + 1), as diffusers draws it).
+    """
     generator = torch.Generator().manual_seed(derived_seed(seed, 0))
-    return torch.randn(shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    if std != 1.0:
+        x = x * std
+    return x.to(device=device, dtype=dtype)

@@ -29,7 +29,7 @@ from .rows import (
     singlestep_specs,
     startup_specs,
 )
-from .schedule import Schedule, vp_coefficients
+from .schedule import Schedule
 from .spacing import make_grid
 
 __all__ = [
@@ -100,7 +100,7 @@ class Plan:
     def eval_row(self, r: int) -> dict:
         """Where model call r happens, with its step's columns."""
         e = self.evaluations[r]
-        alpha, sigma, _ = vp_coefficients(e.sigma)
+        alpha, sigma, _ = self.schedule.coefficients(e.sigma)
         return {
             "step": e.step,
             "stage": e.stage,
@@ -184,15 +184,16 @@ def build_plan(cfg: SolverConfig) -> Plan:
     schedule = Schedule.from_config(cfg)
     if cfg.method == "adaptive":
         # the controller picks the steps at run time; the plan holds the range it covers
-        grid = make_grid(schedule, cfg.with_options(steps=1, spacing="time-uniform", sigmas=None))
+        spacing = "time-uniform" if schedule.process == "vp" else "logsnr"
+        grid = make_grid(schedule, cfg.with_options(steps=1, spacing=spacing, sigmas=None))
     else:
         grid = make_grid(schedule, cfg)
     sigmas, timesteps = grid.sigmas, grid.timesteps
-    alpha, sig, lam = vp_coefficients(sigmas)
+    alpha, sig, lam = schedule.coefficients(sigmas)
     with np.errstate(invalid="ignore"):
         h = lam[1:] - lam[:-1]
     orders, evaluations, specs = _method_specs(cfg, schedule, timesteps, sigmas, lam, fast)
-    rows = make_rows(cfg, evaluations, specs, sigmas)
+    rows = make_rows(cfg, schedule, evaluations, specs, sigmas)
     failing = [row for row in rows if row.failure is not None]
     notes = list(grid.warnings)
     if failing:
@@ -259,6 +260,6 @@ def multistep_tail(plan: Plan, start: int) -> Plan:
         h=plan.h[start:],
         orders=orders,
         evaluations=evaluations,
-        rows=make_rows(cfg, evaluations, specs, sigmas),
+        rows=make_rows(cfg, plan.schedule, evaluations, specs, sigmas),
         warnings=plan.warnings,
     )

@@ -1,7 +1,8 @@
 """Ground truth: the exact probability-flow ODE solution of a mixture, to ~1e-10.
 
-In lambda the probability-flow ODE of the VP process is dx/dlambda = alpha (x0(x, lambda) - alpha x)
-(docs/mathematics.md). With the mixture's exact x0 it is integrated by scipy's DOP853 in float64.
+In lambda the probability-flow ODE of every process is dx/dlambda = alpha (x0(x, lambda) - c x), with
+c = alpha for VP, c = 1 for flow and EDM (docs/mathematics.md), in that process's own variables.
+With the mixture's exact x0 it is integrated by scipy's DOP853 in float64.
 """
 
 from __future__ import annotations
@@ -18,15 +19,9 @@ import torch
 
 from .errors import NumericalError
 from . import report
-from .schedule import alpha_sigma
+from .schedule import Schedule
 
-
-def alpha_of_lambda(lam: float) -> float:
-    return alpha_sigma(lam)[0]
-
-
-def sigma_of_lambda(lam: float) -> float:
-    return alpha_sigma(lam)[1]
+VP = Schedule()  # the process of a reference that names none
 
 
 #: A guard against a reference that would never finish: DOP853 needs under 1000 evaluations on
@@ -34,10 +29,12 @@ def sigma_of_lambda(lam: float) -> float:
 MAX_EVALUATIONS = 50_000
 
 
-def ode_solution(mixture, x_start: torch.Tensor, lambda_start: float, lambda_end: float, rtol: float = 1e-10, atol: float = 1e-12) -> torch.Tensor:
+def ode_solution(mixture, x_start: torch.Tensor, lambda_start: float, lambda_end: float, rtol: float = 1e-10, atol: float = 1e-12,
+                 *, process: Schedule = VP) -> torch.Tensor:
     """x at lambda_end of the probability-flow ODE started from x_start at lambda_start (float64, CPU).
 
-    A non-finite right-hand side or more than ``MAX_EVALUATIONS`` evaluations is a NumericalError.
+    ``process`` is the schedule whose variables x lives in (its ``ode_scales``). A non-finite
+    right-hand side or more than ``MAX_EVALUATIONS`` evaluations is a NumericalError.
     """
     from scipy.integrate import solve_ivp
 
@@ -55,9 +52,9 @@ def ode_solution(mixture, x_start: torch.Tensor, lambda_start: float, lambda_end
                 f"{lambda_start:.4g} to {lambda_end:.4g}); the mixture is too stiff to solve exactly"
             )
         state = torch.from_numpy(y).reshape(shape)
-        alpha, sigma = alpha_of_lambda(lam), sigma_of_lambda(lam)
+        alpha, sigma, c = process.ode_scales(lam)
         x0, _ = mixture.denoise(state, alpha, sigma)
-        out = (alpha * (x0 - alpha * state)).reshape(-1).numpy()
+        out = (alpha * (x0 - c * state)).reshape(-1).numpy()
         if not np.isfinite(out).all():
             raise NumericalError(f"reference ODE: the mixture's denoiser gave NaN or Inf at lambda {lam:.4g}")
         return out
@@ -82,13 +79,14 @@ def far_lambda(mixture, lambda_start: float) -> float:
     return max(LAMBDA_FAR, lambda_start + 1.0, math.log(1.0 / (FAR_STD_RATIO * narrowest)))
 
 
-def ode_limit(mixture, x_start: torch.Tensor, lambda_start: float, lambda_end: float, rtol: float = 1e-10) -> torch.Tensor:
+def ode_limit(mixture, x_start: torch.Tensor, lambda_start: float, lambda_end: float, rtol: float = 1e-10,
+              *, process: Schedule = VP) -> torch.Tensor:
     """The exact ODE solution at lambda_end, which may be +inf (final sigma 0)."""
     if math.isfinite(lambda_end):
-        return ode_solution(mixture, x_start, lambda_start, lambda_end, rtol=rtol)
+        return ode_solution(mixture, x_start, lambda_start, lambda_end, rtol=rtol, process=process)
     far = far_lambda(mixture, lambda_start)
-    x = ode_solution(mixture, x_start, lambda_start, far, rtol=rtol)
-    x0, _ = mixture.denoise(x, alpha_of_lambda(far), sigma_of_lambda(far))
+    x = ode_solution(mixture, x_start, lambda_start, far, rtol=rtol, process=process)
+    x0, _ = mixture.denoise(x, *process.alpha_sigma(far))
     return x0
 
 

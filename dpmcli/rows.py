@@ -17,10 +17,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .coefficients import FORMS, AlgoForm, conversion, difference_weights, differences_to_linear, lagrange_weights, midpoint_weights
-from .compat import diffusers_singlestep_weights, diffusers_step_weights, vp32
+from .coefficients import FORMS, AlgoForm, difference_weights, differences_to_linear, lagrange_weights, midpoint_weights
+from .compat import alpha_sigma32, diffusers_singlestep_weights, diffusers_step_weights
 from .config import PUBLISHED_MAX_ORDER, SolverConfig
-from .schedule import alpha_sigma
+from .schedule import Schedule, alpha_sigma
 
 # Source slots of a row's linear combination (see solvers.step).
 SRC_X, SRC_OUT, SRC_NOISE, SRC_ANCHOR, SRC_HISTORY = 0, 1, 2, 3, 4
@@ -67,6 +67,7 @@ class StepCoefficients:
     c: float  # standard deviation of the noise term c * z (0 for ODE rows)
     alpha_s: float
     sigma_s: float
+    input_scale: float  # the network sees input_scale * x (EDM's c_in; 1 elsewhere)
     thresholding: bool
     threshold_ratio: float  # dynamic thresholding: the quantile of |x0| ...
     threshold_max: float  # ... and the largest threshold (the config's sample_max_value)
@@ -190,7 +191,7 @@ def startup_specs(cfg: SolverConfig, timesteps, sigmas, lam, orders):
     return tuple(evaluations), specs, orders
 
 
-def singlestep_specs(cfg: SolverConfig, schedule, timesteps, sigmas, lam, orders):
+def singlestep_specs(cfg: SolverConfig, schedule: Schedule, timesteps, sigmas, lam, orders):
     """DPM-Solver-1/2/3: intermediate evaluations at the papers' fractions of each step."""
     evaluations: list[Evaluation] = []
     specs: list[RowSpec] = []
@@ -203,7 +204,7 @@ def singlestep_specs(cfg: SolverConfig, schedule, timesteps, sigmas, lam, orders
                 evaluations.append(Evaluation(k, 0, float(lam[k]), float(timesteps[k]), float(sigmas[k])))
             else:
                 lam_j = float(lam[k]) + c * h
-                evaluations.append(Evaluation(k, j, lam_j, float(schedule.timestep_at(lam_j)), math.exp(-lam_j)))
+                evaluations.append(Evaluation(k, j, lam_j, float(schedule.timestep_at(lam_j)), float(schedule.sigma_of(lam_j))))
             row = first + j
             last = j == len(nodes) - 1
             target = float(lam[k + 1]) if last else float(lam[k]) + nodes[j + 1] * h
@@ -226,14 +227,17 @@ def singlestep_specs(cfg: SolverConfig, schedule, timesteps, sigmas, lam, orders
 # ---------------------------------------------------------------- the weights
 
 
-def update_weights(form: AlgoForm, rule: Rule, lam_s: float, lam_t: float, node_lams, solver_type: str = "midpoint"):
+def update_weights(form: AlgoForm, rule: Rule, lam_s: float, lam_t: float, node_lams, solver_type: str = "midpoint", *,
+                   noise_level=alpha_sigma):
     """(a, b, c) of the exponential-integrator update from lambda ``lam_s`` to ``lam_t``.
 
     a weighs the latent at ``lam_s``, b the model outputs evaluated at ``node_lams`` (in that
     order), c is the noise standard deviation. The rules of dpmcli's own arithmetic (not compat).
+    ``noise_level(lam) -> (alpha_t, sigma_t)`` is the process's (VP by default): the weights in
+    lambda are the same on every process, only these scales differ.
     """
-    alpha_s, sigma_s = alpha_sigma(lam_s)
-    alpha_t, sigma_t = alpha_sigma(lam_t)
+    alpha_s, sigma_s = noise_level(lam_s)
+    alpha_t, sigma_t = noise_level(lam_t)
     if sigma_t == 0.0:
         # The step to sigma = 0 (h = inf) is the limit of the first-order step: the data prediction.
         if form.data:
@@ -255,7 +259,7 @@ def update_weights(form: AlgoForm, rule: Rule, lam_s: float, lam_t: float, node_
     return form.a(alpha_s, sigma_s, alpha_t, sigma_t, h), tuple(float(v) for v in b), form.c(sigma_t, h)
 
 
-def row_weights(cfg: SolverConfig, evaluations, spec: RowSpec, row: int, sigmas: np.ndarray):
+def row_weights(cfg: SolverConfig, schedule: Schedule, evaluations, spec: RowSpec, row: int, sigmas: np.ndarray):
     """(a, b, c): anchor weight, weights on spec.reads, noise standard deviation."""
     here = evaluations[row]
     if spec.rule is Rule.COMPAT:
@@ -265,7 +269,7 @@ def row_weights(cfg: SolverConfig, evaluations, spec: RowSpec, row: int, sigmas:
         return diffusers_singlestep_weights(cfg, sigmas, here.step, spec.order)
     start = evaluations[row if spec.anchor is None else spec.anchor]
     node_lams = [evaluations[r].lam for r in spec.reads]
-    return update_weights(FORMS[cfg.algo], spec.rule, start.lam, spec.target, node_lams, cfg.solver_type)
+    return update_weights(FORMS[cfg.algo], spec.rule, start.lam, spec.target, node_lams, cfg.solver_type, noise_level=schedule.alpha_sigma)
 
 
 # ---------------------------------------------------------------- rows: storage and folding
@@ -310,18 +314,18 @@ def _storage(specs: list[RowSpec]) -> list[_Storage]:
     ]
 
 
-def make_rows(cfg: SolverConfig, evaluations, specs: list[RowSpec], sigmas: np.ndarray) -> tuple[StepCoefficients, ...]:
+def make_rows(cfg: SolverConfig, schedule: Schedule, evaluations, specs: list[RowSpec], sigmas: np.ndarray) -> tuple[StepCoefficients, ...]:
     rows: list[StepCoefficients] = []
     for r, (spec, storage) in enumerate(zip(specs, _storage(specs))):
-        weights = row_weights(cfg, evaluations, spec, r, sigmas)
+        weights = row_weights(cfg, schedule, evaluations, spec, r, sigmas)
         # the conversion of this row's model output uses the noise level of its own evaluation
         if spec.rule.compat:
             # diffusers converts with its float32 alpha and sigma
-            alpha_s, sigma_s = (float(v) for v in vp32(sigmas[evaluations[r].step])[:2])
+            alpha_s, sigma_s = (float(v) for v in alpha_sigma32(sigmas[evaluations[r].step], cfg.process)[:2])
         else:
-            alpha_s, sigma_s = alpha_sigma(evaluations[r].lam)
-        row = _make_row(cfg, spec, index=r, evaluation=evaluations[r], weights=weights, alpha_s=alpha_s, sigma_s=sigma_s,
-                        storage=storage, previous=rows)
+            alpha_s, sigma_s = schedule.alpha_sigma(evaluations[r].lam)
+        row = _make_row(cfg, schedule, spec, index=r, evaluation=evaluations[r], weights=weights, alpha_s=alpha_s,
+                        sigma_s=sigma_s, storage=storage, previous=rows)
         a, b, c = weights
         if not all(math.isfinite(v) for v in (a, c, *b)):
             row = replace(row, failure=_failure(evaluations, spec, r, sigmas))
@@ -353,13 +357,13 @@ def _failure(evaluations, spec: RowSpec, r: int, sigmas: np.ndarray) -> str:
     )
 
 
-def _make_row(cfg: SolverConfig, spec: RowSpec, *, index: int, evaluation: Evaluation, weights, alpha_s: float,
-              sigma_s: float, storage: _Storage, previous) -> StepCoefficients:
+def _make_row(cfg: SolverConfig, schedule: Schedule, spec: RowSpec, *, index: int, evaluation: Evaluation, weights,
+              alpha_s: float, sigma_s: float, storage: _Storage, previous) -> StepCoefficients:
     """Fold the conversion of the model output and the history's scales into one linear combination."""
     a, b, c = weights
     form = FORMS[cfg.algo]
-    p, q = conversion(form.data, cfg.prediction_type, alpha_s, sigma_s)
-    x0_p, x0_q = conversion(True, cfg.prediction_type, alpha_s, sigma_s)
+    p, q = schedule.conversion(form.data, cfg.prediction_type, alpha_s, sigma_s)
+    x0_p, x0_q = schedule.conversion(True, cfg.prediction_type, alpha_s, sigma_s)
     own = b[0]  # spec.reads starts with this row
     anchor_slot = SRC_X if spec.anchor is None or spec.anchor == index else SRC_ANCHOR
     coefs: dict[int, float] = {SRC_X: 0.0, anchor_slot: 0.0}
@@ -405,6 +409,7 @@ def _make_row(cfg: SolverConfig, spec: RowSpec, *, index: int, evaluation: Evalu
         c=float(c),
         alpha_s=alpha_s,
         sigma_s=sigma_s,
+        input_scale=schedule.input_scale(sigma_s),
         thresholding=cfg.thresholding,
         threshold_ratio=cfg.dynamic_thresholding_ratio,
         threshold_max=cfg.sample_max_value,

@@ -94,7 +94,7 @@ def sample(
     for row in plan.rows:
         if row.failure is not None:  # before the model call it would waste
             raise NumericalError(row.failure)
-        out = model(x, timesteps[row.index])
+        out = model(x if row.input_scale == 1.0 else x * row.input_scale, timesteps[row.index])
         nfe += 1
         x_next, state = step(row, x, out, state, scaled_noise(row, x, noise))
         event = StepEvent(plan, row, x, out, x_next)

@@ -1,6 +1,13 @@
-"""Discrete VP noise schedules: betas -> alpha_bar -> (alpha_t, sigma_t, lambda) and back.
+"""Noise processes: what alpha_t, sigma_t and the network's timestep are at each lambda, and back.
 
-A schedule is a table of ``alphas_cumprod`` over the training timesteps 0..N-1. Between
+Every process is a Gaussian path x = alpha_t x0 + sigma_t eps; the solver works in lambda =
+log(alpha_t / sigma_t), so a process only has to say what alpha_t and sigma_t are at a lambda,
+which "sigma" its grid column shows (diffusers' word for it), what the network is told (its
+timestep, and for EDM a scaled input) and how its raw output becomes x0 or eps. Three of them:
+:class:`VPSchedule` (discrete VP from betas), :class:`FlowSchedule` (rectified flow) and
+:class:`EDMSchedule` (sigma space); :meth:`Schedule.from_config` picks the one a config names.
+
+The VP schedule is a table of ``alphas_cumprod`` over the training timesteps 0..N-1. Between
 integer timesteps it is continued by linear interpolation of lambda (the half-log-SNR),
 which is what diffusers' sigma->timestep conversion does (lambda = -log sigma): the map
 timestep <-> lambda is then monotone and exactly invertible, so a model evaluated at a
@@ -16,6 +23,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from .coefficients import conversion
 from .config import SolverConfig
 from .errors import ConfigError
 
@@ -158,15 +166,66 @@ def _round_down(value: float, digits: int = 4) -> float:
     return math.floor(value * scale) / scale
 
 
-@dataclass(frozen=True, eq=False)
 class Schedule:
+    """A noise process: what every schedule answers (the VP defaults; flow and EDM override them)."""
+
+    process = "vp"
+    notes: tuple[str, ...] = ()  # oddities kept as diffusers keeps them (compat mode); the grid reports them
+    init_noise_sigma = 1.0  # x_T's standard deviation, as diffusers' pipelines draw it
+
+    @staticmethod
+    def from_config(cfg: SolverConfig) -> "Schedule":
+        """The noise process ``cfg.process`` names, with its parameters."""
+        if cfg.process == "flow":
+            return FlowSchedule(cfg.train_steps, cfg.shift)
+        if cfg.process == "edm":
+            return EDMSchedule(cfg.sigma_min, cfg.sigma_max, cfg.sigma_data)
+        return VPSchedule.from_config(cfg)
+
+    @property
+    def lambda_limits(self) -> tuple[float, float]:
+        """The finite lambda range of the schedule (noisiest, cleanest)."""
+        finite = self.lambdas[np.isfinite(self.lambdas)]
+        return float(finite.min()), float(finite.max())
+
+    def alpha_sigma(self, lam: float) -> tuple[float, float]:
+        return alpha_sigma(lam)
+
+    def coefficients(self, sigma) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(alpha_t, sigma_t, lambda) of the grid's sigma column (diffusers' sigma)."""
+        return vp_coefficients(sigma)
+
+    def sigma_of(self, lam):
+        """The grid's sigma column at lambda: diffusers' sigma = exp(-lambda)."""
+        return np.exp(-np.asarray(lam, dtype=np.float64)) if np.ndim(lam) else math.exp(-lam)
+
+    def noise_level(self, timestep: float) -> tuple[float, float]:
+        """(alpha_t, sigma_t) a network told ``timestep`` assumes."""
+        return self.alpha_sigma(float(self.lambda_at(float(timestep))))
+
+    def input_scale(self, sigma_t: float) -> float:
+        """What the network's input is multiplied by (EDM's c_in; 1 elsewhere)."""
+        return 1.0
+
+    def conversion(self, data: bool, prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:
+        """(p, q) with (x0 if data else eps) = p * x + q * model_output."""
+        return conversion(data, prediction_type, alpha, sigma)
+
+    def ode_scales(self, lam: float) -> tuple[float, float, float]:
+        """(alpha, sigma, c) with the probability-flow ODE dx/dlambda = alpha (x0 - c x) (docs/mathematics.md)."""
+        alpha, sigma = alpha_sigma(lam)
+        return alpha, sigma, alpha
+
+
+@dataclass(frozen=True, eq=False)
+class VPSchedule(Schedule):
     """alpha_bar over the integer training timesteps, float64 (values may be float32-rounded in compat mode)."""
 
     alphas_cumprod: np.ndarray
-    notes: tuple[str, ...] = ()  # oddities kept as diffusers keeps them (compat mode); the grid reports them
+    notes: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: SolverConfig) -> "Schedule":
+    def from_config(cls, cfg: SolverConfig) -> "VPSchedule":
         # compat mode repeats diffusers' float32 betas and cumulative product.
         dtype = torch.float32 if cfg.compat == "diffusers" else torch.float64
         alphas_cumprod, notes = _alpha_bar(cfg, dtype)
@@ -209,6 +268,157 @@ class Schedule:
         """Inverse of :meth:`lambda_at` (lambda outside the table is clamped to its ends)."""
         lam = np.asarray(lambda_, dtype=np.float64)
         return np.interp(lam, self.lambdas[::-1], self._timesteps[::-1])
+
+
+def _sigmoid_pair(lam: float) -> tuple[float, float]:
+    """(1 / (1 + e^-lam), 1 / (1 + e^lam)) without overflow: flow's (alpha_t, sigma_t) at lambda."""
+    if lam > 0:
+        e = math.exp(-lam)
+        return 1.0 / (1.0 + e), e / (1.0 + e)
+    e = math.exp(lam)
+    return e / (1.0 + e), 1.0 / (1.0 + e)
+
+
+@dataclass(frozen=True, eq=False)
+class FlowSchedule(Schedule):
+    """Rectified flow: x = (1 - s) x0 + s eps, s in [0, 1]; the network sees timestep T s.
+
+    alpha_t = 1 - s, sigma_t = s, lambda = log((1 - s) / s); the grid's sigma column is s
+    (diffusers' flow sigmas). A shift S moves s to S s / (1 + (S - 1) s), which is lambda ->
+    lambda - ln S: the schedule (what a timestep means) is unchanged, the grid is translated.
+    """
+
+    train_steps: int = 1000
+    shift: float = 1.0
+
+    process = "flow"
+
+    @property
+    def lambda_limits(self) -> tuple[float, float]:
+        """Unshifted, s runs from 1 - 1/T down to 1/T (timesteps T - 1 to 1); the shift translates both ends."""
+        edge = math.log(self.train_steps - 1)
+        move = math.log(self.shift)
+        return -edge - move, edge - move
+
+    @cached_property
+    def lambdas(self) -> np.ndarray:
+        """lambda at the integer timesteps 1..T-1 (t = 0 is the data itself, lambda = +inf)."""
+        t = np.arange(1, self.train_steps, dtype=np.float64)[::-1]
+        return _read_only(np.log(self.train_steps - t) - np.log(t))
+
+    @cached_property
+    def sigmas(self) -> np.ndarray:
+        return _read_only(self.sigma_of(self.lambdas))
+
+    def lambda_at(self, timestep) -> np.ndarray:
+        t = np.asarray(timestep, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            return np.log(self.train_steps - t) - np.log(t)
+
+    def timestep_at(self, lambda_) -> np.ndarray:
+        return self.train_steps * self.sigma_of(lambda_)
+
+    def alpha_sigma(self, lam: float) -> tuple[float, float]:
+        return _sigmoid_pair(lam)
+
+    def coefficients(self, sigma):
+        s = np.asarray(sigma, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            return 1.0 - s, s, np.log1p(-s) - np.log(s)
+
+    def sigma_of(self, lam):
+        """s at lambda: 1 / (1 + e^lambda), computed without overflow."""
+        if np.ndim(lam):
+            return 0.5 * (1.0 - np.tanh(0.5 * np.asarray(lam, dtype=np.float64)))
+        return _sigmoid_pair(lam)[1]
+
+    def noise_level(self, timestep: float) -> tuple[float, float]:
+        s = float(timestep) / self.train_steps
+        return 1.0 - s, s
+
+    def conversion(self, data: bool, prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:
+        p, q = conversion(data, prediction_type, alpha, sigma)
+        if prediction_type == "v_prediction":
+            # v = alpha eps - sigma x0 recovers (alpha^2 + sigma^2) x0, which is 1 on VP paths only
+            norm = alpha * alpha + sigma * sigma
+            return p / norm, q / norm
+        return p, q
+
+    def ode_scales(self, lam: float) -> tuple[float, float, float]:
+        alpha, sigma = _sigmoid_pair(lam)
+        return alpha, sigma, 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class EDMSchedule(Schedule):
+    """EDM sigma space (Karras et al.): x = x0 + sigma eps, alpha_t = 1, sigma_t = sigma = e^-lambda.
+
+    The network sees c_in x with c_in = 1 / sqrt(sigma^2 + sigma_data^2) and c_noise = ln(sigma) / 4
+    (its timestep); its output F gives x0 = c_skip x + c_out F with c_skip = sigma_data^2 /
+    (sigma^2 + sigma_data^2) and c_out = +-sigma sigma_data / sqrt(sigma^2 + sigma_data^2)
+    (+ for diffusers' "epsilon", - for "v_prediction").
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+
+    process = "edm"
+    train_steps = 0  # (no training timesteps: the network is told c_noise)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return math.sqrt(self.sigma_max**2 + 1.0)
+
+    @property
+    def lambda_limits(self) -> tuple[float, float]:
+        return -math.log(self.sigma_max), -math.log(self.sigma_min)
+
+    @cached_property
+    def lambdas(self) -> np.ndarray:
+        return _read_only(np.array(self.lambda_limits))
+
+    @cached_property
+    def sigmas(self) -> np.ndarray:
+        return _read_only(np.array([self.sigma_max, self.sigma_min]))
+
+    def lambda_at(self, timestep) -> np.ndarray:
+        return -4.0 * np.asarray(timestep, dtype=np.float64)
+
+    def timestep_at(self, lambda_) -> np.ndarray:
+        return -0.25 * np.asarray(lambda_, dtype=np.float64)
+
+    def alpha_sigma(self, lam: float) -> tuple[float, float]:
+        return 1.0, math.exp(-lam)
+
+    def coefficients(self, sigma):
+        s = np.asarray(sigma, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            return np.ones_like(s), s, -np.log(s)
+
+    def noise_level(self, timestep: float) -> tuple[float, float]:
+        return 1.0, math.exp(4.0 * float(timestep))
+
+    def input_scale(self, sigma_t: float) -> float:
+        return 1.0 / math.sqrt(sigma_t * sigma_t + self.sigma_data**2)
+
+    def preconditioning(self, prediction_type: str, sigma: float) -> tuple[float, float]:
+        """(c_skip, c_out): x0 = c_skip x + c_out F."""
+        data2 = self.sigma_data**2
+        c_skip = data2 / (sigma * sigma + data2)
+        c_out = sigma * self.sigma_data / math.sqrt(sigma * sigma + data2)
+        return c_skip, (-c_out if prediction_type == "v_prediction" else c_out)
+
+    def conversion(self, data: bool, prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:
+        c_skip, c_out = self.preconditioning(prediction_type, sigma)
+        if data:
+            return c_skip, c_out
+        if sigma == 0.0:
+            return 0.0, 0.0  # (the step to sigma 0 reads no noise prediction)
+        return (1.0 - c_skip) / sigma, -c_out / sigma  # eps = (x - x0) / sigma
+
+    def ode_scales(self, lam: float) -> tuple[float, float, float]:
+        return 1.0, math.exp(-lam), 1.0
 
 
 def _read_only(values: np.ndarray) -> np.ndarray:

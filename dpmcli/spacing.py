@@ -28,7 +28,10 @@ from .schedule import Schedule
 
 
 def make_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
-    grid = diffusers_grid(schedule, cfg) if cfg.compat == "diffusers" else _own_grid(schedule, cfg)
+    if cfg.compat == "diffusers":
+        grid = diffusers_grid(schedule, cfg)
+    else:
+        grid = _own_grid(schedule, cfg) if schedule.process == "vp" else _lambda_grid(schedule, cfg)
     grid.warnings[:0] = list(schedule.notes)
     _check_grid(schedule, cfg, grid)
     return grid
@@ -90,6 +93,59 @@ def _own_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
     else:  # pragma: no cover - guarded by validation
         raise ConfigError(f"--spacing: unknown spacing {cfg.spacing!r}")
     return Grid(timesteps=np.asarray(timesteps, dtype=np.float64), sigmas=np.asarray(sigmas, dtype=np.float64), warnings=warnings)
+
+
+def flow_shifted(s: np.ndarray, shift: float) -> np.ndarray:
+    """s' = S s / (1 + (S - 1) s): the flow shift, which is lambda -> lambda - ln S."""
+    return shift * s / (1.0 + (shift - 1.0) * s)
+
+
+def _lambda_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
+    """flow and EDM grids, placed in lambda over the schedule's range (a flow shift translates it).
+
+    The sigma ramps (karras, exponential, beta) run in sigma-space sigma = e^-lambda, EDM's own
+    sigma, so that one ramp is the same lambda grid on every process. The grid's sigma column
+    is the process's own: s for flow, sigma for EDM.
+    """
+    n = cfg.steps
+    lam_noisy, lam_clean = schedule.lambda_limits
+    final_lam = np.inf if cfg.final_sigma == "zero" else lam_clean
+    if cfg.spacing in ("linspace", "time-uniform"):
+        # diffusers' flow grid: uniform in s from 1 - 1/T down to 0, then shifted
+        top = (schedule.train_steps - 1) / schedule.train_steps
+        column = flow_shifted(np.linspace(top, 0.0, n + 1), schedule.shift)
+        lam = schedule.coefficients(column)[2]
+        lam[-1] = final_lam
+    elif cfg.spacing == "logsnr":
+        lam = np.linspace(lam_noisy, lam_clean, n + 1)
+        lam[-1] = final_lam
+    elif cfg.spacing in ("karras", "exponential", "beta"):
+        count = n if cfg.final_sigma == "zero" else n + 1
+        ramp = sigma_ramp(cfg.spacing, float(np.exp(-lam_noisy)), float(np.exp(-lam_clean)), count, cfg.rho)
+        lam = np.concatenate([-np.log(ramp[:n]), [final_lam]])
+        lam[0] = lam_noisy  # pin the ends against round-off
+        if count > 1:
+            lam[count - 1] = lam_clean
+    elif cfg.spacing == "custom" and cfg.timesteps is not None:
+        lam = np.concatenate([schedule.lambda_at(np.asarray(cfg.timesteps, dtype=np.float64)), [final_lam]])
+    else:  # custom sigmas, in the process's own sigma column
+        lam = schedule.coefficients(np.asarray(cfg.sigmas, dtype=np.float64))[2]
+        _check_custom_range(schedule, lam)
+    sigmas = schedule.sigma_of(lam)
+    timesteps = schedule.timestep_at(lam[:-1])
+    return Grid(timesteps=np.asarray(timesteps, dtype=np.float64), sigmas=np.asarray(sigmas, dtype=np.float64))
+
+
+def _check_custom_range(schedule: Schedule, lam: np.ndarray) -> None:
+    """--sigmas of a flow or EDM grid: inside the range the network was trained on (a flow shift widens nothing)."""
+    lam_noisy, lam_clean = schedule.lambda_limits
+    bad = [float(v) for v in lam[:-1] if not (lam_noisy - 1e-9 <= v <= lam_clean + 1e-9)]
+    if bad:
+        lo, hi = schedule.sigma_of(np.array([lam_clean, lam_noisy]))
+        value = float(schedule.sigma_of(bad[0]))
+        raise ConfigError(
+            f"--sigmas: {value:.6g} lies outside the schedule's range [{lo:.6g}, {hi:.6g}]; the model cannot be evaluated there"
+        )
 
 
 def _check_grid(schedule: Schedule, cfg: SolverConfig, grid: Grid) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import BETA_SCHEDULES, PREDICTION_TYPES
+from .config import BETA_SCHEDULES, PROCESS_PREDICTIONS
 from .errors import ConfigError
 
 # diffusers' timestep grids, named alike in dpmcli (``timestep_spacing``)
@@ -77,12 +77,30 @@ def betas_table(values) -> tuple[float, ...]:
 
 
 def _is_vp(config: dict, where: str) -> None:
-    if config.get("use_flow_sigmas"):
-        raise ConfigError(
-            f"{where} sets use_flow_sigmas: it does not describe a discrete VP (beta) schedule; dpmcli samples VP diffusion models"
-        )
     if "beta_schedule" not in config and config.get("trained_betas") is None:
-        raise ConfigError(f"{where} does not describe a discrete VP (beta) schedule; dpmcli samples VP diffusion models")
+        raise ConfigError(
+            f"{where} describes neither a discrete VP (beta) schedule nor a flow schedule (use_flow_sigmas); "
+            "dpmcli samples those two"
+        )
+
+
+def _flow(config: dict, where: str) -> dict:
+    """A flow config (``use_flow_sigmas``): its shift; its betas and timestep spacing are unused, as in diffusers."""
+    flagged = [flag for flag in SIGMA_FLAGS if config.get(flag)]
+    if flagged:
+        raise ConfigError(
+            f"{where} sets use_flow_sigmas and {flagged[0]}: diffusers then builds {SIGMA_FLAGS[flagged[0]]} sigmas from its "
+            "beta table, which no flow model was trained on; drop one of them"
+        )
+    out: dict = {"process": "flow"}
+    if config.get("flow_shift") is not None:
+        out["flow_shift"] = float(config["flow_shift"])
+    if config.get("use_dynamic_shifting"):
+        kind = config.get("time_shift_type", "exponential")
+        if kind != "exponential":
+            raise ConfigError(f"{where} says time_shift_type {kind!r}; dpmcli has the exponential time shift (flow shift = exp(mu))")
+        out.pop("flow_shift", None)  # the shift comes with mu at set_timesteps
+    return out
 
 
 def _betas(config: dict, where: str) -> dict:
@@ -129,27 +147,33 @@ def schedule_options(config: dict, where: str) -> dict:
     beta schedule, prediction type, timestep spacing or final sigma it does not have, or more
     than one sigma-grid flag.
     """
-    _is_vp(config, where)
-    out: dict = {}
+    flow = bool(config.get("use_flow_sigmas"))
+    out: dict = _flow(config, where) if flow else {}
+    if not flow:
+        _is_vp(config, where)
     if config.get("num_train_timesteps") is not None:
         out["train_steps"] = int(config["num_train_timesteps"])
-    out.update(_betas(config, where))
+    if not flow:
+        out.update(_betas(config, where))
     prediction = config.get("prediction_type")
     if prediction is not None:
-        if prediction not in PREDICTION_TYPES:
-            raise ConfigError(f"{where} says prediction_type {prediction!r}; dpmcli supports {', '.join(PREDICTION_TYPES)}")
+        allowed = PROCESS_PREDICTIONS["flow" if flow else "vp"]
+        if prediction not in allowed:
+            kind = "a flow schedule" if flow else "a VP schedule (flow_prediction needs use_flow_sigmas)"
+            raise ConfigError(f"{where} says prediction_type {prediction!r}; with {kind} dpmcli supports {', '.join(allowed)}")
         out["prediction_type"] = prediction
-    out.update(_spacing(config, where))
-    if config.get("steps_offset") is not None:
-        out["steps_offset"] = int(config["steps_offset"])
-    if config.get("rescale_betas_zero_snr") is not None:
-        out["rescale_zero_snr"] = bool(config["rescale_betas_zero_snr"])
+    if not flow:
+        out.update(_spacing(config, where))
+        if config.get("steps_offset") is not None:
+            out["steps_offset"] = int(config["steps_offset"])
+        if config.get("rescale_betas_zero_snr") is not None:
+            out["rescale_zero_snr"] = bool(config["rescale_betas_zero_snr"])
     final = config.get("final_sigmas_type")
     if final is not None:
         if final not in FINAL_SIGMAS_TYPES:
             raise ConfigError(f"{where} says final_sigmas_type {final!r}; dpmcli has {' and '.join(FINAL_SIGMAS_TYPES)}")
         out["final_sigma"] = final.replace("_", "-")
-    if config.get("lambda_min_clipped") is not None:
+    if config.get("lambda_min_clipped") is not None and not flow:
         out["lambda_min_clipped"] = float(config["lambda_min_clipped"])
     if config.get("thresholding"):
         out["thresholding"] = True
@@ -192,6 +216,10 @@ def scheduler_words(options: dict) -> dict:
             out.update({flag: True for flag, grid in SIGMA_FLAGS.items() if grid == value})
         elif key == "final_sigma":
             out["final_sigmas_type"] = value.replace("-", "_")
+        elif key == "process":
+            out["use_flow_sigmas"] = value == "flow"
+        elif key == "flow_shift":
+            out[key] = value
         elif key == "trained_betas":
             out[key] = None if value is None else list(value)
         elif key in renamed:

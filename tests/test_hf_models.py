@@ -154,7 +154,7 @@ def test_schedule_options_fill_class_defaults_and_trained_betas():
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000}, "not describe a discrete VP"),
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000}, "describes neither a discrete VP"),
         ({"_class_name": "DDPMScheduler", "beta_schedule": "laplace"}, "beta_schedule 'laplace'"),
         ({"_class_name": "DDPMScheduler", "prediction_type": "flow_prediction"}, "prediction_type 'flow_prediction'"),
         ({"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "odd"}, "timestep_spacing 'odd'"),

@@ -11,7 +11,8 @@ from scipy.integrate import quad
 from dpmcli import ConfigError, SolverConfig, build_plan
 from dpmcli.models import MixtureModel, gmm64, load_mixture, ring
 from dpmcli.models.mixture import GaussianMixture
-from dpmcli.reference import alpha_of_lambda, ode_solution, sigma_of_lambda
+from dpmcli.reference import ode_solution
+from dpmcli.schedule import Schedule
 
 MIX_1D = GaussianMixture("1d", np.array([0.3, 0.7]), np.array([[-1.0], [0.8]]), np.array([[0.3], [0.5]]))
 
@@ -50,14 +51,24 @@ def test_fractional_timesteps_give_the_interpolated_noise_level():
     assert alpha**2 + sigma**2 == pytest.approx(1.0, rel=1e-14)
 
 
-def test_reference_matches_the_closed_form_for_a_single_gaussian():
+PROCESSES = {
+    "vp": SolverConfig(),
+    "flow": SolverConfig(process="flow", prediction_type="flow_prediction", flow_shift=3.0),
+    "edm": SolverConfig(process="edm", spacing="karras"),
+}
+
+
+@pytest.mark.parametrize("process", sorted(PROCESSES))
+def test_reference_matches_the_closed_form_for_a_single_gaussian(process):
     mean, std = np.array([[0.5, -1.0]]), np.array([[0.4, 1.3]])
     single = GaussianMixture("single", np.array([1.0]), mean, std)
     x_start = torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     lam0, lam1 = -2.4, 2.9
-    got = ode_solution(single, x_start, lam0, lam1)
-    # The flow keeps the standardised coordinate fixed: (x - alpha mu) / sqrt(alpha^2 s^2 + sigma^2).
-    a0, s0, a1, s1 = alpha_of_lambda(lam0), sigma_of_lambda(lam0), alpha_of_lambda(lam1), sigma_of_lambda(lam1)
+    schedule = Schedule.from_config(PROCESSES[process])
+    got = ode_solution(single, x_start, lam0, lam1, process=schedule)
+    # On any Gaussian path the flow keeps the standardised coordinate fixed:
+    # (x - alpha mu) / sqrt(alpha^2 s^2 + sigma^2), in that process's alpha and sigma.
+    (a0, s0), (a1, s1) = schedule.alpha_sigma(lam0), schedule.alpha_sigma(lam1)
     mu, var = torch.tensor(mean), torch.tensor(std**2)
     z = (x_start - a0 * mu) / torch.sqrt(a0**2 * var + s0**2)
     expected = a1 * mu + torch.sqrt(a1**2 * var + s1**2) * z

@@ -87,8 +87,11 @@ def test_dpmcli_grids_have_no_diffusers_word(spacing):
     [
         ({"beta_schedule": "linear", "use_karras_sigmas": True, "use_lu_lambdas": True},
          "test config sets use_karras_sigmas and use_lu_lambdas; use at most one of use_karras_sigmas, "),
-        ({"beta_schedule": "linear", "use_flow_sigmas": True}, "use_flow_sigmas: it does not describe a discrete VP"),
-        ({"num_train_timesteps": 1000}, "does not describe a discrete VP"),
+        ({"beta_schedule": "linear", "use_flow_sigmas": True, "use_karras_sigmas": True},
+         "sets use_flow_sigmas and use_karras_sigmas: diffusers then builds karras sigmas from its beta table"),
+        ({"use_flow_sigmas": True, "use_dynamic_shifting": True, "time_shift_type": "linear"}, "time_shift_type 'linear'"),
+        ({"use_flow_sigmas": True, "prediction_type": "sample_x"}, "prediction_type 'sample_x'; with a flow schedule"),
+        ({"num_train_timesteps": 1000}, "describes neither a discrete VP"),
         ({"beta_schedule": "laplace"}, "beta_schedule 'laplace', which dpmcli does not have"),
         ({"beta_schedule": "linear", "prediction_type": "flow_prediction"}, "prediction_type 'flow_prediction'"),
         ({"beta_schedule": "linear", "timestep_spacing": "karras"}, "timestep_spacing 'karras'; dpmcli follows linspace, leading, trailing"),
@@ -183,3 +186,19 @@ def test_both_paths_read_the_same_grid(spacing):
     words = {"_class_name": "DPMSolverMultistepScheduler", **scheduler_words({"spacing": spacing})}
     model, scheduler = _both_paths(words)
     assert model["spacing"] == scheduler.spacing == spacing
+
+
+def test_a_flow_config_reads_as_the_flow_process_and_back():
+    """use_flow_sigmas names the flow process; its betas and timestep spacing are unused there, as in diffusers."""
+    config = {
+        "use_flow_sigmas": True, "flow_shift": 3.0, "prediction_type": "flow_prediction", "beta_schedule": "linear",
+        "beta_start": 0.0001, "timestep_spacing": "trailing", "num_train_timesteps": 1000, "final_sigmas_type": "zero",
+    }
+    options = schedule_options(config, WHERE)
+    assert options == {"process": "flow", "flow_shift": 3.0, "prediction_type": "flow_prediction", "train_steps": 1000, "final_sigma": "zero"}
+    assert SolverConfig(**options).validated().process == "flow"
+    words = scheduler_words(options)
+    assert words["use_flow_sigmas"] is True and words["flow_shift"] == 3.0
+    assert schedule_options(words, WHERE) == options
+    dynamic = schedule_options({**config, "use_dynamic_shifting": True}, WHERE)
+    assert "flow_shift" not in dynamic  # the shift arrives as mu

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..schedule import Schedule, alpha_sigma
+from ..schedule import Schedule
 from ..stats import mixture_summary
 from .base import Denoiser
 from .digits import load_digits_model
@@ -50,16 +50,26 @@ class MixtureModel(Denoiser):
     def noise_level(self, timestep) -> tuple[float, float]:
         if isinstance(timestep, torch.Tensor):
             timestep = timestep.reshape(-1)[0].item()
-        return alpha_sigma(float(self.schedule.lambda_at(float(timestep))))
+        return self.schedule.noise_level(float(timestep))
 
     def __call__(self, x: torch.Tensor, timestep) -> torch.Tensor:
+        """What a perfect network outputs, told what a network is told (EDM: c_in x and c_noise)."""
         alpha, sigma = self.noise_level(timestep)
         work = x if x.dtype == torch.float64 else x.float()
+        scale = self.schedule.input_scale(sigma)
+        if scale != 1.0:
+            work = work / scale
         x0, eps = self.mixture.denoise(work, alpha, sigma)
-        if self.prediction_type == "epsilon":
+        kind = self.prediction_type
+        if self.schedule.process == "edm":
+            c_skip, c_out = self.schedule.preconditioning(kind, sigma)
+            out = (x0 - c_skip * work) / c_out  # the F with x0 = c_skip x + c_out F
+        elif kind == "epsilon":
             out = eps
-        elif self.prediction_type == "sample":
+        elif kind == "sample":
             out = x0
+        elif kind == "flow_prediction":
+            out = eps - x0
         else:
             out = alpha * eps - sigma * x0
         return out.to(x.dtype)
