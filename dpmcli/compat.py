@@ -164,9 +164,41 @@ def diffusers_sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarra
     return (1.0 - w) * low + w * (low + 1)
 
 
+def diffusers_flow_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
+    """diffusers' flow grid (use_flow_sigmas, both DPM-Solver schedulers): s uniform from 1 - 1/T, shifted, N points
+    then 0; float32 sigmas, timesteps T s truncated to int64."""
+    count = cfg.train_steps
+    # diffusers sets flow_shift = np.exp(mu) (numpy's exp, kept for the last bit)
+    shift = float(np.exp(cfg.flow_mu)) if cfg.flow_mu is not None else cfg.flow_shift
+    unshifted = 1.0 - np.linspace(1.0, 1.0 / count, cfg.steps + 1)
+    sigmas = np.flip(shift * unshifted / (1 + (shift - 1) * unshifted))[:-1].copy()
+    timesteps = (sigmas * count).astype(np.int64).astype(np.float64)
+    sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32).astype(np.float64)
+    return Grid(timesteps=timesteps, sigmas=sigmas)
+
+
+def diffusers_edm_grid(cfg: SolverConfig) -> Grid:
+    """EDMDPMSolverMultistepScheduler.set_timesteps: a float32 karras or exponential ramp of N sigmas, c_noise
+    timesteps, then sigma_min or 0."""
+    ramp = torch.linspace(0, 1, cfg.steps)
+    if cfg.spacing == "karras":
+        lo, hi = cfg.sigma_min ** (1 / cfg.rho), cfg.sigma_max ** (1 / cfg.rho)
+        sigmas = (hi + ramp * (lo - hi)) ** cfg.rho
+    else:
+        sigmas = torch.linspace(np.log(cfg.sigma_min), np.log(cfg.sigma_max), cfg.steps).exp().flip(0)
+    sigmas = sigmas.to(torch.float32)
+    timesteps = (0.25 * torch.log(sigmas)).double().numpy()
+    final = torch.tensor([0.0 if cfg.final_sigma == "zero" else cfg.sigma_min], dtype=torch.float32)
+    return Grid(timesteps=timesteps, sigmas=torch.cat([sigmas, final]).double().numpy())
+
+
 def diffusers_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
     """The grid of DPMSolverMultistepScheduler.set_timesteps, quirks included: integer timesteps, float32 sigmas,
-    N sigma points then the final one."""
+    N sigma points then the final one (flow and EDM: their own schedulers' grids)."""
+    if cfg.process == "flow":
+        return diffusers_flow_grid(schedule, cfg)
+    if cfg.process == "edm":
+        return diffusers_edm_grid(cfg)
     n = cfg.steps
     abar = torch.tensor(schedule.alphas_cumprod, dtype=torch.float32)
     train_sigmas = (((1 - abar) / abar) ** 0.5).numpy()

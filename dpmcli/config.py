@@ -426,7 +426,37 @@ def _custom_timesteps(cfg: SolverConfig) -> tuple[float, ...]:
     return tuple(float(t) for t in values)
 
 
+def _check_diffusers_process(cfg: SolverConfig) -> None:
+    """What diffusers' flow mode (use_flow_sigmas) and EDMDPMSolverMultistepScheduler can reproduce."""
+    if cfg.process == "flow":
+        if cfg.spacing != "linspace" or cfg.timesteps is not None:
+            raise ConfigError(
+                f"--compat diffusers: diffusers' flow mode has one grid (use_flow_sigmas: uniform in s, then shifted), "
+                f"not --spacing {cfg.spacing}; use --spacing linspace"
+            )
+        if cfg.final_sigma != "zero":
+            raise ConfigError(
+                "--compat diffusers: diffusers' flow mode ends a sigma-min grid at its beta table's sigma_min, which a flow "
+                "model has no use for; use --final-sigma zero"
+            )
+        if cfg.prediction_type == "v_prediction":
+            raise ConfigError(
+                "--compat diffusers: diffusers' flow mode converts v_prediction with the VP formula, which is not v on a "
+                "flow path; use flow_prediction, epsilon or sample"
+            )
+    if cfg.process == "edm":
+        if cfg.method != "multistep":
+            raise ConfigError("--compat diffusers: EDMDPMSolverMultistepScheduler is multistep only; drop --method")
+        if cfg.spacing not in ("karras", "exponential"):
+            raise ConfigError(f"--compat diffusers: EDMDPMSolverMultistepScheduler has no --spacing {cfg.spacing}; use karras or exponential")
+        if not cfg.predicts_data:
+            raise ConfigError(f"--compat diffusers: EDMDPMSolverMultistepScheduler has no --algo {cfg.algo}; use dpmsolver++ or sde-dpmsolver++")
+        if cfg.is_sde and cfg.order == 3:
+            raise ConfigError("--compat diffusers: EDMDPMSolverMultistepScheduler has no third-order sde-dpmsolver++; use --order 1 or 2")
+
+
 def _check_diffusers_compat(cfg: SolverConfig) -> None:
+    _check_diffusers_process(cfg)
     if cfg.sigmas is not None:
         raise ConfigError(
             "--compat diffusers: diffusers' DPM-Solver schedulers take custom timesteps, not custom sigmas; drop --sigmas"
@@ -461,7 +491,7 @@ def _check_diffusers_compat(cfg: SolverConfig) -> None:
         )
     if cfg.algo == "sde-dpmsolver" and cfg.order == 3:
         raise ConfigError("--compat diffusers: diffusers has no third-order sde-dpmsolver; use --order 1 or 2")
-    if cfg.rho != 7.0 and cfg.spacing == "karras":
+    if cfg.rho != 7.0 and cfg.spacing == "karras" and cfg.process != "edm":
         raise ConfigError("--compat diffusers: diffusers fixes rho at 7 for karras sigmas; drop --rho")
 
 
