@@ -17,6 +17,7 @@ from .config import SolverConfig
 from .errors import ConfigError
 from .noise import GaussianNoise, initial_latents
 from .plan import Plan, build_plan
+from .processes import with_process_defaults
 from .solvers import START, StepState, scaled_noise
 from .solvers import step as step_row
 
@@ -31,7 +32,7 @@ class DPMSolver:
         for grid in ("sigmas", "timesteps"):  # custom grids, as lists, arrays or tensors
             if options.get(grid) is not None:
                 options[grid] = tuple(float(v) for v in options[grid])
-        self.plan: Plan = build_plan(SolverConfig(**options))
+        self.plan: Plan = build_plan(with_process_defaults(SolverConfig(**options), options))
         if self.plan.config.method == "adaptive":
             raise ConfigError("DPMSolver: --method adaptive picks its steps while it runs; use dpmcli.adaptive.sample_adaptive")
         self.seed = seed
@@ -51,8 +52,8 @@ class DPMSolver:
         self._noise = GaussianNoise(self.seed)
 
     def initial_latents(self, shape, device="cpu", dtype=torch.float32) -> torch.Tensor:
-        """x_T ~ N(0, I) from the seed."""
-        return initial_latents(self.seed, tuple(shape), device, dtype)
+        """x_T ~ N(0, init_noise_sigma^2 I) from the seed (EDM: sqrt(sigma_max^2 + 1); 1 elsewhere)."""
+        return initial_latents(self.seed, tuple(shape), device, dtype, self.plan.schedule.init_noise_sigma)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, noise: torch.Tensor | None = None):
         """Advance ``sample`` from ``timestep`` to the next grid point; returns the new sample.

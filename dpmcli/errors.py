@@ -33,3 +33,8 @@ def bad_choice(option: str, value: object, allowed) -> ConfigError:
     """The one-line error for a value outside a fixed set."""
     choices = ", ".join(str(a) for a in allowed)
     return ConfigError(f"{option}: {value!r} is not allowed; choose one of: {choices}")
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of a SolverConfig field: ``beta_start`` -> ``--beta-start``."""
+    return "--" + name.replace("_", "-")

@@ -81,6 +81,10 @@ def grid_label(plan, varying: tuple[str, ...] = ("spacing", "beta_schedule", "st
         parts.append(cfg.beta_schedule)
     if "steps" in varying:
         parts.append(f"{plan.steps} steps")
+    if "process" in varying:
+        parts.append(cfg.process)
+    if "flow_shift" in varying:
+        parts.append(f"shift {cfg.shift:g}")
     return ", ".join(parts)
 
 
@@ -114,7 +118,7 @@ def schedule_figure(plans, labels, title: str | None = None) -> Figure:
             dot = 3.5 if n <= 60 else 0.0  # long grids read better as lines
             cross = 9 if n <= 60 else 5
             panels = (
-                (ax_sigma, plan.sigmas[:n], lambda lam: np.exp(-lam)),
+                (ax_sigma, plan.sigmas[:n], plan.schedule.sigma_of),
                 (ax_lambda, plan.lambdas[:n], lambda lam: lam),
             )
             for ax, values, of_lambda in panels:
@@ -137,7 +141,7 @@ def schedule_figure(plans, labels, title: str | None = None) -> Figure:
             if len(bad):
                 ax_h.plot(steps[bad], plan.h[bad], "x", color=BAD, markersize=cross, markeredgewidth=1.5)
         ax_sigma.set_yscale("log")
-        ax_sigma.set_title("noise level sigma = sigma_t / alpha_t")
+        ax_sigma.set_title("grid sigma (vp, edm: sigma_t / alpha_t; flow: s = sigma_t)")
         ax_sigma.set_ylabel("sigma (log scale)")
         ax_lambda.set_title("half log-SNR lambda = log(alpha_t / sigma_t)")
         ax_lambda.set_ylabel("lambda")

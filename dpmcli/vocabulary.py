@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import BETA_SCHEDULES, PROCESS_PREDICTIONS
+from .config import BETA_SCHEDULES
+from .processes import PROCESS_PREDICTIONS
 from .errors import ConfigError
 
 # diffusers' timestep grids, named alike in dpmcli (``timestep_spacing``)

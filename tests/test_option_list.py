@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from dpmcli.cli import options
 from dpmcli.cli.main import app
-from dpmcli.config import SolverConfig, option_flag
+from dpmcli.config import SolverConfig
+from dpmcli.errors import option_flag
 
 FIELDS = [f.name for f in dataclasses.fields(SolverConfig)]
 

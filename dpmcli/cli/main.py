@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
-from ..config import GRID, SOLVER
+from ..config import GRID, PROCESS, SOLVER
 from ..plan import build_plan
 from ..report import csv_text, dumps_json
 from .compare_cmd import run_compare
@@ -222,7 +222,7 @@ def sample(
 
 @command("plot-schedule")
 @handle_errors
-@with_solver_options(exclude=("spacing", "beta_schedule", "steps"))
+@with_solver_options(exclude=("spacing", "beta_schedule", "steps", "process", "flow_shift"))
 def plot_schedule(
     *,
     solver,
@@ -238,6 +238,14 @@ def plot_schedule(
         Optional[list[str]],
         typer.Option("--steps", help="Number of steps; repeat or comma list.", show_default="20", rich_help_panel=SOLVER),
     ] = None,
+    process: Annotated[
+        Optional[list[str]],
+        typer.Option("--process", help="Noise process(es): vp, flow, edm; repeat or comma list.", show_default="vp", rich_help_panel=PROCESS),
+    ] = None,
+    flow_shift: Annotated[
+        Optional[list[str]],
+        typer.Option("--flow-shift", help="flow: shift(s) S; repeat or comma list (1,3,6 overlays three).", show_default="1", rich_help_panel=PROCESS),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Figure file: .png, .svg or .pdf.", rich_help_panel=OUTPUT)] = Path("schedule.png"),
     dpi: Dpi = 150,
     title: Annotated[Optional[str], typer.Option("--title", help="Figure title.", rich_help_panel=OUTPUT)] = None,
@@ -245,13 +253,17 @@ def plot_schedule(
 ):
     """Draw sigma, lambda, alpha_t / sigma_t and the step size h of one or more step grids.
 
-    Every combination of the values given to [bold]--spacing[/bold], [bold]--beta-schedule[/bold] and
-    [bold]--steps[/bold] is one curve; the continuous schedule is drawn faintly behind each grid's
-    points, and zero-length steps or repeated timesteps are marked in red. Says the file written on stderr.
+    Every combination of the values given to [bold]--spacing[/bold], [bold]--beta-schedule[/bold],
+    [bold]--steps[/bold], [bold]--process[/bold] and [bold]--flow-shift[/bold] is one curve; the continuous
+    schedule is drawn faintly behind each grid's points, and zero-length steps or repeated timesteps are
+    marked in red. Says the file written on stderr.
 
     Example: [bold]dpmcli plot-schedule --spacing linspace,karras,logsnr --steps 10 --out grids.png[/bold]
+
+    Example: [bold]dpmcli plot-schedule --process flow --flow-shift 1,3,6 --out shifts.png[/bold]
     """
-    plot_schedule_command(solver=solver, spacing=spacing, beta_schedule=beta_schedule, steps=steps, out=out, dpi=dpi, title=title, quiet=quiet)
+    lists = dict(spacing=spacing, beta_schedule=beta_schedule, steps=steps, process=process, flow_shift=flow_shift)
+    plot_schedule_command(solver=solver, lists=lists, out=out, dpi=dpi, title=title, quiet=quiet)
 
 
 def _sweep_option(flag: str, what: str, default: str, panel: str = "Sweep"):

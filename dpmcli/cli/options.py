@@ -12,8 +12,9 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from ..config import SolverConfig, option_fields, option_flag
-from ..errors import ConfigError
+from ..config import SolverConfig, option_fields
+from ..errors import ConfigError, option_flag
+from ..processes import with_process_defaults
 
 # The panels of the options that are the commands' own; the solver options' panels are in config.py
 OUTPUT = "Output"
@@ -121,7 +122,7 @@ class SolverOptions:
         self.explicit = explicit
 
     def __call__(self, **overrides) -> SolverConfig:
-        config = solver_config(**{**self.values, **overrides})
+        config = with_process_defaults(solver_config(**{**self.values, **overrides}), self.explicit | set(overrides))
         betas = config.trained_betas
         if betas is not None and "train_steps" in self.explicit and len(betas) != config.train_steps:
             raise ConfigError(

@@ -27,30 +27,31 @@ def check_figure_path(option: str, path: Path | None) -> None:
         figure_format(option, path)
 
 
-def plot_schedule_command(*, solver, spacing, beta_schedule, steps, out: Path, dpi: int, title, quiet: bool) -> None:
-    """Every combination of the --spacing, --beta-schedule and --steps lists as one curve of one figure."""
+# plot-schedule's list options: (SolverConfig name, flag, how a value reads)
+CURVE_AXES = (("spacing", "--spacing", str), ("beta_schedule", "--beta-schedule", str), ("steps", "--steps", int),
+              ("process", "--process", str), ("flow_shift", "--flow-shift", float))
+
+
+def plot_schedule_command(*, solver, lists: dict, out: Path, dpi: int, title, quiet: bool) -> None:
+    """Every combination of the list options (CURVE_AXES; ``lists`` by name) as one curve of one figure."""
     from ..plots import grid_label, save_figure, schedule_figure
 
     check_figure_path("--out", out)
     outputs = OutputFiles({"--out": out})
     check_dpi(dpi)
-    spacings = split_list("--spacing", spacing) or [None]
-    betas = split_list("--beta-schedule", beta_schedule) or [None]
-    counts = split_list("--steps", steps, int) or [None]
-    combos = list(itertools.product(spacings, betas, counts))
+    axes = {name: split_list(flag, lists.get(name), kind) or [None] for name, flag, kind in CURVE_AXES}
+    combos = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    flags = "/".join(flag for _, flag, _ in CURVE_AXES)
     if solver().sigmas is not None and len(combos) > 1:
-        raise ConfigError("--sigmas: a custom grid is one curve; drop the lists of --spacing/--beta-schedule/--steps")
+        raise ConfigError(f"--sigmas: a custom grid is one curve; drop the lists of {flags}")
     if len(combos) > 12:
-        raise ConfigError(f"--spacing/--beta-schedule/--steps: {len(combos)} combinations; draw at most 12 in one figure")
+        raise ConfigError(f"{flags}: {len(combos)} combinations; draw at most 12 in one figure")
     plans = []
-    for sp, beta, n in combos:
-        overrides = {k: v for k, v in (("spacing", sp), ("beta_schedule", beta), ("steps", n)) if v is not None}
-        plan = build_plan(solver(**overrides))
+    for combo in combos:
+        plan = build_plan(solver(**{k: v for k, v in combo.items() if v is not None}))
         warn([f"{grid_label(plan)}: {w}" for w in plan.warnings], quiet)
         plans.append(plan)
-    varying = tuple(
-        name for name, values in (("spacing", spacings), ("beta_schedule", betas), ("steps", counts)) if len(values) > 1
-    ) or ("spacing", "steps")
+    varying = tuple(name for name, values in axes.items() if len(values) > 1) or ("spacing", "steps")
     labels = [grid_label(plan, varying) for plan in plans]
     fig = schedule_figure(plans, labels, title)
     with outputs:

@@ -23,11 +23,30 @@ def num(value, digits: int = 5) -> str:
     return f"{value:.{digits}g}"
 
 
+def process_words(cfg) -> str:
+    """The noise process in a few words: its betas (vp), its shift (flow) or its sigma range (edm)."""
+    if cfg.process == "flow":
+        return "flow" + (f" (shift {cfg.shift:.6g})" if cfg.shift != 1.0 else "")
+    if cfg.process == "edm":
+        return f"edm (sigma {cfg.sigma_min:g} to {cfg.sigma_max:g}, sigma_data {cfg.sigma_data:g})"
+    return f"{cfg.beta_schedule} betas"
+
+
+def shift_note(cfg) -> str | None:
+    """A flow shift S is the unshifted grid translated in lambda by -ln S: say so under the table."""
+    if cfg.process != "flow" or cfg.shift == 1.0:
+        return None
+    return (
+        f"flow shift {cfg.shift:.6g}: s' = S s / (1 + (S - 1) s), i.e. every lambda is the unshifted one "
+        f"minus ln S = {math.log(cfg.shift):.6g}; sigma is s"
+    )
+
+
 def config_line(cfg) -> str:
     if cfg.method == "adaptive":
         return (
             f"{cfg.algo} · adaptive DPM-Solver-{cfg.order - 1}{cfg.order} · atol {cfg.atol:g} · rtol {cfg.rtol:g} · "
-            f"{cfg.coefficients} weights · {cfg.beta_schedule} betas · final sigma {cfg.final_sigma} · {cfg.prediction_type} prediction"
+            f"{cfg.coefficients} weights · {process_words(cfg)} · final sigma {cfg.final_sigma} · {cfg.prediction_type} prediction"
         )
     parts = [
         f"{cfg.algo}",
@@ -37,7 +56,7 @@ def config_line(cfg) -> str:
         f"{cfg.solver_type}" if cfg.order == 2 and cfg.coefficients == "published" else None,
         f"{cfg.coefficients} weights",
         f"{cfg.spacing} spacing",
-        f"{cfg.beta_schedule} betas",
+        process_words(cfg),
         f"final sigma {cfg.final_sigma}",
         f"{cfg.prediction_type} prediction",
         "compat diffusers" if cfg.compat == "diffusers" else None,
@@ -49,7 +68,10 @@ def schedule_table(plan) -> Table:
     extra = plan.nfe - plan.steps
     table = Table(
         title=f"Plan: {plan.steps} steps, NFE {plan.nfe}" + (f" ({extra} extra model calls)" if extra > 0 else ""),
-        caption=f"{config_line(plan.config)}\n{plan.order_note}\nfinal sigma = {num(float(plan.sigmas[-1]))}",
+        caption="\n".join(
+            line for line in (config_line(plan.config), plan.order_note, shift_note(plan.config),
+                              f"final sigma = {num(float(plan.sigmas[-1]))}") if line
+        ),
         header_style="bold",
     )
     columns = ["step", "timestep", "sigma", "alpha_t", "sigma_t", "lambda", "h", "order"]
