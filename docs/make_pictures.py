@@ -37,6 +37,8 @@ def main() -> None:
         ["plot-schedule", "--spacing", "linspace,karras,logsnr", "--steps", "10", "--out", OUT / "plot-schedule.png"],
         ["plot-schedule", "--spacing", "karras", "--steps", "300", "--compat", "diffusers", "--out", OUT / "plot-schedule-repeats.png",
          "--title", "diffusers' karras grid with 300 steps: repeated integer timesteps (red)"],
+        ["plot-schedule", "--process", "flow", "--flow-shift", "1,3,6", "--steps", "10", "--out", OUT / "plot-schedule-flow-shifts.png",
+         "--title", "flow grids with shift 1, 3 and 6: a shift translates lambda, h is unchanged"],
         ["sample", "--steps", "12", "--plot", OUT / "sample-run.png", "--plot-samples", OUT / "sample-samples.png", "--quiet",
          "--format", "json"],
         ["sample", "--model", "digits", "--save-images", OUT / "digits.png", "--quiet", "--format", "json"],
@@ -52,6 +54,11 @@ def main() -> None:
         shutil.copy(Path(folder) / "error_vs_nfe.png", OUT / "compare-orders.png")
         subprocess.run([sys.executable, "-m", "dpmcli", "compare", "--out", folder, "--quiet", "--dpi", "80"], check=True, stdout=subprocess.DEVNULL)
         shutil.copy(Path(folder) / "samples.png", OUT / "compare-samples.png")
+        # flow matching on the 64-d mixture: flow Euler (order 1) against DPM-Solver++(2M)/(3M), shift 3
+        flow = ["compare", "--model", "gmm64", "--process", "flow", "--flow-shift", "3", "--algo", "dpmsolver++", "--order", "1,2,3",
+                "--steps", "5,10,20,40", "--out", folder, "--quiet"]
+        subprocess.run([sys.executable, "-m", "dpmcli", *flow, "--dpi", "100"], check=True, stdout=subprocess.DEVNULL)
+        shutil.copy(Path(folder) / "error_vs_nfe.png", OUT / "compare-flow.png")
         # guided digits at 5 steps: one row of samples per solver
         digits = ["compare", "--model", "digits", "--algo", "dpmsolver++,sde-dpmsolver++", "--order", "1,2,3", "--steps", "3,5",
                   "--guidance-scale", "4", "--class", "all", "--out", folder, "--quiet"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .images import image_grid
+from .processes import describe_process
 from .report import atomic_write, csv_text, dumps_json
 
 CSV_COLUMNS = [
@@ -61,7 +62,8 @@ def compare_csv(report) -> str:
 
 def error_title(report) -> str:
     sweep = report.sweep
-    return f"{sweep.model}, {sweep.batch} samples, seed {sweep.seed}: error against NFE"
+    process = "" if sweep.base.process == "vp" else f" ({describe_process(sweep.base)})"
+    return f"{sweep.model}{process}, {sweep.batch} samples, seed {sweep.seed}: error against NFE"
 
 
 def save_error_figure(report, path: Path, dpi: int = 150) -> None:

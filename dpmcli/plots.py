@@ -145,7 +145,7 @@ def schedule_figure(plans, labels, title: str | None = None) -> Figure:
         ax_sigma.set_ylabel("sigma (log scale)")
         ax_lambda.set_title("half log-SNR lambda = log(alpha_t / sigma_t)")
         ax_lambda.set_ylabel("lambda")
-        ax_coef.set_title("VP coefficients")
+        ax_coef.set_title("alpha_t and sigma_t of x = alpha_t x0 + sigma_t eps")
         ax_coef.set_ylabel("alpha_t (solid), sigma_t (dashed)")
         ax_coef.set_ylim(-0.03, 1.03)
         ax_h.set_title("step size in lambda (step to sigma 0 not drawn: h = inf)")

@@ -33,6 +33,15 @@ FLOW_ONLY = ("flow_shift", "flow_mu")
 EDM_ONLY = ("sigma_min", "sigma_max", "sigma_data")
 
 
+def describe_process(cfg) -> str:
+    """The noise process in a few words: its betas (vp), its shift (flow) or its sigma range (edm)."""
+    if cfg.process == "flow":
+        return "flow" + (f" (shift {cfg.shift:.6g})" if cfg.shift != 1.0 else "")
+    if cfg.process == "edm":
+        return f"edm (sigma {cfg.sigma_min:g} to {cfg.sigma_max:g}, sigma_data {cfg.sigma_data:g})"
+    return f"{cfg.beta_schedule} betas"
+
+
 def _listed(values) -> str:
     return ", ".join(values)
 

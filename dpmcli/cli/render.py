@@ -9,6 +9,7 @@ from rich.text import Text
 
 from ..compare import SWEEP_FIELDS
 from ..export import DASH, compare_cell, guidance_blocks
+from ..processes import describe_process
 
 
 def num(value, digits: int = 5) -> str:
@@ -21,15 +22,6 @@ def num(value, digits: int = 5) -> str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return f"{value:.{digits}g}"
-
-
-def process_words(cfg) -> str:
-    """The noise process in a few words: its betas (vp), its shift (flow) or its sigma range (edm)."""
-    if cfg.process == "flow":
-        return "flow" + (f" (shift {cfg.shift:.6g})" if cfg.shift != 1.0 else "")
-    if cfg.process == "edm":
-        return f"edm (sigma {cfg.sigma_min:g} to {cfg.sigma_max:g}, sigma_data {cfg.sigma_data:g})"
-    return f"{cfg.beta_schedule} betas"
 
 
 def shift_note(cfg) -> str | None:
@@ -46,7 +38,7 @@ def config_line(cfg) -> str:
     if cfg.method == "adaptive":
         return (
             f"{cfg.algo} · adaptive DPM-Solver-{cfg.order - 1}{cfg.order} · atol {cfg.atol:g} · rtol {cfg.rtol:g} · "
-            f"{cfg.coefficients} weights · {process_words(cfg)} · final sigma {cfg.final_sigma} · {cfg.prediction_type} prediction"
+            f"{cfg.coefficients} weights · {describe_process(cfg)} · final sigma {cfg.final_sigma} · {cfg.prediction_type} prediction"
         )
     parts = [
         f"{cfg.algo}",
@@ -56,7 +48,7 @@ def config_line(cfg) -> str:
         f"{cfg.solver_type}" if cfg.order == 2 and cfg.coefficients == "published" else None,
         f"{cfg.coefficients} weights",
         f"{cfg.spacing} spacing",
-        process_words(cfg),
+        describe_process(cfg),
         f"final sigma {cfg.final_sigma}",
         f"{cfg.prediction_type} prediction",
         "compat diffusers" if cfg.compat == "diffusers" else None,
