@@ -3,7 +3,9 @@
     solver = DPMSolver(algo="sde-dpmsolver++", order=2, steps=20, seed=0)
     x = solver.initial_latents((4, 2))
     for t in solver.timesteps:
-        x = solver.step(model(x, t), t, x)
+        x = solver.step(model(solver.scale_model_input(x, t), t), t, x)
+
+(``scale_model_input`` is EDM's c_in; on VP and flow it returns x itself.)
 
 This object owns the loop state an API user needs between calls (the step index and the
 ``solvers.StepState``); the update itself is ``solvers.step``, the same one the command line runs.
@@ -54,6 +56,13 @@ class DPMSolver:
     def initial_latents(self, shape, device="cpu", dtype=torch.float32) -> torch.Tensor:
         """x_T ~ N(0, init_noise_sigma^2 I) from the seed (EDM: sqrt(sigma_max^2 + 1); 1 elsewhere)."""
         return initial_latents(self.seed, tuple(shape), device, dtype, self.plan.schedule.init_noise_sigma)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
+        """What the network is given at the next step: ``sample`` times EDM's c_in (``sample`` itself elsewhere)."""
+        if self._index >= len(self._rows):
+            raise ConfigError("DPMSolver.scale_model_input: all steps are done; call reset() to sample again")
+        scale = self._rows[self._index].input_scale
+        return sample if scale == 1.0 else sample * scale
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, noise: torch.Tensor | None = None):
         """Advance ``sample`` from ``timestep`` to the next grid point; returns the new sample.

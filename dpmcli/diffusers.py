@@ -19,7 +19,6 @@ never loads it.
 from __future__ import annotations
 
 import inspect
-import math
 import re
 import warnings
 from collections.abc import Callable
@@ -31,11 +30,7 @@ import torch
 
 try:
     from diffusers.configuration_utils import ConfigMixin, register_to_config
-    from diffusers.schedulers.scheduling_utils import (
-        KarrasDiffusionSchedulers,
-        SchedulerMixin,
-        SchedulerOutput,
-    )
+    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(f'dpmcli.diffusers needs the diffusers library: pip install "dpmcli[diffusers]" ({exc})') from exc
@@ -46,12 +41,7 @@ from .errors import ConfigError
 from .noise import GaussianNoise
 from .plan import Plan, build_plan, multistep_tail
 from .sampler import StepEvent
-from .schedule import (
-    Schedule,
-    make_betas,
-    rescale_to_zero_terminal_snr,
-    vp_coefficients,
-)
+from .schedule import Schedule, make_betas, rescale_to_zero_terminal_snr
 from .stats import StepStatistics
 from .vocabulary import SIGMA_FLAGS, has_word, schedule_options, scheduler_words, solver_options
 
@@ -62,6 +52,7 @@ PARAMETER_OF_FLAG = {
     "--steps": "num_inference_steps",
     "--train-steps": "num_train_timesteps",
     "--rescale-zero-snr": "rescale_betas_zero_snr",
+    "--flow-mu": "mu",
 }
 
 
@@ -128,12 +119,15 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         use_beta_sigmas: bool = False,
         use_lu_lambdas: bool = False,
         use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
         final_sigmas_type: str = "zero",
         lambda_min_clipped: float = -float("inf"),
         variance_type: str | None = None,
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
         algo: str | None = None,
         order: int | None = None,
         spacing: str | None = None,
@@ -158,19 +152,29 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
 
     def _set_training_schedule(self, schedule: Schedule) -> None:
         """The training schedule's tables, as diffusers' schedulers expose them before set_timesteps."""
-        self.schedule = schedule
-        betas = make_betas(self._base, torch.float32)
-        self.betas = rescale_to_zero_terminal_snr(betas) if self._base.rescale_zero_snr else betas
-        self.alphas_cumprod = torch.from_numpy(np.array(schedule.alphas_cumprod)).float()
+        self.schedule, self.init_noise_sigma = schedule, schedule.init_noise_sigma
         self.timesteps = torch.arange(self.config.num_train_timesteps - 1, -1, -1, dtype=torch.int64)
-        self.sigmas = torch.from_numpy(np.array(schedule.sigmas)).float()
+        if schedule.process == "vp":
+            betas = make_betas(self._base, torch.float32)
+            self.betas = rescale_to_zero_terminal_snr(betas) if self._base.rescale_zero_snr else betas
+            self.alphas_cumprod = torch.from_numpy(np.array(schedule.alphas_cumprod)).float()
+            self.sigmas = torch.from_numpy(np.array(schedule.sigmas)).float()
+            return
+        # flow has no beta table: the tables of the VP schedule with the same SNR, alpha^2 / (alpha^2 + sigma^2)
+        column = schedule.sigma_of(schedule.lambda_at(np.arange(len(self), dtype=np.float64)))
+        alpha, sigma, _ = schedule.coefficients(column)
+        self.alphas_cumprod = torch.from_numpy(alpha**2 / (alpha**2 + sigma**2)).float()
+        self.betas = 1.0 - self.alphas_cumprod / torch.cat([torch.ones(1), self.alphas_cumprod[:-1]])
+        self.sigmas = torch.from_numpy(column).float()  # the process's own sigma column: s = t / T for flow
 
     def _write_back_resolved(self, base: SolverConfig) -> None:
         """Record the resolved choices under diffusers' names; keep dpmcli's names only where diffusers has none."""
-        resolved = {key: getattr(base, key) for key in ("algo", "order", "final_sigma", "solver_type", "spacing")}
+        flow = base.process == "flow"
+        # diffusers' flow mode has one grid (use_flow_sigmas): a flow spacing has no word in diffusers' config
+        resolved = {key: getattr(base, key) for key in ("algo", "order", "final_sigma", "solver_type") + (() if flow else ("spacing",))}
         updates = {**dict.fromkeys(SIGMA_FLAGS, False), **scheduler_words(resolved), **dict.fromkeys(DPMCLI_ALIASES)}
-        if not has_word("spacing", resolved["spacing"]):
-            updates["spacing"] = resolved["spacing"]  # time-uniform, time-quadratic: dpmcli's own grids
+        if base.spacing != "linspace" if flow else not has_word("spacing", base.spacing):
+            updates["spacing"] = base.spacing  # time-uniform, time-quadratic (flow: every grid but its own): dpmcli's grids
         registered = dict(self.config)
         changed = {key: value for key, value in updates.items() if registered.get(key) != value}
         if not changed:
@@ -231,22 +235,22 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ grid
 
     def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        timesteps: list[int] | None = None,
-        sigmas: list[float] | None = None,
+        self, num_inference_steps: int | None = None, device: str | torch.device | None = None, mu: float | None = None,
+        timesteps: list[int] | None = None, *, sigmas: list[float] | None = None,
     ) -> None:
         """Build the plan for a run: ``num_inference_steps`` steps on the configured grid, or a custom grid.
 
-        ``timesteps`` (training timesteps, non-increasing) or ``sigmas`` (diffusers' sigma, decreasing)
-        give the model calls' noise levels; the final sigma (``final_sigmas_type``) is appended unless
-        ``sigmas`` already ends in 0. With ``compat="diffusers"`` only ``timesteps`` exist, truncated to
-        integers as diffusers truncates them. A grid that repeats a timestep is built (with a warning);
-        in compat mode the rows diffusers would turn into NaN raise a NumericalError when stepped.
+        ``timesteps`` (training timesteps, non-increasing) or ``sigmas`` (the grid's sigma column, decreasing:
+        diffusers' sigma, or s for flow) give the model calls' noise levels; the final sigma
+        (``final_sigmas_type``) is appended unless ``sigmas`` already ends in 0. With ``compat="diffusers"``
+        only ``timesteps`` exist, truncated to integers as diffusers truncates them. ``mu`` (flow configs with
+        ``use_dynamic_shifting``) shifts this run's flow grid by exp(mu) instead of ``flow_shift``. A grid
+        that repeats a timestep is built (with a warning); in compat mode the rows diffusers would turn into
+        NaN raise a NumericalError when stepped.
         """
         if sum(arg is not None for arg in (num_inference_steps, timesteps, sigmas)) != 1:
             raise ConfigError("DPMSolverScheduler.set_timesteps: pass exactly one of num_inference_steps, timesteps, sigmas")
+        base = self._base if mu is None else self._dynamic_shift(mu, num_inference_steps is None)
         if num_inference_steps is not None:
             options = {"steps": int(num_inference_steps)}
         elif timesteps is not None:
@@ -255,7 +259,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         else:
             options = {"sigmas": self._custom_sigmas(sigmas)}
         try:
-            plan = build_plan(self._base.with_options(**options))
+            plan = build_plan(base.with_options(**options))
         except ConfigError as error:
             raise _option_error(error, "DPMSolverScheduler.set_timesteps") from None
         if sigmas is not None:
@@ -270,15 +274,24 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = plan.steps
         self._reset_run()
 
+    def _dynamic_shift(self, mu, custom: bool) -> SolverConfig:
+        """The base config shifted by exp(mu), as use_dynamic_shifting asks (diffusers' exponential time shift)."""
+        if self._base.process != "flow" or not self.config.use_dynamic_shifting:
+            raise ConfigError("DPMSolverScheduler.set_timesteps: mu needs a flow config with use_dynamic_shifting=True (use_flow_sigmas)")
+        if custom:
+            raise ConfigError("DPMSolverScheduler.set_timesteps: mu shifts the configured flow grid, not custom timesteps or sigmas; pass one of them")
+        return self._base.with_options(flow_mu=float(mu), flow_shift=1.0)
+
     def _custom_sigmas(self, sigmas) -> tuple[float, ...]:
         levels = np.asarray(sigmas, dtype=np.float64).reshape(-1)
         if levels.size and levels[-1] == 0.0:
             return tuple(float(s) for s in levels)
-        final = 0.0 if self._base.final_sigma == "zero" else float(self.schedule.sigmas[0])
-        return tuple(float(s) for s in levels) + (final,)
+        sched = self.schedule  # sigma-min: where the process's grids end (VP: the training table's smallest sigma)
+        sigma_min = float(sched.sigmas[0]) if sched.process == "vp" else float(sched.sigma_of(sched.lambda_limits[1]))
+        return tuple(float(s) for s in levels) + (0.0 if self._base.final_sigma == "zero" else sigma_min,)
 
     def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """VP latents go to the network as they are."""
+        """VP and flow latents go to the network as they are (the schedule's input scale is 1)."""
         return sample
 
     # ------------------------------------------------------------------ callbacks
@@ -352,12 +365,8 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         return tail
 
     def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: float | torch.Tensor,
-        sample: torch.Tensor,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        variance_noise: torch.Tensor | None = None,
+        self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None, variance_noise: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple:
         """Advance ``sample`` from ``timestep`` to the latent of the next model call (or the final one).
@@ -425,8 +434,8 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
                 if row is not None:
                     levels[k] = plan.evaluations[row].sigma
                 else:
-                    levels[k] = math.exp(-float(self.schedule.lambda_at(float(timestep))))
-        alpha, sigma, _ = vp_coefficients(levels)
+                    levels[k] = self.schedule.sigma_of(float(self.schedule.lambda_at(float(timestep))))
+        alpha, sigma, _ = self.schedule.coefficients(levels)
         shape = (-1,) + (1,) * (original_samples.dim() - 1)
         like = {"device": original_samples.device, "dtype": original_samples.dtype}
         return torch.as_tensor(alpha, **like).reshape(shape) * original_samples + torch.as_tensor(sigma, **like).reshape(shape) * noise
@@ -444,8 +453,11 @@ def _options_of(parameters: dict) -> dict:
         "dynamic_thresholding_ratio": float(parameters["dynamic_thresholding_ratio"]),
         "sample_max_value": float(parameters["sample_max_value"]),
     }
-    for key in ("beta_start", "beta_end"):
-        options.setdefault(key, float(parameters[key]))  # kept as given beside a table of betas
+    if options.get("process") != "flow":
+        for key in ("beta_start", "beta_end"):
+            options.setdefault(key, float(parameters[key]))  # kept as given beside a table of betas
+    elif parameters["use_dynamic_shifting"]:
+        options["flow_shift"] = float(parameters["flow_shift"])  # without mu, set_timesteps shifts by it, as diffusers does
     options.update({key: parameters[key] for key in DPMCLI_ALIASES if parameters[key] is not None})
     return options
 

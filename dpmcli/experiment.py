@@ -225,5 +225,5 @@ def solve(mixture, x_T: torch.Tensor, **options):
     model = MixtureModel(mixture).bind(solver.plan)
     x = x_T.clone()
     for t in solver.timesteps:
-        x = solver.step(model(x, t), t, x)
+        x = solver.step(model(solver.scale_model_input(x, t), t), t, x)
     return x, solver.plan
