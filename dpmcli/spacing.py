@@ -182,9 +182,13 @@ def _check_grid(schedule: Schedule, cfg: SolverConfig, grid: Grid) -> None:
             ts = new_ts
     dup = np.nonzero(ts[1:] == ts[:-1])[0]
     if len(dup):
+        first = int(dup[0])
+        run = int(np.argmax(np.r_[ts[first:] != ts[first], True]))  # the steps at the first repeated timestep
+        others = len(dup) - (run - 1)
+        more = f"; {others} more repeat(s) later in the grid" if others else ""
         grid.warnings.append(
-            f"grid: timestep {ts[int(dup[0])]:g} is used by {len(dup) + 1} consecutive steps "
-            "(the model sees the same timestep at different sigmas)"
+            f"grid: timestep {ts[first]:g} is used by {run} consecutive steps "
+            f"(the model sees the same timestep at different sigmas){more}"
         )
     if len(grid.timesteps) == 0:
         raise ConfigError("grid: no steps left after removing zero-length steps; use fewer --steps")
