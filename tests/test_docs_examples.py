@@ -55,7 +55,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # How many examples the docs hold. A change to the docs changes these numbers on purpose; an
 # extractor that finds nothing cannot pass.
-EXPECTED_EXAMPLES = 52
+EXPECTED_EXAMPLES = 53
 EXPECTED_RUN = 35
 
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
@@ -70,6 +70,7 @@ NOT_RUN = [
     (r"^\s*pip install", "installs packages; the test environment has them"),
     (r"^\s*pytest\b", "runs the test suite this test is part of"),
     (r"\bdpmcli train digits\b", "trains for minutes; tests/test_digits.py runs the training"),
+    (r"^\s*python benchmarks/", "a benchmark: minutes of CPU, run by hand; the docs quote its output"),
     (r"diffusers:\./|\"\./my-", "needs a model folder of the user's; tests/test_cli_diffusers.py runs tiny ones"),
     (r"diffusers:[\w.-]+/[\w.-]+", "needs a hub model in the local cache"),
     (r"from_pretrained\(\s*\"[\w.-]+/", "downloads a hub model"),
