@@ -25,6 +25,7 @@ import torch
 from .brownian import BrownianNoise
 from .config import ALGOS, COEFFICIENTS, COMPAT, FINAL_SIGMAS, METHODS, SOLVER_TYPES, SPACINGS, STARTUPS, SolverConfig
 from .devices import check_batch_memory, resolve_device, resolve_dtype
+from .distributed import SINGLE, Ranks, run_split
 from .errors import ConfigError, NumericalError, bad_choice
 from .experiment import apply_model_schedule, run_plan
 from .ground_truth import MIXTURE_REFERENCE_STEPS, NETWORK_REFERENCE_STEPS, MixtureReferences, ReferenceRuns
@@ -239,7 +240,7 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
             f"--reference-steps: {reference_steps} is more than --train-steps ({sweep.base.train_steps}); use at most that"
         )
     unwritable = None
-    if model.mixture is not None and sweep.cache_dir is not None:
+    if sweep.cache_dir is not None:
         try:
             unwritable = check_cache_dir(sweep.cache_dir)
         except CacheDirError as exc:
@@ -261,8 +262,12 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
     return PreparedSweep(sweep, model, planned, skipped, notes, device, dtype, unwritable is None)
 
 
-def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None = None) -> SweepReport:
-    """Run every valid combination; returns the report (rows sorted by error within each kind)."""
+def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None = None, *, ranks: Ranks = SINGLE) -> SweepReport:
+    """Run every valid combination; returns the report (rows sorted by error within each kind).
+
+    ``ranks``: under torchrun, this process's place in the job; every run's samples are split
+    across the ranks and gathered, so every rank returns the same report (dpmcli.distributed).
+    """
     start = time.perf_counter()
     prepared = sweep if isinstance(sweep, PreparedSweep) else prepare_sweep(sweep)
     sweep, model = prepared.sweep, prepared.model
@@ -273,10 +278,11 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     if mixture is not None:
         references = MixtureReferences(
             mixture, x_T, seed=sweep.seed, bandwidth=default_bandwidth(mixture) if sweep.bandwidth is None else float(sweep.bandwidth),
-            reference_steps=sweep.reference_steps, cache_dir=sweep.cache_dir, cache_writable=prepared.cache_writable,
+            reference_steps=sweep.reference_steps, cache_dir=sweep.cache_dir, cache_writable=prepared.cache_writable, ranks=ranks,
         )
     else:
-        references = ReferenceRuns(model, x_T, sweep.reference_steps)
+        references = ReferenceRuns(model, x_T, sweep.reference_steps, ranks=ranks, seed=sweep.seed, cache_dir=sweep.cache_dir,
+                                   cache_writable=prepared.cache_writable)
     trees: dict = {}
 
     def noise_for(plan: Plan):
@@ -287,7 +293,8 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     runs: list[dict] = []
     samples: dict = {}
     for scale in sweep.guidance:  # the model is never changed: each run binds it at its scale
-        block = _run_block(prepared, scale=scale, shown=shown, x_T=x_T, references=references, noise_for=noise_for, on_run=on_run)
+        block = _run_block(prepared, scale=scale, shown=shown, x_T=x_T, references=references, noise_for=noise_for, on_run=on_run,
+                           ranks=ranks)
         runs += [row for row, _ in block]
         samples.update((row["run"], final) for row, final in block if final is not None)
     _mark_best(runs)
@@ -295,12 +302,12 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     order = {scale: i for i, scale in reversed(list(enumerate(sweep.guidance)))}
     runs.sort(key=lambda r: (order.get(r.get("guidance_scale"), 0), r["kind"], math.inf if r.get("error") is None else r["error"]))
     orders = fit_orders(runs)
-    warnings = list(references.cache.warnings) if mixture is not None else []
+    warnings = list(references.cache.warnings)
     return SweepReport(sweep, runs, prepared.skipped, orders, references.describe(), samples, mixture, time.perf_counter() - start,
                        model=model, notes=prepared.notes, warnings=warnings)
 
 
-def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_for, on_run) -> list[tuple[dict, object]]:
+def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_for, on_run, ranks: Ranks = SINGLE) -> list[tuple[dict, object]]:
     """Every planned run at one guidance scale (None: the model's own): [(row, final samples or None)]."""
     sweep, model = prepared.sweep, prepared.model
     out = []
@@ -319,7 +326,8 @@ def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_
             row["guidance_scale"] = scale
         final = None
         try:
-            result = run_plan(plan, model.bind(plan, scale), x_T.clone(), noise_for(plan) if plan.config.is_sde else None)
+            result = run_split(ranks, lambda x, noise, first: run_plan(plan, model.for_rows(first).bind(plan, scale), x, noise), x_T,
+                               noise_for(plan) if plan.config.is_sde else None)
         except NumericalError as exc:
             row.update({"status": "nan", "message": str(exc), "error": None, "seconds": None})
         else:

@@ -4,7 +4,8 @@
   disk), and for SDE runs the distribution itself (MMD^2 against the mixture), the mean
   log-likelihood against its exact expectation, and a fine-step solution of the same SDE on the
   same Brownian path.
-* Networks, which have no exact answer: many-step reference runs of the same model.
+* Networks, which have no exact answer: many-step reference runs of the same model (cached on
+  disk too when the model states its identity: its weights by content, its conditioning).
 
 Both score a run with ``score(plan, final, noise_for, guidance_scale)`` and say what they did with
 ``describe()``. Nothing here prints.
@@ -21,6 +22,7 @@ import torch
 
 from .brownian import PATH_VERSION
 from .config import SolverConfig
+from .distributed import SINGLE, Ranks, cached_across, run_split, split_rows
 from .experiment import run_plan
 from .metrics import log_likelihood_gap, mmd2_to_mixture, mode_flips
 from .models import Denoiser, MixtureModel
@@ -43,8 +45,8 @@ class MixtureReferences:
     """Ground truth of a sweep on a mixture, computed once per distinct (kind, lambda range) and cached on disk."""
 
     def __init__(self, mixture, x_T: torch.Tensor, *, seed: int, bandwidth: float, reference_steps: int | None,
-                 cache_dir: Path | None, cache_writable: bool = True):
-        self.mixture, self.x_T = mixture, x_T.detach().double().cpu()
+                 cache_dir: Path | None, cache_writable: bool = True, ranks: Ranks = SINGLE):
+        self.mixture, self.x_T, self.ranks = mixture, x_T.detach().double().cpu(), ranks
         self.seed, self.bandwidth, self.cache_dir = seed, bandwidth, cache_dir
         self.reference_steps = reference_steps or MIXTURE_REFERENCE_STEPS
         self.cache = ReferenceCache(cache_dir, writable=cache_writable)
@@ -63,8 +65,11 @@ class MixtureReferences:
             description["process"] = process.process  # (VP keeps its old descriptions: cached entries stay valid)
         key = ("ode", process.process, lam0, lam1)
         if key not in self.memory:
-            self.memory[key] = self.cache.get_or_compute(
-                description, self._arrays, lambda: ode_limit(self.mixture, self.x_T, lam0, lam1, process=process), **self.expect
+            def solve(x):
+                return ode_limit(self.mixture, x, lam0, lam1, process=process)
+
+            self.memory[key] = cached_across(
+                self.ranks, self.cache, description, self._arrays, lambda: split_rows(self.ranks, solve, self.x_T), **self.expect
             )
         return self.memory[key]
 
@@ -89,9 +94,9 @@ class MixtureReferences:
 
             def compute():
                 denoise = MixtureModel(self.mixture).bind(fine)
-                return sample(fine, denoise, self.x_T.clone(), noise_for(fine)).samples
+                return run_split(self.ranks, lambda x, noise, first: sample(fine, denoise, x, noise), self.x_T, noise_for(fine)).samples
 
-            self.memory[key] = self.cache.get_or_compute(description, self._arrays, compute, **self.expect)
+            self.memory[key] = cached_across(self.ranks, self.cache, description, self._arrays, compute, **self.expect)
         return self.memory[key]
 
     def score(self, plan: Plan, final: torch.Tensor, noise_for: Callable, guidance_scale: float | None = None) -> dict:
@@ -131,14 +136,41 @@ class ReferenceRuns:
     ODE runs are measured against a many-step run of an exact-weight third-order solver (with
     the singlestep start-up, so it keeps order 3) from the same x_T over the same lambda range;
     SDE runs against a many-step order-2 exact-weight run of the same SDE on the same Brownian
-    path. Both grids are uniform in lambda. They are computed in this process, not cached on
-    disk (a network's identity is not hashed), once per grid and guidance scale.
+    path. Both grids are uniform in lambda. Each is computed once per grid and guidance scale in
+    this process, and cached on disk in ``cache_dir`` (None: not cached) when the model states
+    its ``identity()``: the key holds that identity (weights by content, conditioning, dtype,
+    device kind), the reference plan's config, the guidance scale, the reference steps and x_T,
+    and for SDE runs the seed of the Brownian path (without ``seed`` SDE references are not
+    cached). ``cache_writable=False`` reads the cache and stores nothing.
     """
 
-    def __init__(self, model: Denoiser, x_T: torch.Tensor, steps: int):
-        self.model, self.x_T, self.steps = model, x_T, steps
+    def __init__(self, model: Denoiser, x_T: torch.Tensor, steps: int, *, ranks: Ranks = SINGLE, seed: int | None = None,
+                 cache_dir: Path | None = None, cache_writable: bool = True):
+        self.model, self.x_T, self.steps, self.ranks, self.seed = model, x_T, steps, ranks, seed
         self.memory: dict = {}
         self.nfe = 0
+        self.identity = None if cache_dir is None else model.identity()
+        self.cache_dir = None if self.identity is None else Path(cache_dir)
+        # why a cache folder was given but is not used, else None (describe() says it)
+        self.uncached = None
+        if cache_dir is not None and self.identity is None:
+            self.uncached = f"model {model.name!r} cannot say what it is (its weights are not hashed): reference runs are not cached"
+        self.cache = ReferenceCache(self.cache_dir, writable=cache_writable)
+        self.expect = dict(shape=tuple(x_T.shape), dtype=np.float64)  # what a cached reference must be
+        self._arrays = () if self.cache_dir is None else (x_T.detach().to("cpu", torch.float64).numpy(),)
+
+    def _description(self, kind: str, config: SolverConfig, scale: float | None) -> dict | None:
+        """What a reference run depends on, for its cache key (None: it is not cached)."""
+        if self.cache_dir is None or (kind == "sde" and self.seed is None):
+            return None
+        description = {
+            "kind": f"network-{kind}", "model": self.identity, "reference_steps": self.steps, "guidance_scale": scale,
+            "config": config.to_dict(), "trained_betas": None if config.trained_betas is None else list(config.trained_betas),
+            "latents": {"dtype": str(self.x_T.dtype).replace("torch.", ""), "device": self.x_T.device.type},
+        }
+        if kind == "sde":
+            description.update(seed=self.seed, path_version=PATH_VERSION)
+        return description
 
     def _grid(self, plan: Plan) -> tuple[float, ...]:
         first, last = float(plan.sigmas[0]), float(plan.sigmas[-1])
@@ -154,13 +186,25 @@ class ReferenceRuns:
         return tuple(float(v) for v in sigmas) + (() if last > 0 else (0.0,))
 
     def _run(self, key: tuple, config: SolverConfig, noise_for: Callable | None, guidance_scale: float | None) -> torch.Tensor:
-        key = (*key, self.model.guidance_scale if guidance_scale is None else guidance_scale)
-        if key not in self.memory:
+        scale = self.model.guidance_scale if guidance_scale is None else guidance_scale
+        key = (*key, scale)
+        if key in self.memory:
+            return self.memory[key]
+
+        def compute() -> torch.Tensor:
             fine = build_plan(config)
-            denoise = self.model.bind(fine, guidance_scale)
-            result = run_plan(fine, denoise, self.x_T.clone(), None if noise_for is None else noise_for(fine))
+            def run(x, noise, first):
+                return run_plan(fine, self.model.for_rows(first).bind(fine, guidance_scale), x, noise)
+
+            result = run_split(self.ranks, run, self.x_T, None if noise_for is None else noise_for(fine))
             self.nfe += result.nfe
-            self.memory[key] = result.samples.detach().double().cpu()
+            return result.samples.detach().double().cpu()
+
+        description = self._description(key[0], config, scale)
+        if description is None:
+            self.memory[key] = compute()
+        else:
+            self.memory[key] = cached_across(self.ranks, self.cache, description, self._arrays, compute, **self.expect)
         return self.memory[key]
 
     def reference(self, plan: Plan, noise_for: Callable, guidance_scale: float | None = None) -> torch.Tensor:
@@ -191,6 +235,9 @@ class ReferenceRuns:
             "sde": f"reference run: {self.steps}-step order-{REFERENCE_ORDER} exact-weight solution of the same SDE on the "
             "same Brownian path; error = median per-sample L2 distance (strong error)",
             "reference_steps": self.steps,
-            "reference_nfe": self.nfe,
-            "cache": None,
+            "reference_nfe": self.nfe,  # model calls of the reference runs computed here (a cache hit costs none)
+            "cache": None if self.cache_dir is None else str(self.cache_dir),
+            "cache_hits": self.cache.hits,
+            "cache_misses": self.cache.misses,
+            **({"cache_note": self.uncached} if self.uncached else {}),
         }

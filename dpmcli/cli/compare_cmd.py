@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..compare import Sweep, check_gates, prepare_sweep, run_sweep
+from ..distributed import SINGLE, Ranks, from_environment, launched
 from ..errors import EXIT_GATE_FAILED, EXIT_NUMERICAL, ConfigError
 from ..export import compare_csv, markdown_summary, save_error_figure, write_compare_folder
 from ..reference import default_cache_dir
@@ -44,8 +46,26 @@ def _load_baseline(path: Path) -> dict:
     return document
 
 
+@contextmanager
+def joined_job(device: str):
+    """(ranks, device) for a compare: under torchrun this process joins the job, each rank on its own GPU
+    (cuda:LOCAL_RANK, NCCL) or on the CPU (gloo), and leaves it at the end; a single process otherwise."""
+    if not launched():
+        yield SINGLE, device
+        return
+    import torch
+
+    cuda = device not in ("cpu", "mps") and torch.cuda.is_available()
+    ranks = from_environment("cuda" if cuda else "cpu")
+    try:
+        yield ranks, (f"cuda:{ranks.local_rank}" if cuda and device in ("auto", "cuda") else device)
+    finally:
+        ranks.close()
+
+
 def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, reference_steps, bandwidth, cache_dir, no_cache,
-                max_error, baseline, tolerance, min_order, fmt, out, plot, dpi, quiet, conditioning=None, guidance=None) -> int:
+                max_error, baseline, tolerance, min_order, fmt, out, plot, dpi, quiet, conditioning=None, guidance=None,
+                ranks: Ranks = SINGLE) -> int:
     check_format(fmt, FORMATS)
     converters = {"order": int, "steps": int}
     values = {name: split_list(f"--{name.replace('_', '-')}", raw, converters.get(name, str)) for name, raw in sweep_values.items()}
@@ -59,6 +79,7 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     check_figure_path("--plot", plot)
     outputs = OutputFiles({"--plot": plot}, folders={"--out": out})
     check_dpi(dpi)
+    quiet = quiet or not ranks.writer  # under torchrun rank 0 alone prints and writes
     scales = split_list("--guidance-scale", guidance, float) or [None]
     sweep = Sweep(
         base=solver(), values=values, model=model, batch=batch, seed=seed, device=device, dtype=dtype,
@@ -70,7 +91,7 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     warn(prepared.notes, quiet)
     runs = len(prepared.planned) * len(scales)
     with progress_bar(runs, f"compare: ground truth, then {runs} runs", show_progress(quiet)) as advance:
-        report = run_sweep(prepared, on_run=lambda label: advance(f"compare: done {label}"))
+        report = run_sweep(prepared, on_run=lambda label: advance(f"compare: done {label}"), ranks=ranks)
     warn(report.warnings, quiet)  # a damaged or unwritable reference cache
     invalid = [s for s in report.skipped if not s["reason"].startswith("identical to")]
     merged = len(report.skipped) - len(invalid)
@@ -88,25 +109,31 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
         "max_error": max_error, "baseline": None if baseline is None else str(baseline), "tolerance": tolerance,
         "min_order": min_order, "failures": failures, "notes": notes, "passed": not failures,
     }
-    with outputs:
-        if out is not None:
+    with outputs if ranks.writer else _nothing():
+        if out is not None and ranks.writer:
             outputs.make_folder(out)
             write_compare_folder(report, out, document=document, dpi=dpi)
-        if plot is not None:
+        if plot is not None and ranks.writer:
             save_error_figure(report, plot, dpi)
-    emit(report, document, fmt)
+    if ranks.writer:
+        emit(report, document, fmt)
     print_written(outputs.written, quiet)
     warn(notes, quiet)
     nan_runs = [r["run"] for r in report.runs if r["status"] != "ok"]
     if nan_runs:
-        print(f"dpmcli: error: numerical failure (NaN/Inf) in {len(nan_runs)} run(s): {'; '.join(nan_runs)}", file=sys.stderr)
+        if ranks.writer:
+            print(f"dpmcli: error: numerical failure (NaN/Inf) in {len(nan_runs)} run(s): {'; '.join(nan_runs)}", file=sys.stderr)
         return EXIT_NUMERICAL
     if failures:
-        print(f"dpmcli: gate failed: {len(failures)} failure(s)", file=sys.stderr)
-        for failure in failures:
-            print(f"  FAIL {failure}", file=sys.stderr)
+        for line in [f"dpmcli: gate failed: {len(failures)} failure(s)"] + [f"  FAIL {failure}" for failure in failures] if ranks.writer else []:
+            print(line, file=sys.stderr)
         return EXIT_GATE_FAILED
     return 0
+
+
+@contextmanager
+def _nothing():
+    yield
 
 
 def emit(report, document: dict, fmt: str) -> None:

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from ..distributed import launched
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, DpmcliError
 
 
@@ -109,7 +110,10 @@ def _distinct_warnings(caught) -> list[str]:
 
 
 def _error_line(message: str) -> None:
-    print(f"dpmcli: error: {' '.join(message.split())}", file=sys.stderr)
+    # under torchrun every rank may fail alone: the line names the rank (unless the message does)
+    rank = os.environ.get("RANK") if launched() else None
+    where = f"rank {rank}: " if rank is not None and not message.startswith("rank ") else ""
+    print(f"dpmcli: error: {where}{' '.join(message.split())}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------ the parser's errors

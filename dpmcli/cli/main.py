@@ -13,7 +13,7 @@ from .. import __version__
 from ..config import GRID, PROCESS, SOLVER
 from ..plan import build_plan
 from ..report import csv_text, dumps_json
-from .compare_cmd import run_compare
+from .compare_cmd import joined_job, run_compare
 from .console import DpmcliGroup, handle_errors, progress_bar, show_progress, stdout_console, warn
 from .options import OUTPUT, RUN, check_format, with_solver_options
 from .plotting import plot_schedule_command
@@ -349,21 +349,25 @@ def compare(
     it a CI check.
 
     Example: [bold]dpmcli compare --algo dpmsolver++ --order 3 --coefficients published,exact --steps 10,20,40,80[/bold]
+
+    On several GPUs or nodes: [bold]torchrun --nproc-per-node 4 -m dpmcli compare ...[/bold] splits every run's
+    samples across the ranks; rank 0 prints and writes.
     """
-    code = run_compare(
-        solver=solver, sweep_values={
-            "algo": algo, "order": order, "steps": steps, "method": method, "startup": startup, "spacing": spacing, "solver_type": solver_type,
-            "final_sigma": final_sigma, "coefficients": coefficients, "compat": compat,
-        },
-        model=model, batch=batch, seed=seed, device=device, dtype=dtype, reference_steps=reference_steps,
-        bandwidth=bandwidth, cache_dir=cache_dir, no_cache=no_cache, max_error=max_error, baseline=baseline,
-        tolerance=tolerance, min_order=min_order, fmt=format, out=out, plot=plot, dpi=dpi, quiet=quiet,
-        conditioning={
-            "class_label": class_label, "prompt": prompt, "negative_prompt": negative_prompt, "height": height, "width": width,
-            "allow_download": allow_download,
-        },
-        guidance=guidance_scale,
-    )
+    with joined_job(device) as (ranks, device):
+        code = run_compare(
+            solver=solver, sweep_values={
+                "algo": algo, "order": order, "steps": steps, "method": method, "startup": startup, "spacing": spacing,
+                "solver_type": solver_type, "final_sigma": final_sigma, "coefficients": coefficients, "compat": compat,
+            },
+            model=model, batch=batch, seed=seed, device=device, dtype=dtype, reference_steps=reference_steps,
+            bandwidth=bandwidth, cache_dir=cache_dir, no_cache=no_cache, max_error=max_error, baseline=baseline,
+            tolerance=tolerance, min_order=min_order, fmt=format, out=out, plot=plot, dpi=dpi, quiet=quiet,
+            conditioning={
+                "class_label": class_label, "prompt": prompt, "negative_prompt": negative_prompt, "height": height, "width": width,
+                "allow_download": allow_download,
+            },
+            guidance=guidance_scale, ranks=ranks,
+        )
     if code:
         raise typer.Exit(code)
 

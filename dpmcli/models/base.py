@@ -16,14 +16,24 @@ was trained to output). Everything else is optional and has a neutral default he
   ``--save-images``; None when the model has no image view.
 * ``quality(samples)``: sample-quality numbers that need no download (a dict; empty if none).
 * ``describe()``: what the JSON reports say about the model.
+* ``for_rows(start)``: the model for a block of the batch from row ``start`` on (itself, unless a
+  sample's conditioning depends on its place in the batch).
+* ``identity()``: everything the model's predictions depend on besides its inputs (a digest of
+  its weights by content, not by path; its conditioning; the dtype and device kind it runs in),
+  as a JSON-able dict, or None when that cannot be said (then nothing derived from the model is
+  cached: ``compare`` recomputes its reference runs). :func:`file_digest` and
+  :func:`files_digest` hash weights cheaply (each file once per process).
 """
 
 from __future__ import annotations
 
-import math
 import functools
+import hashlib
+import math
+import os
 from abc import ABC, abstractmethod
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 
@@ -68,6 +78,15 @@ class Denoiser(ABC):
             raise ConfigError(f"--guidance-scale: model {self.name!r} is not guided; drop --guidance-scale")
         return functools.partial(self, guidance_scale=guidance_scale)
 
+    def for_rows(self, start: int) -> "Denoiser":
+        """The model for a block of a batch that begins at row ``start`` (a torchrun rank's share).
+
+        A model whose conditioning depends on a sample's place in the batch (the digits model's
+        "all" classes) returns a view that conditions each row as the whole batch would; others
+        are the same for every row and return themselves.
+        """
+        return self
+
     @abstractmethod
     def __call__(self, x: torch.Tensor, timestep) -> torch.Tensor:
         """The prediction of type ``prediction_type`` for latents ``x`` at ``timestep``."""
@@ -85,6 +104,56 @@ class Denoiser(ABC):
 
     def describe(self) -> dict:
         return {"name": self.name, "prediction_type": self.prediction_type, "sample_shape": list(self.sample_shape)}
+
+    def identity(self) -> dict | None:
+        """What the predictions depend on besides (x, timestep, guidance scale), JSON-able; None: unknown, not cacheable."""
+        return None
+
+
+# --------------------------------------------------------------------------- identities: weights by content
+
+CHUNK_BYTES = 1 << 20
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (real path, size, mtime_ns) -> sha256, for this process
+
+
+def file_digest(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks; remembered per (real path, size, mtime) in this process.
+
+    OSError when the file cannot be read.
+    """
+    real = os.path.realpath(path)
+    info = os.stat(real)
+    key = (real, info.st_size, info.st_mtime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        sha = hashlib.sha256()
+        with open(real, "rb") as handle:
+            for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
+                sha.update(chunk)
+        digest = _DIGESTS[key] = sha.hexdigest()
+    return digest
+
+
+def folder_files(folder: str | Path, skip: Iterable[str] = ()) -> list[tuple[str, Path]]:
+    """(name relative to ``folder``, path) of every file below it, sorted; hidden entries and the top-level folders in ``skip`` left out."""
+    folder, skip = Path(folder), set(skip)
+    found = []
+    for here, dirs, files in os.walk(folder):
+        top = Path(here) == folder
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (top and d in skip))
+        for name in files:
+            if not name.startswith("."):
+                path = Path(here) / name
+                found.append((path.relative_to(folder).as_posix(), path))
+    return sorted(found)
+
+
+def files_digest(files: Iterable[tuple[str, Path]]) -> str:
+    """One sha256 over the (name, content digest) pairs of ``files``: the same contents elsewhere give the same digest."""
+    sha = hashlib.sha256()
+    for name, path in sorted(files):
+        sha.update(f"{name}\0{file_digest(path)}\n".encode())
+    return sha.hexdigest()
 
 
 def timestep_batch(timestep, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,8 @@ how they were made.
 
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from .. import report
 from ..api import DPMSolver
 from ..errors import ConfigError
 from ..vocabulary import schedule_options
-from .base import Denoiser, guided, timestep_batch
+from .base import Denoiser, file_digest, guided, timestep_batch
 
 DATA_DIR = Path(__file__).parent / "data"
 WEIGHTS_FILE = "digits.safetensors"
@@ -348,13 +350,23 @@ class DigitsModel(Denoiser):
         # the JSON's "scheduler" section is in diffusers' words, read as every scheduler config is read
         return schedule_options(self.config["scheduler"], where=f"--model digits: the scheduler in {self.folder / CONFIG_FILE}")
 
+    first_row = 0  # where this model's batch starts in the whole batch (for_rows)
+
+    def for_rows(self, start: int) -> "DigitsModel":
+        """With --class all, sample i asks for digit i mod 10 of the whole batch: a block keeps its rows' digits."""
+        if start == self.first_row or self.class_label != "all":
+            return self
+        view = copy.copy(self)
+        view.first_row = start
+        return view
+
     def labels(self, batch: int, device=None) -> torch.Tensor | None:
         """The class each of ``batch`` samples asks for (None when unconditional)."""
         device = self.device if device is None else device
         if self.class_label is None:
             return None
         if self.class_label == "all":
-            return torch.arange(batch, device=device) % NUM_CLASSES
+            return (torch.arange(batch, device=device) + self.first_row) % NUM_CLASSES
         return torch.full((batch,), self.class_label, dtype=torch.long, device=device)
 
     def __call__(self, x: torch.Tensor, timestep, guidance_scale: float | None = None) -> torch.Tensor:
@@ -396,6 +408,18 @@ class DigitsModel(Denoiser):
             "architecture": arch.get("type"),
             "parameters": arch.get("parameters"),
             "weights": "shipped" if self.folder == DATA_DIR else str(self.folder),
+        }
+
+    def identity(self) -> dict | None:
+        """The weights by content (the shipped file or a trained folder's), the architecture, the class, dtype and device kind."""
+        try:
+            weights = file_digest(self.folder / WEIGHTS_FILE)
+        except OSError:
+            return None
+        return {
+            "model": "digits", "weights_sha256": weights, "architecture": self.config["architecture"],
+            "class_label": self.class_label, "dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type,
+            **({"first_row": self.first_row} if self.first_row else {}),  # a block's view asks for other digits
         }
 
     # -- the classifier and the data, loaded on first use

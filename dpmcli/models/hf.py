@@ -21,13 +21,14 @@ diffusers and transformers are imported only when a model is loaded.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from .. import vocabulary
 from ..devices import DTYPES
 from ..errors import ConfigError
-from .base import Denoiser, guided
+from .base import Denoiser, files_digest, guided
 from .hf_loading import (
     CACHE_MAY_LACK,
     DECODER_NAMES,
@@ -38,6 +39,7 @@ from .hf_loading import (
     check_components,
     download_ignore_patterns,
     encode_prompt,
+    identity_files,
     import_library,
     load_component,
     load_decoder,
@@ -103,8 +105,10 @@ class DiffusersModel(Denoiser):
         negative_prompt: str | None = None,
         guidance_scale: float | None = None,
         notes: tuple[str, ...] = (),
+        files: tuple[tuple[str, Path], ...] | None = None,
     ):
         self.unet = unet
+        self.files = files  # what identity() hashes (None: not known, so not cacheable)
         self.source = source
         self.kind = kind
         self.sample_shape = tuple(int(s) for s in sample_shape)
@@ -215,6 +219,21 @@ class DiffusersModel(Denoiser):
                 z = z + float(shift)
             images.append(self.decoder.decode(z.to(param.dtype), return_dict=False)[0].float().cpu())
         return (torch.cat(images) / 2 + 0.5).clamp(0, 1)
+
+    def identity(self) -> dict | None:
+        """The folder's files by content (its decoder's excepted), the prompts, the latent shape, dtype and device kind."""
+        if self.files is None:
+            return None
+        try:
+            digest = files_digest(self.files)
+        except OSError:
+            return None
+        return {
+            "model": "diffusers", "kind": self.kind, "files_sha256": digest, "sample_shape": list(self.sample_shape),
+            "prompt": self.prompt, "negative_prompt": self.negative_prompt, "conditional": self.conditional,
+            "negative_embeddings": self._negative_embeds is not None,
+            "dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type,
+        }
 
     def describe(self) -> dict:
         out = {
@@ -399,6 +418,7 @@ def load_diffusers_model(
         negative_prompt=negative_prompt if text else None,
         guidance_scale=guidance_scale if text else None,
         notes=tuple(notes),
+        files=tuple(identity_files(layout)),
     )
 
 

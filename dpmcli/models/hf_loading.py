@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from .base import folder_files
 
 INSTALL_HINT = 'pip install "dpmcli[diffusers]"'
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
@@ -319,6 +320,16 @@ def read_layout(root: Path, label: str) -> Layout:
     if layout.unet_class not in UNET_CLASSES:
         raise ConfigError(f"{label}: the unet is a {layout.unet_class}; dpmcli drives {' and '.join(UNET_CLASSES)}")
     return layout
+
+
+# Components that never touch the latents a sampler returns: a pipeline's identity leaves their files out.
+NOT_IN_IDENTITY = (*DECODER_NAMES, "safety_checker", "feature_extractor")
+
+
+def identity_files(layout: Layout) -> list[tuple[str, Path]]:
+    """The files a model's predictions depend on, named relative to its folder: a bare UNet folder's
+    every file, a pipeline's all but its decoder's, safety checker's and feature extractor's."""
+    return folder_files(layout.root, NOT_IN_IDENTITY if layout.is_pipeline else ())
 
 
 def check_components(layout: Layout) -> None:
