@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .errors import ConfigError, NumericalError
+from .errors import EXIT_INTERNAL, ConfigError, DpmcliError, NumericalError
 from .sampler import RunResult
 
 # How long a rank waits for the others in one collective before the job fails (seconds): a
@@ -55,8 +56,19 @@ class Ranks:
         if not self.active:
             return [value]
         out = [None] * self.world
-        torch.distributed.all_gather_object(out, value)
+        with self._peers():
+            torch.distributed.all_gather_object(out, value)
         return out
+
+    @contextlib.contextmanager
+    def _peers(self):
+        """A collective whose peer died is this rank's error too, said in one line (the peer says why)."""
+        try:
+            yield
+        except RuntimeError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[source.cc:553]" prefix
+            raise JobError(f"rank {self.rank}: another rank of the job stopped ({first[:160]}); its own error line says why") from None
 
     def gather_rows(self, block: torch.Tensor) -> torch.Tensor:
         """The blocks of every rank, concatenated in rank order, as a CPU tensor on every rank."""
@@ -69,7 +81,8 @@ class Ranks:
         if not self.active:
             return value
         box = [value if self.writer else None]
-        torch.distributed.broadcast_object_list(box, src=0)
+        with self._peers():
+            torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
     def close(self) -> None:
@@ -78,6 +91,12 @@ class Ranks:
 
 
 SINGLE = Ranks()
+
+
+class JobError(DpmcliError):
+    """Another rank of a torchrun job failed while this one waited for it (exit code 4)."""
+
+    exit_code = EXIT_INTERNAL
 
 
 def launched() -> bool:

@@ -126,3 +126,37 @@ def test_a_torchrun_environment_without_its_rendezvous_is_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["dpmcli: error: rank 0: MASTER_ADDR is not set; launch with torchrun (or srun with its rendezvous variables)"]
     assert list(tmp_path.iterdir()) == []
+
+
+FAILING_RANK = """
+import sys
+import dpmcli.distributed as distributed
+from dpmcli.cli.main import main
+
+whole = distributed.run_split
+
+def run_split(ranks, run, x, noise=None):
+    if ranks.rank == 1:
+        raise MemoryError("CUDA out of memory (simulated on rank 1)")
+    return whole(ranks, run, x, noise)
+
+distributed.run_split = run_split
+import dpmcli.compare
+dpmcli.compare.run_split = run_split
+sys.argv = ["dpmcli", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_failing_rank_fails_the_job_naming_the_rank_and_writes_nothing(tmp_path):
+    """Rank 1 runs out of memory in its first run: the job fails, the line names rank 1, --out is not created."""
+    script = tmp_path / "failing_rank.py"
+    script.write_text(FAILING_RANK)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+               "compare", "--model", "ring", "--batch", "64", "--steps", "5", "--out", str(tmp_path / "out"), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DPMCLI_DIST_TIMEOUT": "60"}
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith("dpmcli: error:")]
+    assert any(line.startswith("dpmcli: error: rank 1: ") and "out of memory" in line for line in ours), done.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
