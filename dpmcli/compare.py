@@ -262,11 +262,13 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
     return PreparedSweep(sweep, model, planned, skipped, notes, device, dtype, unwritable is None)
 
 
-def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None = None, *, ranks: Ranks = SINGLE) -> SweepReport:
+def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None = None, *, ranks: Ranks = SINGLE,
+              run_log=None) -> SweepReport:
     """Run every valid combination; returns the report (rows sorted by error within each kind).
 
     ``ranks``: under torchrun, this process's place in the job; every run's samples are split
     across the ranks and gathered, so every rank returns the same report (dpmcli.distributed).
+    ``run_log``: a ``runlog.RunLog``; runs it holds are not run again (nor passed to ``on_run``), finished ones go into it.
     """
     start = time.perf_counter()
     prepared = sweep if isinstance(sweep, PreparedSweep) else prepare_sweep(sweep)
@@ -294,7 +296,7 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
     samples: dict = {}
     for scale in sweep.guidance:  # the model is never changed: each run binds it at its scale
         block = _run_block(prepared, scale=scale, shown=shown, x_T=x_T, references=references, noise_for=noise_for, on_run=on_run,
-                           ranks=ranks)
+                           ranks=ranks, run_log=run_log)
         runs += [row for row, _ in block]
         samples.update((row["run"], final) for row, final in block if final is not None)
     _mark_best(runs)
@@ -307,7 +309,8 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
                        model=model, notes=prepared.notes, warnings=warnings)
 
 
-def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_for, on_run, ranks: Ranks = SINGLE) -> list[tuple[dict, object]]:
+def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_for, on_run, ranks: Ranks = SINGLE,
+               run_log=None) -> list[tuple[dict, object]]:
     """Every planned run at one guidance scale (None: the model's own): [(row, final samples or None)]."""
     sweep, model = prepared.sweep, prepared.model
     out = []
@@ -317,6 +320,11 @@ def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_
         label = run_label({**key, "steps": ran}, shown + ("steps",))
         if len(sweep.guidance) > 1:
             label = f"{label} cfg {scale:g}"
+        # finished before an interruption: its row and samples, as recorded (rank 0 reads the log for the job)
+        saved = ranks.from_writer(run_log.recorded(label) if run_log is not None else None) if run_log is not None or ranks.active else None
+        if saved is not None:
+            out.append(saved)
+            continue
         solver = run_label(key, shown) + (f" cfg {scale:g}" if len(sweep.guidance) > 1 else "")
         row = {"run": label, "solver": solver, **key, "nfe": plan.nfe, "kind": "sde" if plan.config.is_sde else "ode",
                "convergence_order": plan.convergence_order, "status": "ok"}
@@ -335,6 +343,8 @@ def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_
             row.update(_scores(model, references, plan, result=result, final=final, noise_for=noise_for, scale=scale))
             final = final.numpy()
         out.append((row, final))
+        if run_log is not None:
+            run_log.record(label, row, final)
         if on_run:
             on_run(label)
     return out

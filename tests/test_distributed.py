@@ -160,3 +160,46 @@ def test_a_failing_rank_fails_the_job_naming_the_rank_and_writes_nothing(tmp_pat
     ours = [line for line in done.stderr.splitlines() if line.startswith("dpmcli: error:")]
     assert any(line.startswith("dpmcli: error: rank 1: ") and "out of memory" in line for line in ours), done.stderr[-3000:]
     assert not (tmp_path / "out").exists()
+
+
+INTERRUPTED = """
+import sys
+from dpmcli.cli import compare_cmd
+from dpmcli.cli.main import main
+
+real = compare_cmd.run_sweep
+
+def run_sweep(prepared, on_run=None, **options):
+    done = []
+
+    def counted(label):
+        done.append(label)
+        if len(done) == 2:
+            raise KeyboardInterrupt  # Ctrl-C once two runs are recorded
+
+    return real(prepared, on_run=counted, **options)
+
+compare_cmd.run_sweep = run_sweep
+sys.argv = ["dpmcli", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_sweep_interrupted_alone_resumes_on_two_ranks(tmp_path):
+    """Ctrl-C after two runs of one process, then --resume under torchrun: the results of an uninterrupted sweep."""
+    args = ["compare", "--model", "ring", "--batch", "256", "--algo", "dpmsolver++,sde-dpmsolver++", "--order", "1,2",
+            "--steps", "5", "--no-cache", "--quiet", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED)
+    first = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 130, first.stderr[-2000:]
+    assert "2 of 4 run(s) saved" in first.stderr
+    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "dpmcli",
+                              *args, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    single = subprocess.run([sys.executable, "-m", "dpmcli", *args[:-1], str(tmp_path / "single")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    a, b = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("out", "single"))
+    assert _differences(a, b, rtol=1e-7) == []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +16,8 @@ from ..errors import EXIT_GATE_FAILED, EXIT_NUMERICAL, ConfigError
 from ..export import compare_csv, markdown_summary, save_error_figure, write_compare_folder
 from ..reference import default_cache_dir
 from ..report import OutputFiles, dumps_json
-from .console import progress_bar, show_progress, stdout_console, warn
+from ..runlog import RunLog, check_replaceable, check_resumable, sweep_record
+from .console import invocation, progress_bar, show_progress, stdout_console, warn
 from .options import check_format, split_list
 from .plotting import check_dpi, check_figure_path, print_written
 from .render import compare_tables
@@ -63,9 +66,71 @@ def joined_job(device: str):
         ranks.close()
 
 
+class SweepLog:
+    """The run log of one ``compare --out DIR`` (``runlog.RunLog``), around the whole command.
+
+    ``--resume`` is checked before any work; the log is opened once the sweep is planned. When
+    the command ends, the log ends with it: removed after success, the folder put back as it was
+    after an error, kept after an interruption (Ctrl-C, SIGTERM), with a line saying how many runs
+    are saved and how to resume.
+    """
+
+    def __init__(self, out: Path | None, resume: bool, *, writer: bool = True, quiet: bool = False):
+        if resume and out is None:
+            raise ConfigError("--resume: needs --out DIR, the folder of the interrupted sweep")
+        try:
+            if resume and writer:  # (rank 0 alone reads and writes the folder)
+                check_resumable(out)
+            elif out is not None and writer:
+                check_replaceable(out)
+        except OSError:
+            pass  # a path the file system refuses (a name too long): the checks of --out say so next
+        self.out, self.resume, self.writer, self.quiet = out, resume, writer, quiet or not writer
+        self.log: RunLog | None = None
+        self.runs = 0
+
+    def open(self, prepared, runs: int) -> RunLog | None:
+        """The log of this sweep (None without --out), started: checked against sweep.json on --resume."""
+        if self.out is None or not self.writer:
+            return None
+        log = RunLog(self.out, sweep_record(prepared), resume=self.resume, writer=self.writer)
+        if log.replaced:
+            warn([f"--out: {self.out} holds {log.replaced} run(s) of another sweep, which was interrupted; "
+                  "starting afresh (--resume continues an interrupted sweep)"], self.quiet)
+        self.log, self.runs = log.__enter__(), runs  # (a log that fails to start has put the folder back itself)
+        return log
+
+    def __enter__(self) -> "SweepLog":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self.log is None:
+            return
+        self.log.__exit__(kind, error, traceback)
+        if kind is not None and issubclass(kind, Exception):
+            return
+        warn(self.log.warnings, self.quiet)  # damaged records run again, records that could not be written
+        if kind is not None and self.writer:  # interrupted
+            args = invocation()
+            again = shlex.join(["dpmcli", *args, *([] if "--resume" in args else ["--resume"])]) if args else "the same command with --resume"
+            print(f"dpmcli: {self.log.saved} of {self.runs} run(s) saved in {self.out}; to finish the sweep: {again}", file=sys.stderr)
+
+
+def resumable(run):
+    """``run(..., log=SweepLog)`` called inside the :class:`SweepLog` of its ``out`` and ``resume``."""
+
+    @functools.wraps(run)
+    def wrapper(*, out=None, resume: bool = False, quiet: bool = False, ranks: Ranks = SINGLE, **options) -> int:
+        with SweepLog(out, resume, writer=ranks.writer, quiet=quiet) as log:
+            return run(out=out, quiet=quiet, ranks=ranks, log=log, **options)
+
+    return wrapper
+
+
+@resumable
 def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, reference_steps, bandwidth, cache_dir, no_cache,
                 max_error, baseline, tolerance, min_order, fmt, out, plot, dpi, quiet, conditioning=None, guidance=None,
-                ranks: Ranks = SINGLE) -> int:
+                ranks: Ranks = SINGLE, log: SweepLog | None = None) -> int:
     check_format(fmt, FORMATS)
     converters = {"order": int, "steps": int}
     values = {name: split_list(f"--{name.replace('_', '-')}", raw, converters.get(name, str)) for name, raw in sweep_values.items()}
@@ -90,8 +155,9 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
     prepared = prepare_sweep(sweep)  # usage errors (nothing valid) surface before any work
     warn(prepared.notes, quiet)
     runs = len(prepared.planned) * len(scales)
-    with progress_bar(runs, f"compare: ground truth, then {runs} runs", show_progress(quiet)) as advance:
-        report = run_sweep(prepared, on_run=lambda label: advance(f"compare: done {label}"), ranks=ranks)
+    run_log = log.open(prepared, runs) if log is not None else None  # --out's run records (checked on --resume)
+    with progress_bar(runs - (run_log.saved if run_log else 0), f"compare: ground truth, then {runs} runs", show_progress(quiet)) as advance:
+        report = run_sweep(prepared, on_run=lambda label: advance(f"compare: done {label}"), ranks=ranks, run_log=run_log)
     warn(report.warnings, quiet)  # a damaged or unwritable reference cache
     invalid = [s for s in report.skipped if not s["reason"].startswith("identical to")]
     merged = len(report.skipped) - len(invalid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import re
@@ -174,6 +175,14 @@ def usage_message(exc, args: list[str], command: str = "dpmcli") -> str:
     return f"{text.rstrip('.')}; {see}"
 
 
+_INVOCATION: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar("dpmcli_invocation", default=None)
+
+
+def invocation() -> tuple[str, ...] | None:
+    """The arguments the running command was given after ``dpmcli`` (None outside :class:`DpmcliGroup`)."""
+    return _INVOCATION.get()
+
+
 class DpmcliGroup(TyperGroup):
     """The command group: parser errors become dpmcli's one-line errors (exit 2), SIGTERM exits 143."""
 
@@ -181,6 +190,7 @@ class DpmcliGroup(TyperGroup):
         args = list(sys.argv[1:] if args is None else args)
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+        token = _INVOCATION.set(tuple(args))
         try:
             code = super().main(args=args, prog_name=prog_name or "dpmcli", complete_var=complete_var, standalone_mode=False, **extra)
         except UsageError as exc:
@@ -197,6 +207,7 @@ class DpmcliGroup(TyperGroup):
             _error_line("terminated")
             sys.exit(EXIT_TERMINATED)
         finally:
+            _INVOCATION.reset(token)
             if in_main_thread:
                 signal.signal(signal.SIGTERM, previous)
         sys.exit(code if isinstance(code, int) else 0)

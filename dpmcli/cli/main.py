@@ -335,6 +335,10 @@ def compare(
         Optional[Path], typer.Option("--out", "-o", help="Folder for results.json, results.csv, summary.md, config.json and the plots.", rich_help_panel=OUTPUT)
     ] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Error-against-NFE figure (.png, .svg, .pdf).", rich_help_panel=OUTPUT)] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Finish the interrupted sweep recorded in --out: run only its missing runs (same options, else exit 2).", rich_help_panel=OUTPUT),
+    ] = False,
     dpi: Dpi = 150,
     quiet: Quiet = False,
 ):
@@ -361,7 +365,7 @@ def compare(
             },
             model=model, batch=batch, seed=seed, device=device, dtype=dtype, reference_steps=reference_steps,
             bandwidth=bandwidth, cache_dir=cache_dir, no_cache=no_cache, max_error=max_error, baseline=baseline,
-            tolerance=tolerance, min_order=min_order, fmt=format, out=out, plot=plot, dpi=dpi, quiet=quiet,
+            tolerance=tolerance, min_order=min_order, fmt=format, out=out, resume=resume, plot=plot, dpi=dpi, quiet=quiet,
             conditioning={
                 "class_label": class_label, "prompt": prompt, "negative_prompt": negative_prompt, "height": height, "width": width,
                 "allow_download": allow_download,
