@@ -85,6 +85,12 @@ class Ranks:
             torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
+    def barrier(self) -> None:
+        """Wait until every rank is here."""
+        if self.active:
+            with self._peers():
+                torch.distributed.barrier()
+
     def close(self) -> None:
         if self.active and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

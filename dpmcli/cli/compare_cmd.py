@@ -62,6 +62,9 @@ def joined_job(device: str):
     ranks = from_environment("cuda" if cuda else "cpu")
     try:
         yield ranks, (f"cuda:{ranks.local_rank}" if cuda and device in ("auto", "cuda") else device)
+        # every rank leaves together: torchrun stops the job when one rank ends with an exit code
+        # (a failed gate), which must not cut rank 0 short while it writes --out
+        ranks.barrier()
     finally:
         ranks.close()
 
