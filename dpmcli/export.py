@@ -62,7 +62,7 @@ def compare_csv(report) -> str:
 
 def error_title(report) -> str:
     sweep = report.sweep
-    process = "" if sweep.base.process == "vp" else f" ({describe_process(sweep.base)})"
+    process = "" if sweep.base.process == "vp" else f", {describe_process(sweep.base)}"
     return f"{sweep.model}{process}, {sweep.batch} samples, seed {sweep.seed}: error against NFE"
 
 
