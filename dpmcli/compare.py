@@ -235,7 +235,7 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
         raise ConfigError("Sweep: give guidance scales as Sweep.guidance, not in conditioning")
     model = load_model(sweep.model, device=device, dtype=dtype, guidance_scale=max(scales) if scales else None, **sweep.conditioning)
     reference_steps = sweep.reference_steps or (MIXTURE_REFERENCE_STEPS if model.mixture is not None else NETWORK_REFERENCE_STEPS)
-    if model.mixture is not None and reference_steps > sweep.base.train_steps:
+    if model.mixture is not None and sweep.base.process == "vp" and reference_steps > sweep.base.train_steps:
         raise ConfigError(
             f"--reference-steps: {reference_steps} is more than --train-steps ({sweep.base.train_steps}); use at most that"
         )

@@ -124,9 +124,9 @@ def from_environment(device_kind: str) -> Ranks:
             raise ConfigError(f"rank {ranks.rank}: {name} is not set; launch with torchrun (or srun with its rendezvous variables)")
     timeout = datetime.timedelta(seconds=_integer(ENV_TIMEOUT, DEFAULT_TIMEOUT))
     backend = "nccl" if device_kind == "cuda" else "gloo"
-    if device_kind == "cuda":
-        torch.cuda.set_device(ranks.local_rank)
     try:
+        if device_kind == "cuda":
+            torch.cuda.set_device(ranks.local_rank)
         with _quiet_native_stderr():  # c10d logs C++ stack frames of a failed connection before raising
             torch.distributed.init_process_group(backend, rank=ranks.rank, world_size=world, timeout=timeout)
     except (RuntimeError, ValueError, OSError) as exc:

@@ -149,7 +149,8 @@ class ReferenceRuns:
         self.model, self.x_T, self.steps, self.ranks, self.seed = model, x_T, steps, ranks, seed
         self.memory: dict = {}
         self.nfe = 0
-        self.identity = None if cache_dir is None else model.identity()
+        # rank 0's answer for the job: a rank that cannot hash the weights must not take another path
+        self.identity = None if cache_dir is None else ranks.from_writer(model.identity() if ranks.writer else None)
         self.cache_dir = None if self.identity is None else Path(cache_dir)
         # why a cache folder was given but is not used, else None (describe() says it)
         self.uncached = None
@@ -182,7 +183,9 @@ class ReferenceRuns:
             sigmas = np.exp(-np.linspace(-np.log(first), -np.log(low), points))
         else:
             lam_last = float(plan.lambdas[-1]) if last > 0 else schedule.lambda_limits[1]
-            sigmas = schedule.sigma_of(np.linspace(float(plan.lambdas[0]), lam_last, points))
+            # (a compat grid's float32 first sigma can lie a hair outside the schedule's range)
+            lam_first = max(float(plan.lambdas[0]), schedule.lambda_limits[0])
+            sigmas = schedule.sigma_of(np.linspace(lam_first, lam_last, points))
         return tuple(float(v) for v in sigmas) + (() if last > 0 else (0.0,))
 
     def _run(self, key: tuple, config: SolverConfig, noise_for: Callable | None, guidance_scale: float | None) -> torch.Tensor:

@@ -97,6 +97,11 @@ def _finite(value) -> bool:
 def check_diffusers_process(cfg) -> None:
     """What diffusers' flow mode (use_flow_sigmas) and EDMDPMSolverMultistepScheduler can reproduce."""
     if cfg.process == "flow":
+        if not cfg.predicts_data:
+            raise ConfigError(
+                f"--compat diffusers: compat flow grids end at sigma 0 (diffusers' sigma-min end is a VP quirk not reproduced), "
+                f"which diffusers refuses for {cfg.algo}; use dpmsolver++ or sde-dpmsolver++, or leave compat mode"
+            )
         if cfg.spacing != "linspace" or cfg.timesteps is not None:
             raise ConfigError(
                 f"--compat diffusers: diffusers' flow mode has one grid (use_flow_sigmas: uniform in s, then shifted), "

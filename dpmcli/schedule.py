@@ -188,6 +188,11 @@ class Schedule:
         finite = self.lambdas[np.isfinite(self.lambdas)]
         return float(finite.min()), float(finite.max())
 
+    @property
+    def trained_limits(self) -> tuple[float, float]:
+        """The lambda range the network was trained on (a custom grid must stay inside it)."""
+        return self.lambda_limits
+
     def alpha_sigma(self, lam: float) -> tuple[float, float]:
         return alpha_sigma(lam)
 
@@ -299,6 +304,13 @@ class FlowSchedule(Schedule):
         edge = math.log(self.train_steps - 1)
         move = math.log(self.shift)
         return -edge - move, edge - move
+
+    @property
+    def trained_limits(self) -> tuple[float, float]:
+        """Timesteps 1 to T - 1 unshifted, widened to where the shifted grids reach (as diffusers' do)."""
+        edge = math.log(self.train_steps - 1)
+        noisy, clean = self.lambda_limits
+        return min(-edge, noisy), max(edge, clean)
 
     @cached_property
     def lambdas(self) -> np.ndarray:

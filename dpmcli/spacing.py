@@ -137,8 +137,8 @@ def _lambda_grid(schedule: Schedule, cfg: SolverConfig) -> Grid:
 
 
 def _check_custom_range(schedule: Schedule, lam: np.ndarray) -> None:
-    """--sigmas of a flow or EDM grid: inside the range the network was trained on (a flow shift widens nothing)."""
-    lam_noisy, lam_clean = schedule.lambda_limits
+    """--sigmas of a flow or EDM grid: inside the range the network was trained on (a flow shift moves nothing here)."""
+    lam_noisy, lam_clean = schedule.trained_limits
     bad = [float(v) for v in lam[:-1] if not (lam_noisy - 1e-9 <= v <= lam_clean + 1e-9)]
     if bad:
         lo, hi = schedule.sigma_of(np.array([lam_clean, lam_noisy]))

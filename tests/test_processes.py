@@ -35,6 +35,7 @@ from typer.testing import CliRunner
 
 from dpmcli import SolverConfig, build_plan
 from dpmcli.cli.main import app
+from dpmcli.errors import ConfigError
 from dpmcli.experiment import solve
 from dpmcli.models import MixtureModel, gmm64, ring
 from dpmcli.reference import ode_solution
@@ -510,3 +511,17 @@ def test_bad_process_options_are_one_line_exit_2_nothing_written(command, bad, t
     assert lines[0].startswith(f"dpmcli: error: {flag}:"), lines[0]
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_custom_flow_sigmas_are_checked_against_what_the_network_knows_not_the_shifted_grid():
+    """With a shift, a custom grid may still reach s = 0.002 (timestep 2); beyond s = 1 - 1/T unshifted it may not."""
+    plan = build_plan(SolverConfig(process="flow", flow_shift=3.0, sigmas=(0.9, 0.5, 0.002, 0.0)))
+    assert list(plan.timesteps) == pytest.approx([900.0, 500.0, 2.0])
+    with pytest.raises(ConfigError, match=r"^--sigmas: 0.9995 lies outside"):
+        build_plan(SolverConfig(process="flow", sigmas=(0.9995, 0.5, 0.0)))
+
+
+def test_compat_flow_refuses_noise_prediction_with_one_consistent_reason():
+    for final in ("zero", "sigma-min"):
+        with pytest.raises(ConfigError, match="use dpmsolver\\+\\+ or sde-dpmsolver\\+\\+"):
+            build_plan(SolverConfig(process="flow", algo="dpmsolver", compat="diffusers", final_sigma=final))

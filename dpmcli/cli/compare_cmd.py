@@ -61,7 +61,8 @@ def joined_job(device: str):
     cuda = device not in ("cpu", "mps") and torch.cuda.is_available()
     ranks = from_environment("cuda" if cuda else "cpu")
     try:
-        yield ranks, (f"cuda:{ranks.local_rank}" if cuda and device in ("auto", "cuda") else device)
+        # one GPU per rank: --device cuda (or cuda:N, which would put every rank on one GPU) means cuda:LOCAL_RANK
+        yield ranks, (f"cuda:{ranks.local_rank}" if cuda and (device == "auto" or device.startswith("cuda")) else device)
         # every rank leaves together: torchrun stops the job when one rank ends with an exit code
         # (a failed gate), which must not cut rank 0 short while it writes --out
         ranks.barrier()

@@ -86,7 +86,8 @@ def handle_errors(command):
                 # an internal error: still one line, exit code 4
                 _error_line(f"internal error: {type(exc).__name__}: {exc} (set DPMCLI_DEBUG=1 for the traceback)")
                 raise typer.Exit(EXIT_INTERNAL) from None
-        warn(_distinct_warnings(caught), kwargs.get("quiet", False))
+        # under torchrun rank 0 alone shows warnings, as it alone prints the results
+        warn(_distinct_warnings(caught), kwargs.get("quiet", False) or (launched() and os.environ.get("RANK", "0") != "0"))
         return result
 
     return wrapper
