@@ -321,7 +321,7 @@ def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_
         if len(sweep.guidance) > 1:
             label = f"{label} cfg {scale:g}"
         # finished before an interruption: its row and samples, as recorded (rank 0 reads the log for the job)
-        saved = ranks.from_writer(run_log.recorded(label) if run_log is not None else None) if run_log is not None or ranks.active else None
+        saved = ranks.from_writer(run_log.recorded(label) if run_log is not None else None)
         if saved is not None:
             out.append(saved)
             continue

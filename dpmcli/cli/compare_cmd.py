@@ -7,7 +7,7 @@ import json
 import math
 import shlex
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from ..compare import Sweep, check_gates, prepare_sweep, run_sweep
@@ -179,7 +179,7 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
         "max_error": max_error, "baseline": None if baseline is None else str(baseline), "tolerance": tolerance,
         "min_order": min_order, "failures": failures, "notes": notes, "passed": not failures,
     }
-    with outputs if ranks.writer else _nothing():
+    with outputs if ranks.writer else nullcontext():
         if out is not None and ranks.writer:
             outputs.make_folder(out)
             write_compare_folder(report, out, document=document, dpi=dpi)
@@ -199,11 +199,6 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
             print(line, file=sys.stderr)
         return EXIT_GATE_FAILED
     return 0
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def emit(report, document: dict, fmt: str) -> None:

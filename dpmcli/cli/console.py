@@ -87,7 +87,7 @@ def handle_errors(command):
                 _error_line(f"internal error: {type(exc).__name__}: {exc} (set DPMCLI_DEBUG=1 for the traceback)")
                 raise typer.Exit(EXIT_INTERNAL) from None
         # under torchrun rank 0 alone shows warnings, as it alone prints the results
-        warn(_distinct_warnings(caught), kwargs.get("quiet", False) or (launched() and os.environ.get("RANK", "0") != "0"))
+        warn(_distinct_warnings(caught), kwargs.get("quiet", False) or _rank() not in (None, "0"))
         return result
 
     return wrapper
@@ -111,9 +111,14 @@ def _distinct_warnings(caught) -> list[str]:
     return list(seen)
 
 
+def _rank() -> str | None:
+    """This process's rank under torchrun (RANK), None in a single process."""
+    return os.environ.get("RANK") if launched() else None
+
+
 def _error_line(message: str) -> None:
     # under torchrun every rank may fail alone: the line names the rank (unless the message does)
-    rank = os.environ.get("RANK") if launched() else None
+    rank = _rank()
     where = f"rank {rank}: " if rank is not None and not message.startswith("rank ") else ""
     print(f"dpmcli: error: {where}{' '.join(message.split())}", file=sys.stderr)
 
