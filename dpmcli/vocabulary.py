@@ -35,6 +35,8 @@ SIGMA_FLAGS = {
     "use_lu_lambdas": "logsnr",
 }
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+# FlowMatch scheduler switches that move the path or its end points away from x_s = (1 - s) x_0 + s eps
+FLOW_MATCH_REFUSED = ("invert_sigmas", "shift_terminal")
 # beta schedules diffusers has and dpmcli follows as a table of betas
 TABLE_BETA_SCHEDULES = ("sigmoid",)
 # Other schedulers' words for a choice DPM-Solver makes differently (diffusers maps them alike).
@@ -85,17 +87,41 @@ def _is_vp(config: dict, where: str) -> None:
         )
 
 
-def _flow(config: dict, where: str) -> dict:
-    """A flow config (``use_flow_sigmas``): its shift; its betas and timestep spacing are unused, as in diffusers."""
+def is_flow_match(config: dict) -> bool:
+    """A flow-matching scheduler's config (FlowMatchEulerDiscreteScheduler and kin: SD3, Flux)."""
+    return str(config.get("_class_name") or "").startswith("FlowMatch")
+
+
+def _flow_match(config: dict, where: str) -> dict:
+    """A FlowMatch scheduler's words: its ``shift`` is dpmcli's flow shift; its sigma-grid flags name flow grids."""
+    for key in FLOW_MATCH_REFUSED:
+        if config.get(key):
+            raise ConfigError(f"{where} sets {key}, which changes the flow path itself; dpmcli follows the plain one (drop {key})")
+    out: dict = {}
+    if config.get("shift") is not None:
+        out["flow_shift"] = float(config["shift"])
     flagged = [flag for flag in SIGMA_FLAGS if config.get(flag)]
+    if len(flagged) > 1:
+        raise ConfigError(f"{where} sets {' and '.join(flagged)}; use at most one of {', '.join(SIGMA_FLAGS)}")
     if flagged:
-        raise ConfigError(
-            f"{where} sets use_flow_sigmas and {flagged[0]}: diffusers then builds {SIGMA_FLAGS[flagged[0]]} sigmas from its "
-            "beta table, which no flow model was trained on; drop one of them"
-        )
+        out["spacing"] = SIGMA_FLAGS[flagged[0]]
+    return out
+
+
+def _flow(config: dict, where: str) -> dict:
+    """A flow config (``use_flow_sigmas`` or a FlowMatch scheduler's): its shift; betas and timestep spacing are unused."""
     out: dict = {"process": "flow"}
-    if config.get("flow_shift") is not None:
-        out["flow_shift"] = float(config["flow_shift"])
+    if is_flow_match(config):
+        out.update(_flow_match(config, where))
+    else:
+        flagged = [flag for flag in SIGMA_FLAGS if config.get(flag)]
+        if flagged:
+            raise ConfigError(
+                f"{where} sets use_flow_sigmas and {flagged[0]}: diffusers then builds {SIGMA_FLAGS[flagged[0]]} sigmas from its "
+                "beta table, which no flow model was trained on; drop one of them"
+            )
+        if config.get("flow_shift") is not None:
+            out["flow_shift"] = float(config["flow_shift"])
     if config.get("use_dynamic_shifting"):
         kind = config.get("time_shift_type", "exponential")
         if kind != "exponential":
@@ -148,7 +174,7 @@ def schedule_options(config: dict, where: str) -> dict:
     beta schedule, prediction type, timestep spacing or final sigma it does not have, or more
     than one sigma-grid flag.
     """
-    flow = bool(config.get("use_flow_sigmas"))
+    flow = bool(config.get("use_flow_sigmas")) or is_flow_match(config)
     out: dict = _flow(config, where) if flow else {}
     if not flow:
         _is_vp(config, where)
@@ -241,6 +267,7 @@ __all__ = [
     "SIGMA_FLAGS",
     "TIMESTEP_SPACINGS",
     "has_word",
+    "is_flow_match",
     "schedule_options",
     "scheduler_words",
     "sigmoid_betas",

@@ -154,7 +154,9 @@ def test_schedule_options_fill_class_defaults_and_trained_betas():
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000}, "describes neither a discrete VP"),
+        ({"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 2000}, "describes neither a discrete VP"),
+            ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift_terminal": 0.02}, "sets shift_terminal"),
+            ({"_class_name": "FlowMatchEulerDiscreteScheduler", "invert_sigmas": True}, "sets invert_sigmas"),
         ({"_class_name": "DDPMScheduler", "beta_schedule": "laplace"}, "beta_schedule 'laplace'"),
         ({"_class_name": "DDPMScheduler", "prediction_type": "flow_prediction"}, "prediction_type 'flow_prediction'"),
         ({"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "odd"}, "timestep_spacing 'odd'"),

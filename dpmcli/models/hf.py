@@ -29,7 +29,9 @@ from .. import vocabulary
 from ..devices import DTYPES
 from ..errors import ConfigError
 from .base import Denoiser, files_digest, guided
+from .hf_families import FAMILIES, Conditioning
 from .hf_loading import (
+    DRIVEN_KINDS,
     CACHE_MAY_LACK,
     DECODER_NAMES,
     INSTALL_HINT,
@@ -53,6 +55,7 @@ from .hf_loading import (
     scheduler_class_defaults,
     unet_size,
 )
+from .hf_pipelines import load_family_parts
 
 DEFAULT_TEXT_GUIDANCE = 7.5
 
@@ -75,12 +78,17 @@ def schedule_options_from_scheduler_config(config: dict) -> dict:
 # --------------------------------------------------------------------------- the model
 
 
-class DiffusersModel(Denoiser):
-    """A diffusers UNet (with its VAE and text encoder when the pipeline has them) as a dpmcli model.
+def _forward_unet(unet, x, t, keywords: dict, scale):
+    """A UNet of an unconditional or a Stable Diffusion 1.x/2.x pipeline: the prompt's hidden states, if any."""
+    return unet(x, t, return_dict=False, **keywords)[0]
 
-    Build it with :func:`load_diffusers_model`. ``model(x, t)`` runs the UNet on ``x`` at
+
+class DiffusersModel(Denoiser):
+    """A diffusers network (a UNet or a transformer, with its VAE and text encoders when the pipeline has them) as a dpmcli model.
+
+    Build it with :func:`load_diffusers_model`. ``model(x, t)`` runs the network on ``x`` at
     timestep ``t`` (fractional timesteps allowed), with classifier-free guidance for text
-    pipelines, and returns the prediction in ``x``'s dtype and device.
+    pipelines (Flux: its guidance embedding), and returns the prediction in ``x``'s dtype and device.
     """
 
     name = "diffusers"
@@ -88,7 +96,7 @@ class DiffusersModel(Denoiser):
     def __init__(
         self,
         *,
-        unet,
+        network,
         source: str,
         kind: str,
         sample_shape: tuple[int, ...],
@@ -99,15 +107,19 @@ class DiffusersModel(Denoiser):
         schedule_file: str | None = None,
         decoder=None,
         vae_scale_factor: int = 1,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_embeds: torch.Tensor | None = None,
+        conditioning: Conditioning | None = None,
+        forward=_forward_unet,
+        network_name: str = "unet",
+        extra_schedule_options: dict | None = None,
         prompt: str | None = None,
         negative_prompt: str | None = None,
         guidance_scale: float | None = None,
         notes: tuple[str, ...] = (),
         files: tuple[tuple[str, Path], ...] | None = None,
     ):
-        self.unet = unet
+        self.network = network
+        self.network_name = network_name
+        self.forward = forward  # (network, x, timesteps, keywords, guidance scale) -> prediction
         self.files = files  # what identity() hashes (None: not known, so not cacheable)
         self.source = source
         self.kind = kind
@@ -119,6 +131,7 @@ class DiffusersModel(Denoiser):
         self.raw_scheduler_config = raw_scheduler_config
         self.schedule_file = schedule_file
         self._schedule_options = schedule_options_from_scheduler_config(scheduler_config) if scheduler_config else {}
+        self._schedule_options.update(extra_schedule_options or {})
         self.prediction_type = self._schedule_options.get("prediction_type", "epsilon")
         self.decoder = decoder
         self.vae_scale_factor = vae_scale_factor
@@ -127,14 +140,15 @@ class DiffusersModel(Denoiser):
         self.guidance_scale = guidance_scale
         self.notes = tuple(notes)
         self.decode_batch = 4
-        config = unet.config
-        self.conditional = prompt_embeds is not None
-        self._prompt_embeds = prompt_embeds
-        self._negative_embeds = negative_embeds
-        self._context_cache: dict[tuple[int, bool], torch.Tensor] = {}
-        # UNets trained with a learned variance output twice the channels; the first half is the prediction
-        self._out_channels = int(config.in_channels) if int(config.out_channels) == 2 * int(config.in_channels) else None
+        self.conditional = conditioning is not None
+        self._conditioning = conditioning or Conditioning()
+        self._context_cache: dict[tuple[int, bool], dict] = {}
         self.name = f"diffusers:{source}"
+
+    @property
+    def unet(self):
+        """The network (named for the UNet pipelines that came first)."""
+        return self.network
 
     @property
     def has_images(self) -> bool:
@@ -146,7 +160,7 @@ class DiffusersModel(Denoiser):
         return self._guides(self.guidance_scale)
 
     def _guides(self, scale: float | None) -> bool:
-        return self.conditional and scale is not None and scale > 1.0 and self._negative_embeds is not None
+        return self.conditional and scale is not None and scale > 1.0 and self._conditioning.uncond is not None
 
     @property
     def default_batch(self) -> int:
@@ -168,15 +182,12 @@ class DiffusersModel(Denoiser):
             return torch.full((batch,), int(value), dtype=torch.long, device=self.device)
         return torch.full((batch,), value, dtype=torch.float32, device=self.device)
 
-    def _context(self, batch: int, guiding: bool) -> torch.Tensor:
-        """Prompt embeddings for a latent batch (negative prompt first when guiding), made once per batch size."""
+    def _context(self, batch: int, guiding: bool) -> dict:
+        """The network's conditioning keywords for a latent batch (negative prompt first when guiding), made once per batch size."""
         key = (batch, guiding)  # compare switches guidance on and off between runs
         context = self._context_cache.get(key)
         if context is None:
-            cond = self._prompt_embeds.expand(batch, -1, -1)
-            if guiding:
-                cond = torch.cat([self._negative_embeds.expand(batch, -1, -1), cond])
-            context = cond.contiguous()
+            context = self._conditioning.for_batch(batch, guiding)
             self._context_cache = {key: context}
         return context
 
@@ -190,12 +201,9 @@ class DiffusersModel(Denoiser):
         if guiding:
             inp = torch.cat([inp, inp])
         t = self._timesteps(timestep, inp.shape[0])
-        if self.conditional:
-            out = self.unet(inp, t, encoder_hidden_states=self._context(batch, guiding), return_dict=False)[0]
-        else:
-            out = self.unet(inp, t, return_dict=False)[0]
-        if self._out_channels is not None:
-            out = out[:, : self._out_channels]
+        out = self.forward(self.network, inp, t, self._context(batch, guiding), scale)
+        if out.shape[1] == 2 * inp.shape[1]:  # a learned variance doubles the channels; the first half is the prediction
+            out = out[:, : inp.shape[1]]
         out = out.to(device=x.device, dtype=x.dtype)
         if guiding:
             unconditional, conditional = out.chunk(2)
@@ -211,10 +219,16 @@ class DiffusersModel(Denoiser):
         cfg = self.decoder.config
         scale = float(getattr(cfg, "scaling_factor", 1.0) or 1.0)
         shift = getattr(cfg, "shift_factor", None)
+        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
         param = next(self.decoder.parameters())
         images = []
         for chunk in x.split(self.decode_batch):
-            z = chunk.to(device=param.device, dtype=torch.float32) / scale
+            z = chunk.to(device=param.device, dtype=torch.float32)
+            if mean is not None and std is not None:  # latents standardised per channel (an SDXL-style VAE option)
+                per_channel = (1, -1, 1, 1)
+                z = z * torch.tensor(std, device=z.device).view(per_channel) / scale + torch.tensor(mean, device=z.device).view(per_channel)
+            else:
+                z = z / scale
             if shift is not None:
                 z = z + float(shift)
             images.append(self.decoder.decode(z.to(param.dtype), return_dict=False)[0].float().cpu())
@@ -231,7 +245,7 @@ class DiffusersModel(Denoiser):
         return {
             "model": "diffusers", "kind": self.kind, "files_sha256": digest, "sample_shape": list(self.sample_shape),
             "prompt": self.prompt, "negative_prompt": self.negative_prompt, "conditional": self.conditional,
-            "negative_embeddings": self._negative_embeds is not None,
+            "negative_embeddings": self._conditioning.uncond is not None,
             "dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type,
         }
 
@@ -240,7 +254,7 @@ class DiffusersModel(Denoiser):
             "name": "diffusers",
             "source": self.source,
             "kind": self.kind,
-            "unet": type(self.unet).__name__,
+            self.network_name: type(self.network).__name__,
             "scheduler": (self.pipeline_scheduler_config or {}).get("_class_name"),
             "schedule_from": self.schedule_file or "none (no scheduler config: dpmcli's default schedule)",
             "prediction_type": self.prediction_type,
@@ -251,7 +265,8 @@ class DiffusersModel(Denoiser):
         }
         if self.decoder is not None:
             out["vae_scale_factor"] = self.vae_scale_factor
-            out["image_shape"] = [int(self.decoder.config.out_channels)] + [s * self.vae_scale_factor for s in self.sample_shape[1:]]
+            channels = getattr(self.decoder.config, "out_channels", None) or getattr(self.decoder.config, "in_channels", 3)
+            out["image_shape"] = [int(channels)] + [s * self.vae_scale_factor for s in self.sample_shape[1:]]
         if self.conditional:
             out["prompt"] = self.prompt
             out["negative_prompt"] = self.negative_prompt
@@ -393,39 +408,57 @@ def load_diffusers_model(
     raw_sched, sched_config = read_schedule(layout, notes)
     check_prompt_options(layout, source, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale)
 
+    if layout.family is not None:
+        parts = load_family_parts(
+            diffusers, layout, sched_config, device, dtype, prompt=prompt, negative_prompt=negative_prompt,
+            guidance_scale=guidance_scale, height=height, width=width, notes=notes,
+        )
+        network = dict(
+            network=parts.network, network_name=layout.network, forward=FAMILIES[layout.family].forward,
+            sample_shape=parts.sample_shape, decoder=parts.decoder, vae_scale_factor=parts.vae_scale_factor,
+            conditioning=parts.conditioning, guidance_scale=parts.guidance_scale, extra_schedule_options=parts.schedule_options,
+        )
+    else:
+        network = _unet_parts(diffusers, layout, device, dtype, prompt=prompt, negative_prompt=negative_prompt,
+                              guidance_scale=guidance_scale, height=height, width=width, notes=notes)
+    text = layout.text
+    return DiffusersModel(
+        source=source,
+        kind=layout.kind,
+        device=device,
+        dtype=dtype,
+        scheduler_config=sched_config,
+        raw_scheduler_config=raw_sched,
+        schedule_file=layout.schedule_file,
+        prompt=prompt if text else None,
+        negative_prompt=negative_prompt if text else None,
+        notes=tuple(notes),
+        files=tuple(identity_files(layout)),
+        **network,
+    )
+
+
+def _unet_parts(diffusers, layout: Layout, device, dtype, *, prompt, negative_prompt, guidance_scale, height, width, notes) -> dict:
+    """The UNet, decoder, latent shape and prompt conditioning of an unconditional or SD 1.x/2.x pipeline, or a UNet folder."""
     unet = load_unet(diffusers, layout, device, dtype)
     decoder, scale_factor = load_decoder(diffusers, layout, device, dtype, int(unet.config.in_channels))
     sample_shape = latent_shape(unet, decoder, scale_factor, height, width)
     prompt_embeds, negative_embeds, guidance_scale = text_conditioning(
         layout, unet, device, dtype, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale, notes=notes
     )
-    text = layout.text
-    return DiffusersModel(
-        unet=unet,
-        source=source,
-        kind=layout.kind,
-        sample_shape=sample_shape,
-        device=device,
-        dtype=dtype,
-        scheduler_config=sched_config,
-        raw_scheduler_config=raw_sched,
-        schedule_file=layout.schedule_file,
-        decoder=decoder,
-        vae_scale_factor=scale_factor,
-        prompt_embeds=prompt_embeds,
-        negative_embeds=negative_embeds,
-        prompt=prompt if text else None,
-        negative_prompt=negative_prompt if text else None,
-        guidance_scale=guidance_scale if text else None,
-        notes=tuple(notes),
-        files=tuple(identity_files(layout)),
-    )
+    conditioning = None
+    if prompt_embeds is not None:
+        negative = None if negative_embeds is None else {"encoder_hidden_states": negative_embeds}
+        conditioning = Conditioning({"encoder_hidden_states": prompt_embeds}, negative)
+    return dict(network=unet, sample_shape=sample_shape, decoder=decoder, vae_scale_factor=scale_factor,
+                conditioning=conditioning, guidance_scale=guidance_scale if layout.text else None)
 
 
 __all__ = [
     "CACHE_MAY_LACK",
     "DECODER_NAMES",
     "DEFAULT_TEXT_GUIDANCE",
+    "DRIVEN_KINDS",
     "INSTALL_HINT",
     "NEVER_DOWNLOADED",
     "UNET_CLASSES",

@@ -20,17 +20,23 @@ import json
 import logging
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError
 from .base import folder_files
+from .hf_families import FAMILIES, NEVER_LOADED
 
 INSTALL_HINT = 'pip install "dpmcli[diffusers]"'
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 DECODER_NAMES = ("vae", "vqvae")
+# what `--model diffusers:` drives, for the error that refuses the rest
+DRIVEN_KINDS = (
+    "unconditional UNet pipelines (DDPM, DDIM, latent diffusion), Stable Diffusion 1.x/2.x (StableDiffusionPipeline), "
+    + ", ".join(FAMILIES)
+)
 # Files a download never needs: other frameworks' weights, the safety checker and its processor.
 NEVER_DOWNLOADED = (
     "*.ckpt",
@@ -217,11 +223,11 @@ def load_component(library, class_name: str, root: Path, subfolder: str | None, 
         raise ConfigError(f"--model: cannot load {what} ({class_name}) from {folder.name or folder}: {reason}") from None
 
 
-def load_tokenizer(library, class_name: str, root: Path):
+def load_tokenizer(library, class_name: str, root: Path, subfolder: str = "tokenizer"):
     cls = getattr(library, class_name, None) or library.AutoTokenizer
     try:
         with quiet_loading():
-            return cls.from_pretrained(str(root), subfolder="tokenizer")
+            return cls.from_pretrained(str(root), subfolder=subfolder)
     except (OSError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"--model: cannot load the tokenizer ({class_name}): {reason}") from None
@@ -254,9 +260,12 @@ class Layout:
     kind: str  # the pipeline's class, or the bare UNet's
     pipeline_class: str | None  # None for a bare UNet folder
     components: dict  # component name -> (library, class name), as model_index.json lists them
-    unet_class: str
-    unet_subfolder: str | None
+    network_class: str  # the class of the network that predicts (a UNet or a transformer)
+    network_subfolder: str | None
     schedule_file: str | None  # the scheduler config, relative to root (None: there is none)
+    network: str = "unet"  # the network's component name
+    family: str | None = None  # a pipeline of dpmcli.models.hf_families.FAMILIES (None: a UNet pipeline or folder)
+    settings: dict = field(default_factory=dict)  # model_index.json's values that are not components
 
     @property
     def is_pipeline(self) -> bool:
@@ -264,11 +273,11 @@ class Layout:
 
     @property
     def conditional(self) -> bool:
-        return self.unet_class == "UNet2DConditionModel"
+        return self.family is not None or self.network_class == "UNet2DConditionModel"
 
     @property
     def text(self) -> bool:
-        """A text-to-image pipeline: a conditional UNet with a text encoder."""
+        """A text-to-image pipeline: a conditional network with a text encoder."""
         return self.conditional and "text_encoder" in self.components
 
     @property
@@ -276,30 +285,41 @@ class Layout:
         return next((n for n in DECODER_NAMES if n in self.components), None)
 
 
+def _schedule_file(root: Path) -> str | None:
+    return next((p for p in ("scheduler/scheduler_config.json", "scheduler_config.json") if (root / p).is_file()), None)
+
+
+def _pipeline_layout(root: Path, label: str, index: dict) -> Layout:
+    pipeline_class = str(index.get("_class_name", "pipeline"))
+    components = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[1]}
+    family = FAMILIES.get(pipeline_class)
+    network = family.network if family is not None else "unet"
+    if network not in components:
+        kinds = ", ".join(sorted(components)) or "none"
+        raise ConfigError(f"{label}: {pipeline_class} (components: {kinds}) is not a kind dpmcli drives; it drives {DRIVEN_KINDS}")
+    if family is None and "text_encoder_2" in components:
+        raise ConfigError(f"{label}: {pipeline_class} has two text encoders and is not a kind dpmcli drives; it drives {DRIVEN_KINDS}")
+    return Layout(
+        root=root,
+        label=label,
+        kind=pipeline_class,
+        pipeline_class=pipeline_class,
+        components=components,
+        network_class=components[network][1],
+        network_subfolder=network if (root / network / "config.json").is_file() else None,
+        schedule_file=_schedule_file(root),
+        network=network,
+        family=pipeline_class if family is not None else None,
+        settings={k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)},
+    )
+
+
 def read_layout(root: Path, label: str) -> Layout:
     """The layout of a pipeline folder (model_index.json) or a bare UNet folder (config.json); ConfigError otherwise."""
     index = read_json(root / "model_index.json") if (root / "model_index.json").is_file() else None
     root_config = read_json(root / "config.json") if (root / "config.json").is_file() else None
     if index is not None:
-        pipeline_class = str(index.get("_class_name", "pipeline"))
-        components = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[1]}
-        if "unet" not in components:
-            kinds = ", ".join(sorted(components)) or "none"
-            raise ConfigError(f"{label}: {pipeline_class} has no 'unet' (components: {kinds}); dpmcli drives UNet pipelines")
-        if "text_encoder_2" in components:
-            raise ConfigError(f"{label}: {pipeline_class} has two text encoders (SDXL-style); dpmcli supports one")
-        layout = Layout(
-            root=root,
-            label=label,
-            kind=pipeline_class,
-            pipeline_class=pipeline_class,
-            components=components,
-            unet_class=components["unet"][1],
-            unet_subfolder="unet" if (root / "unet" / "config.json").is_file() else None,
-            schedule_file=next(
-                (p for p in ("scheduler/scheduler_config.json", "scheduler_config.json") if (root / p).is_file()), None
-            ),
-        )
+        layout = _pipeline_layout(root, label, index)
     elif root_config is not None and root_config.get("_class_name") in UNET_CLASSES:
         layout = Layout(
             root=root,
@@ -307,18 +327,18 @@ def read_layout(root: Path, label: str) -> Layout:
             kind=root_config["_class_name"],
             pipeline_class=None,
             components={},
-            unet_class=root_config["_class_name"],
-            unet_subfolder=None,
+            network_class=root_config["_class_name"],
+            network_subfolder=None,
             schedule_file="scheduler_config.json" if (root / "scheduler_config.json").is_file() else None,
         )
     else:
         found = f" (config.json names {root_config.get('_class_name')!r})" if root_config else ""
         raise ConfigError(
-            f"{label}: not a diffusers folder{found}; expected model_index.json (a pipeline with a unet and a scheduler) "
+            f"{label}: not a diffusers folder{found}; expected model_index.json (a pipeline: {DRIVEN_KINDS}) "
             f"or config.json naming {' or '.join(UNET_CLASSES)}"
         )
-    if layout.unet_class not in UNET_CLASSES:
-        raise ConfigError(f"{label}: the unet is a {layout.unet_class}; dpmcli drives {' and '.join(UNET_CLASSES)}")
+    if layout.family is None and layout.network_class not in UNET_CLASSES:
+        raise ConfigError(f"{label}: the unet is a {layout.network_class}; dpmcli drives {' and '.join(UNET_CLASSES)}")
     return layout
 
 
@@ -333,8 +353,15 @@ def identity_files(layout: Layout) -> list[tuple[str, Path]]:
 
 
 def check_components(layout: Layout) -> None:
-    """A conditional pipeline has what text-to-image needs: a text encoder, its tokenizer and a VAE."""
+    """A conditional pipeline has what text-to-image needs: its text encoders, their tokenizers and a VAE."""
     label, name = layout.label, layout.pipeline_class
+    if layout.family is not None:
+        for component in FAMILIES[layout.family].needs:
+            if component not in layout.components:
+                raise ConfigError(f"{label}: {name} lists no {component}; it needs {', '.join(FAMILIES[layout.family].needs)}")
+            if not (layout.root / component).is_dir():
+                raise ConfigError(f"{label}: {name}'s {component} is missing (no folder {component}/)")
+        return
     if layout.conditional and layout.is_pipeline and not layout.text:
         raise ConfigError(f"{label}: {name} has a conditional UNet but no text_encoder; dpmcli supports text-to-image pipelines")
     if layout.text and "tokenizer" not in layout.components:
@@ -370,17 +397,38 @@ def _unet_checks(unet, label: str) -> None:
 
 def load_unet(diffusers, layout: Layout, device: torch.device, dtype: torch.dtype):
     """The UNet on ``device`` in ``dtype``, in eval mode; refused if it needs conditioning dpmcli does not give."""
-    unet = load_component(diffusers, layout.unet_class, layout.root, layout.unet_subfolder, dtype, "the unet")
+    unet = load_component(diffusers, layout.network_class, layout.root, layout.network_subfolder, dtype, "the unet")
     unet = unet.to(device).eval().requires_grad_(False)
     _unet_checks(unet, layout.label)
     return unet
 
 
+def vae_scale_factor(config) -> int:
+    """How many image pixels a latent pixel spans: 2 ** (VAE levels - 1) (AutoencoderDC names its levels per side)."""
+    levels = getattr(config, "block_out_channels", None) or getattr(config, "encoder_block_out_channels", None)
+    return 2 ** (len(levels) - 1)
+
+
+def decoder_dtype(layout: Layout, name: str, class_name: str, dtype: torch.dtype) -> torch.dtype:
+    """float32 for a VAE that says it overflows in float16 (``force_upcast``, on by default in AutoencoderKL), else ``dtype``."""
+    config_path = layout.root / name / "config.json"
+    upcast = config_path.is_file() and read_json(config_path).get("force_upcast", class_name == "AutoencoderKL")
+    return torch.float32 if dtype == torch.float16 and upcast else dtype
+
+
+def check_latent_channels(layout: Layout, name: str, decoder, in_channels: int) -> None:
+    latent_channels = getattr(decoder.config, "latent_channels", None) or getattr(decoder.config, "vq_embed_dim", None)
+    if latent_channels is not None and int(latent_channels) != in_channels:
+        raise ConfigError(
+            f"{layout.label}: the {layout.network} takes {in_channels} channels but the {name} makes {latent_channels} "
+            "(an inpainting or image-conditioned pipeline); dpmcli samples text-to-image and unconditional pipelines"
+        )
+
+
 def load_decoder(diffusers, layout: Layout, device: torch.device, dtype: torch.dtype, in_channels: int):
     """(decoder, VAE scale factor) of a latent pipeline; (None, 1) when it has none.
 
-    A VAE that says it overflows in float16 (``force_upcast``, on by default in AutoencoderKL)
-    decodes in float32.
+    A VAE that says it overflows in float16 decodes in float32 (:func:`decoder_dtype`).
     """
     name = layout.decoder_name
     if name is None:
@@ -388,18 +436,30 @@ def load_decoder(diffusers, layout: Layout, device: torch.device, dtype: torch.d
     library, class_name = layout.components[name]
     if library != "diffusers":
         raise ConfigError(f"{layout.label}: the {name} is a {library} {class_name}; dpmcli loads diffusers autoencoders")
-    decoder_dtype = dtype
-    config_path = layout.root / name / "config.json"
-    upcast = config_path.is_file() and read_json(config_path).get("force_upcast", class_name == "AutoencoderKL")
-    if dtype == torch.float16 and upcast:
-        decoder_dtype = torch.float32
-    decoder = load_component(diffusers, class_name, layout.root, name, decoder_dtype, f"the {name}")
+    decoder = load_component(diffusers, class_name, layout.root, name, decoder_dtype(layout, name, class_name, dtype), f"the {name}")
     decoder = decoder.to(device).eval().requires_grad_(False)
-    scale_factor = 2 ** (len(decoder.config.block_out_channels) - 1)
-    latent_channels = getattr(decoder.config, "latent_channels", None) or getattr(decoder.config, "vq_embed_dim", None)
-    if latent_channels is not None and int(latent_channels) != in_channels:
-        raise ConfigError(
-            f"{layout.label}: the unet takes {in_channels} channels but the {name} makes {latent_channels} "
-            "(an inpainting or image-conditioned pipeline); dpmcli samples text-to-image and unconditional pipelines"
-        )
-    return decoder, scale_factor
+    check_latent_channels(layout, name, decoder, in_channels)
+    return decoder, vae_scale_factor(decoder.config)
+
+
+def load_named(layout: Layout, name: str, device: torch.device, dtype: torch.dtype):
+    """One component of a pipeline by its name in model_index.json: a tokenizer, a scheduler or a network
+    (on ``device``, in eval mode, in ``dtype``; a VAE that overflows in float16 in float32)."""
+    library_name, class_name = layout.components[name]
+    library = import_library(library_name, f"the {name} of {layout.pipeline_class}")
+    if "Tokenizer" in class_name:
+        return load_tokenizer(library, class_name, layout.root, name)
+    if class_name.endswith("Scheduler"):
+        cls = getattr(library, class_name, None)
+        if cls is None:
+            raise ConfigError(f"--model: the {name} is a {class_name}, which {library_name} {library.__version__} does not have")
+        with quiet_loading():
+            return cls.from_pretrained(str(layout.root), subfolder=name)
+    module_dtype = decoder_dtype(layout, name, class_name, dtype) if name in DECODER_NAMES else dtype
+    module = load_component(library, class_name, layout.root, name, module_dtype, f"the {name}")
+    return module.to(device).eval().requires_grad_(False)
+
+
+def load_components(layout: Layout, device: torch.device, dtype: torch.dtype) -> dict:
+    """Every component the pipeline lists, loaded one by one, but those a sampler never needs."""
+    return {name: load_named(layout, name, device, dtype) for name in layout.components if name not in NEVER_LOADED}
