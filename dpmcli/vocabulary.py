@@ -97,7 +97,7 @@ def _flow_match(config: dict, where: str) -> dict:
     for key in FLOW_MATCH_REFUSED:
         if config.get(key):
             raise ConfigError(f"{where} sets {key}, which changes the flow path itself; dpmcli follows the plain one (drop {key})")
-    out: dict = {}
+    out: dict = {"prediction_type": "flow_prediction"}  # a FlowMatch scheduler's step takes the network's output as the velocity
     if config.get("shift") is not None:
         out["flow_shift"] = float(config["shift"])
     flagged = [flag for flag in SIGMA_FLAGS if config.get(flag)]
