@@ -15,7 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from .hf_families import FAMILIES, Conditioning, Family, Prompts, flow_mu
-from .hf_loading import Layout, check_latent_channels, load_components, quiet_loading, read_json
+from .hf_loading import Layout, check_latent_channels, import_library, load_components, quiet_loading, read_json
 
 
 @dataclass
@@ -57,9 +57,8 @@ def _size(option: str, value: int | None, default: int, multiple: int, why: str)
     return value
 
 
-def _pipeline(diffusers, layout: Layout, components: dict):
+def _pipeline(cls, layout: Layout, components: dict):
     """The pipeline class built from loaded components (listed-but-empty ones as None)."""
-    cls = getattr(diffusers, layout.pipeline_class)
     params = inspect.signature(cls.__init__).parameters
     kwargs = {name: value for name, value in layout.settings.items() if name in params}
     for name, param in params.items():
@@ -77,12 +76,15 @@ def load_family_parts(
 ) -> FamilyParts:
     """Load a family pipeline's components, encode its prompts, and size its latents (see the module docstring)."""
     family = FAMILIES[layout.family]
-    if getattr(diffusers, layout.pipeline_class, None) is None:
+    import_library("transformers", f"the text encoders of {layout.pipeline_class}")
+    with quiet_loading():  # importing a pipeline class imports transformers' image processors, which warn
+        pipeline_class = getattr(diffusers, layout.pipeline_class, None)
+    if pipeline_class is None:
         raise ConfigError(f"{layout.label}: diffusers {diffusers.__version__} has no {layout.pipeline_class}; upgrade diffusers")
     _check_prompt_options(layout, family, negative_prompt, guidance_scale)
-    defaults = family.call_defaults(getattr(diffusers, layout.pipeline_class))
+    defaults = family.call_defaults(pipeline_class)
     components = load_components(layout, device, dtype)
-    pipe = _pipeline(diffusers, layout, components)
+    pipe = _pipeline(pipeline_class, layout, components)
     network, decoder = components[family.network], components["vae"]
     factor, patch = int(pipe.vae_scale_factor), family.patch(network)
     default_size = int(getattr(pipe, "default_sample_size", None) or network.config.sample_size) * factor
@@ -103,7 +105,6 @@ def load_family_parts(
     if family.dynamic_shift and scheduler_config and scheduler_config.get("use_dynamic_shifting"):
         tokens = (latent_h // patch) * (latent_w // patch)
         options["flow_mu"] = flow_mu(scheduler_config, tokens)
-        notes.append(f"dynamic shift: mu = {options['flow_mu']:.4f} for {tokens} image tokens, as {layout.pipeline_class} computes it")
     return FamilyParts(network, decoder, factor, (channels, latent_h, latent_w), conditioning, scale, options)
 
 

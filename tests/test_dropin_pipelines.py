@@ -1,0 +1,82 @@
+"""DPMSolverScheduler inside FluxPipeline, StableDiffusion3Pipeline and SanaPipeline.
+
+Each pipeline (tiny, random, offline: tests/tiny_pipelines.py) runs twice from the same
+generator: with diffusers' DPMSolverMultistepScheduler built from the pipeline's scheduler
+config, and with dpmcli's drop-in built from the same config with ``compat="diffusers"``. The
+images must agree to float32 round-off. The pipelines drive the scheduler their own way -- Flux
+computes mu from the image's token count and passes it to ``set_timesteps``, SD3 passes
+``sigmas=None``, Sana ships a DPM-Solver flow config -- so this checks the drop-in's interface
+as much as its arithmetic. Without compat the drop-in runs dpmcli's own grid, and the images
+stay finite.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+import diffusers  # noqa: E402
+from diffusers import DPMSolverMultistepScheduler  # noqa: E402
+
+import tiny_pipelines as tiny  # noqa: E402
+from dpmcli.diffusers import DPMSolverScheduler  # noqa: E402
+from dpmcli.vocabulary import is_flow_match  # noqa: E402
+
+PIPELINES = {
+    "flux": (tiny.make_flux_pipeline_folder, "FluxPipeline", {}),
+    "sd3": (tiny.make_sd3_pipeline_folder, "StableDiffusion3Pipeline", {}),
+    "sana": (tiny.make_sana_pipeline_folder, "SanaPipeline", {"use_resolution_binning": False}),
+}
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def pipes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dropin-pipelines")
+    out = {}
+    for name, (builder, cls, _) in PIPELINES.items():
+        pipe = getattr(diffusers, cls).from_pretrained(builder(root / name))
+        pipe.set_progress_bar_config(disable=True)
+        out[name] = (pipe, dict(pipe.scheduler.config))  # the config it ships with, before any swap
+    return out
+
+
+def flow_words(config: dict) -> dict:
+    """A FlowMatch config as DPM-Solver's words, as a user swapping schedulers writes them."""
+    if is_flow_match(config):
+        return {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": config["shift"]}
+    return {}
+
+
+def images(name, pipe, scheduler):
+    pipe.scheduler = scheduler
+    size = tiny.IMAGE_SIZE
+    return pipe(
+        "a cat on a red house", num_inference_steps=STEPS, height=size, width=size, num_images_per_prompt=2,
+        generator=torch.Generator().manual_seed(0), output_type="pt", **PIPELINES[name][2],
+    ).images
+
+
+@pytest.mark.parametrize("name", list(PIPELINES))
+@pytest.mark.parametrize("algorithm_type, order", [("dpmsolver++", 2), ("dpmsolver++", 3)])
+def test_dropin_in_compat_mode_gives_the_pipelines_images(pipes, name, algorithm_type, order):
+    pipe, config = pipes[name]
+    words = {**flow_words(config), "algorithm_type": algorithm_type, "solver_order": order}
+    theirs = images(name, pipe, DPMSolverMultistepScheduler.from_config(config, **words))
+    ours = images(name, pipe, DPMSolverScheduler.from_config(config, **words, compat="diffusers"))
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(PIPELINES))
+def test_dropin_runs_its_own_grid_in_each_pipeline(pipes, name):
+    pipe, config = pipes[name]
+    scheduler = DPMSolverScheduler.from_config(config, **flow_words(config), algo="dpmsolver++", order=3, spacing="logsnr")
+    out = images(name, pipe, scheduler)
+    assert out.shape == (2, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE) and torch.isfinite(out).all()
+    assert scheduler.plan.steps == STEPS and scheduler.solver_config.process == "flow"
+    if name == "flux":  # the pipeline's mu reached the plan: 64 tokens give exp(mu) < 1
+        assert scheduler.solver_config.flow_mu == pytest.approx(0.5 + 0.65 * (64 - 256) / (4096 - 256))
