@@ -43,7 +43,7 @@ from .plan import Plan, build_plan, multistep_tail
 from .sampler import StepEvent
 from .schedule import Schedule, make_betas, rescale_to_zero_terminal_snr
 from .stats import StepStatistics
-from .vocabulary import SIGMA_FLAGS, has_word, schedule_options, scheduler_words, solver_options
+from .vocabulary import SIGMA_FLAGS, has_word, is_flow_match, schedule_options, scheduler_words, solver_options
 
 # dpmcli's names for choices diffusers also names; they are reset to None once resolved
 DPMCLI_ALIASES = ("algo", "order", "final_sigma", "spacing")
@@ -149,6 +149,15 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         self._plan: Plan | None = None
         self.num_inference_steps: int | None = None
         self._reset_run()
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """diffusers' ``from_config``; a FlowMatch scheduler's config (SD3's, Flux's) is read as the flow schedule
+        it describes: its ``shift`` is ``flow_shift``, the network predicts the flow velocity."""
+        if config is not None and is_flow_match(dict(config)) and "use_flow_sigmas" not in kwargs:
+            words = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": float(dict(config).get("shift", 1.0))}
+            kwargs = {**words, **kwargs}
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def _set_training_schedule(self, schedule: Schedule) -> None:
         """The training schedule's tables, as diffusers' schedulers expose them before set_timesteps."""

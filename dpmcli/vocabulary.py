@@ -88,8 +88,11 @@ def _is_vp(config: dict, where: str) -> None:
 
 
 def is_flow_match(config: dict) -> bool:
-    """A flow-matching scheduler's config (FlowMatchEulerDiscreteScheduler and kin: SD3, Flux)."""
-    return str(config.get("_class_name") or "").startswith("FlowMatch")
+    """A flow-matching scheduler's config (FlowMatchEulerDiscreteScheduler and kin: SD3, Flux): named so, or, as
+    ``scheduler.config`` is at run time without its class name, a ``shift`` and no betas."""
+    if config.get("_class_name"):
+        return str(config["_class_name"]).startswith("FlowMatch")
+    return "shift" in config and "beta_schedule" not in config and config.get("trained_betas") is None
 
 
 def _flow_match(config: dict, where: str) -> dict:

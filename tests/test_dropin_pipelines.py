@@ -45,10 +45,14 @@ def pipes(tmp_path_factory):
 
 
 def flow_words(config: dict) -> dict:
-    """A FlowMatch config as DPM-Solver's words, as a user swapping schedulers writes them."""
+    """A FlowMatch config as DPM-Solver's words, as a user swapping in DPMSolverMultistepScheduler writes them."""
     if is_flow_match(config):
         return {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": config["shift"]}
     return {}
+
+
+def test_flow_match_configs_are_recognised(pipes):
+    assert is_flow_match(pipes["flux"][1]) and is_flow_match(pipes["sd3"][1]) and not is_flow_match(pipes["sana"][1])
 
 
 def images(name, pipe, scheduler):
@@ -64,8 +68,9 @@ def images(name, pipe, scheduler):
 @pytest.mark.parametrize("algorithm_type, order", [("dpmsolver++", 2), ("dpmsolver++", 3)])
 def test_dropin_in_compat_mode_gives_the_pipelines_images(pipes, name, algorithm_type, order):
     pipe, config = pipes[name]
-    words = {**flow_words(config), "algorithm_type": algorithm_type, "solver_order": order}
-    theirs = images(name, pipe, DPMSolverMultistepScheduler.from_config(config, **words))
+    words = {"algorithm_type": algorithm_type, "solver_order": order}
+    theirs = images(name, pipe, DPMSolverMultistepScheduler.from_config(config, **flow_words(config), **words))
+    # the drop-in reads a FlowMatch config (SD3's, Flux's) as the flow schedule it is, without the extra words
     ours = images(name, pipe, DPMSolverScheduler.from_config(config, **words, compat="diffusers"))
     assert torch.isfinite(ours).all()
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
@@ -74,7 +79,7 @@ def test_dropin_in_compat_mode_gives_the_pipelines_images(pipes, name, algorithm
 @pytest.mark.parametrize("name", list(PIPELINES))
 def test_dropin_runs_its_own_grid_in_each_pipeline(pipes, name):
     pipe, config = pipes[name]
-    scheduler = DPMSolverScheduler.from_config(config, **flow_words(config), algo="dpmsolver++", order=3, spacing="logsnr")
+    scheduler = DPMSolverScheduler.from_config(config, algo="dpmsolver++", order=3, spacing="logsnr")
     out = images(name, pipe, scheduler)
     assert out.shape == (2, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE) and torch.isfinite(out).all()
     assert scheduler.plan.steps == STEPS and scheduler.solver_config.process == "flow"
