@@ -39,11 +39,11 @@ from . import solvers
 from .config import SolverConfig
 from .errors import ConfigError
 from .noise import GaussianNoise
-from .plan import Plan, build_plan, multistep_tail
+from .plan import Plan, build_plan, multistep_tail, snap_integer_timesteps
 from .sampler import StepEvent
 from .schedule import Schedule, make_betas, rescale_to_zero_terminal_snr
 from .stats import StepStatistics
-from .vocabulary import SIGMA_FLAGS, has_word, is_flow_match, schedule_options, scheduler_words, solver_options
+from .vocabulary import SIGMA_FLAGS, flow_match_words, has_word, schedule_options, scheduler_words, solver_options
 
 # dpmcli's names for choices diffusers also names; they are reset to None once resolved
 DPMCLI_ALIASES = ("algo", "order", "final_sigma", "spacing")
@@ -152,11 +152,9 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """diffusers' ``from_config``; a FlowMatch scheduler's config (SD3's, Flux's) is read as the flow schedule
-        it describes: its ``shift`` is ``flow_shift``, the network predicts the flow velocity."""
-        if config is not None and is_flow_match(dict(config)) and "use_flow_sigmas" not in kwargs:
-            words = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": float(dict(config).get("shift", 1.0))}
-            kwargs = {**words, **kwargs}
+        """diffusers' ``from_config``; a FlowMatch scheduler's config (SD3's, Flux's) is read as the flow schedule it describes."""
+        if config is not None and "use_flow_sigmas" not in kwargs:
+            kwargs = {**flow_match_words(dict(config)), **kwargs}
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def _set_training_schedule(self, schedule: Schedule) -> None:
@@ -272,7 +270,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         except ConfigError as error:
             raise _option_error(error, "DPMSolverScheduler.set_timesteps") from None
         if sigmas is not None:
-            plan = _snap_to_integers(plan)
+            plan = snap_integer_timesteps(plan)
         for message in plan.warnings:
             warnings.warn(f"DPMSolverScheduler: {message}", stacklevel=2)
         self._plan = plan
@@ -491,19 +489,6 @@ def _validated(options: dict, num_train_timesteps: int) -> tuple[SolverConfig, S
     if base.method == "adaptive":
         raise ConfigError("DPMSolverScheduler: method 'adaptive' picks its steps while it runs; use dpmcli.adaptive.sample_adaptive")
     return base, schedule
-
-
-def _snap_to_integers(plan: Plan) -> Plan:
-    """A custom grid's timesteps come back from sigma through lambda: undo the round-off on integer ones."""
-    nearest = np.round(plan.timesteps)
-    snap = np.abs(plan.timesteps - nearest) <= 1e-9 * np.maximum(1.0, np.abs(nearest))
-    if not snap.any():
-        return plan
-    timesteps = np.where(snap, nearest, plan.timesteps)
-    evaluations = tuple(
-        replace(e, timestep=float(timesteps[e.step])) if e.stage == 0 and snap[e.step] else e for e in plan.evaluations
-    )
-    return replace(plan, timesteps=timesteps, evaluations=evaluations)
 
 
 __all__ = ["DPMSolverScheduler"]

@@ -11,7 +11,7 @@ This module holds the :class:`Plan` record (its table and prose), the order poli
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -34,7 +34,7 @@ from .spacing import make_grid
 
 __all__ = [
     "Evaluation", "Plan", "StepCoefficients", "build_plan", "fast_singlestep_orders",
-    "multistep_tail", "order_facts", "step_orders",
+    "multistep_tail", "order_facts", "snap_integer_timesteps", "step_orders",
 ]
 
 
@@ -263,3 +263,16 @@ def multistep_tail(plan: Plan, start: int) -> Plan:
         rows=make_rows(cfg, plan.schedule, evaluations, specs, sigmas),
         warnings=plan.warnings,
     )
+
+
+def snap_integer_timesteps(plan: Plan) -> Plan:
+    """A custom grid's timesteps come back from sigma through lambda: undo the round-off on integer ones."""
+    nearest = np.round(plan.timesteps)
+    snap = np.abs(plan.timesteps - nearest) <= 1e-9 * np.maximum(1.0, np.abs(nearest))
+    if not snap.any():
+        return plan
+    timesteps = np.where(snap, nearest, plan.timesteps)
+    evaluations = tuple(
+        replace(e, timestep=float(timesteps[e.step])) if e.stage == 0 and snap[e.step] else e for e in plan.evaluations
+    )
+    return replace(plan, timesteps=timesteps, evaluations=evaluations)

@@ -95,6 +95,14 @@ def is_flow_match(config: dict) -> bool:
     return "shift" in config and "beta_schedule" not in config and config.get("trained_betas") is None
 
 
+def flow_match_words(config: dict) -> dict:
+    """DPM-Solver's words for the flow schedule a FlowMatch config describes ({} for any other config):
+    what ``DPMSolverMultistepScheduler.from_config`` needs beside SD3's or Flux's scheduler config."""
+    if not is_flow_match(config):
+        return {}
+    return {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": float(config.get("shift", 1.0))}
+
+
 def _flow_match(config: dict, where: str) -> dict:
     """A FlowMatch scheduler's words: its ``shift`` is dpmcli's flow shift; its sigma-grid flags name flow grids."""
     for key in FLOW_MATCH_REFUSED:
@@ -270,6 +278,7 @@ __all__ = [
     "SIGMA_FLAGS",
     "TIMESTEP_SPACINGS",
     "has_word",
+    "flow_match_words",
     "is_flow_match",
     "schedule_options",
     "scheduler_words",

@@ -23,7 +23,7 @@ from diffusers import DPMSolverMultistepScheduler  # noqa: E402
 
 import tiny_pipelines as tiny  # noqa: E402
 from dpmcli.diffusers import DPMSolverScheduler  # noqa: E402
-from dpmcli.vocabulary import is_flow_match  # noqa: E402
+from dpmcli.vocabulary import flow_match_words, is_flow_match  # noqa: E402
 
 PIPELINES = {
     "flux": (tiny.make_flux_pipeline_folder, "FluxPipeline", {}),
@@ -44,13 +44,6 @@ def pipes(tmp_path_factory):
     return out
 
 
-def flow_words(config: dict) -> dict:
-    """A FlowMatch config as DPM-Solver's words, as a user swapping in DPMSolverMultistepScheduler writes them."""
-    if is_flow_match(config):
-        return {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": config["shift"]}
-    return {}
-
-
 def test_flow_match_configs_are_recognised(pipes):
     assert is_flow_match(pipes["flux"][1]) and is_flow_match(pipes["sd3"][1]) and not is_flow_match(pipes["sana"][1])
 
@@ -69,7 +62,7 @@ def images(name, pipe, scheduler):
 def test_dropin_in_compat_mode_gives_the_pipelines_images(pipes, name, algorithm_type, order):
     pipe, config = pipes[name]
     words = {"algorithm_type": algorithm_type, "solver_order": order}
-    theirs = images(name, pipe, DPMSolverMultistepScheduler.from_config(config, **flow_words(config), **words))
+    theirs = images(name, pipe, DPMSolverMultistepScheduler.from_config(config, **flow_match_words(config), **words))
     # the drop-in reads a FlowMatch config (SD3's, Flux's) as the flow schedule it is, without the extra words
     ours = images(name, pipe, DPMSolverScheduler.from_config(config, **words, compat="diffusers"))
     assert torch.isfinite(ours).all()

@@ -27,7 +27,7 @@ from dpmcli.models.hf import load_diffusers_model  # noqa: E402
 from dpmcli.models.hf_families import pack_patches, unpack_patches  # noqa: E402
 from dpmcli.plan import build_plan  # noqa: E402
 from dpmcli.sampler import sample  # noqa: E402
-from dpmcli.vocabulary import is_flow_match  # noqa: E402
+from dpmcli.vocabulary import flow_match_words  # noqa: E402
 
 PROMPT = "a cat on a red house"
 SIZE = tiny.IMAGE_SIZE
@@ -53,9 +53,7 @@ def load(folder, **kwargs):
 def dpmsolver_config(model, **options) -> dict:
     """The DPMSolverMultistepScheduler a user swaps in: a FlowMatch config says its shift as ``shift``."""
     config = dict(model.pipeline_scheduler_config)
-    if is_flow_match(config):
-        options = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": config["shift"], **options}
-    return DPMSolverMultistepScheduler.from_config(config, **options)
+    return DPMSolverMultistepScheduler.from_config(config, **flow_match_words(config), **options)
 
 
 def relative(a, b):
