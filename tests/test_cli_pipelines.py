@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
+# SanaPipeline and DPM-Solver's flow sigmas arrived in diffusers 0.32, Gemma 2 in transformers 4.42
+pytest.importorskip("diffusers", minversion="0.32")
+pytest.importorskip("transformers", minversion="4.42")
 
 import tiny_pipelines as tiny  # noqa: E402
 from dpmcli.cli.main import app  # noqa: E402

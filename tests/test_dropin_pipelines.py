@@ -15,8 +15,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
+# SanaPipeline and DPM-Solver's flow sigmas arrived in diffusers 0.32, Gemma 2 in transformers 4.42
+pytest.importorskip("diffusers", minversion="0.32")
+pytest.importorskip("transformers", minversion="4.42")
 
 import diffusers  # noqa: E402
 from diffusers import DPMSolverMultistepScheduler  # noqa: E402
@@ -25,11 +26,7 @@ import tiny_pipelines as tiny  # noqa: E402
 from dpmcli.diffusers import DPMSolverScheduler  # noqa: E402
 from dpmcli.vocabulary import flow_match_words, is_flow_match  # noqa: E402
 
-PIPELINES = {
-    "flux": (tiny.make_flux_pipeline_folder, "FluxPipeline", {}),
-    "sd3": (tiny.make_sd3_pipeline_folder, "StableDiffusion3Pipeline", {}),
-    "sana": (tiny.make_sana_pipeline_folder, "SanaPipeline", {"use_resolution_binning": False}),
-}
+PIPELINES = {kind: tiny.PIPELINES[kind] for kind in ("flux", "sd3", "sana")}
 STEPS = 6
 
 
@@ -37,7 +34,7 @@ STEPS = 6
 def pipes(tmp_path_factory):
     root = tmp_path_factory.mktemp("dropin-pipelines")
     out = {}
-    for name, (builder, cls, _) in PIPELINES.items():
+    for name, (builder, cls) in PIPELINES.items():
         pipe = getattr(diffusers, cls).from_pretrained(builder(root / name))
         pipe.set_progress_bar_config(disable=True)
         out[name] = (pipe, dict(pipe.scheduler.config))  # the config it ships with, before any swap
@@ -50,10 +47,9 @@ def test_flow_match_configs_are_recognised(pipes):
 
 def images(name, pipe, scheduler):
     pipe.scheduler = scheduler
-    size = tiny.IMAGE_SIZE
     return pipe(
-        "a cat on a red house", num_inference_steps=STEPS, height=size, width=size, num_images_per_prompt=2,
-        generator=torch.Generator().manual_seed(0), output_type="pt", **PIPELINES[name][2],
+        "a cat on a red house", num_inference_steps=STEPS, num_images_per_prompt=2,
+        generator=torch.Generator().manual_seed(0), output_type="pt", **tiny.CALL_OPTIONS[name],
     ).images
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
+# SanaPipeline and DPM-Solver's flow sigmas arrived in diffusers 0.32, Gemma 2 in transformers 4.42
+pytest.importorskip("diffusers", minversion="0.32")
+pytest.importorskip("transformers", minversion="4.42")
 
 import diffusers  # noqa: E402
 from diffusers import DPMSolverMultistepScheduler  # noqa: E402
@@ -31,13 +32,7 @@ from dpmcli.vocabulary import flow_match_words  # noqa: E402
 
 PROMPT = "a cat on a red house"
 SIZE = tiny.IMAGE_SIZE
-BUILDERS = {
-    "sdxl": (tiny.make_sdxl_pipeline_folder, "StableDiffusionXLPipeline"),
-    "pixart": (tiny.make_pixart_pipeline_folder, "PixArtSigmaPipeline"),
-    "sd3": (tiny.make_sd3_pipeline_folder, "StableDiffusion3Pipeline"),
-    "flux": (tiny.make_flux_pipeline_folder, "FluxPipeline"),
-    "sana": (tiny.make_sana_pipeline_folder, "SanaPipeline"),
-}
+BUILDERS = tiny.PIPELINES  # kind -> (builder, pipeline class)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +60,10 @@ def pipeline_latents(name, folder, model, x_T, steps, **solver):
     pipe = getattr(diffusers, BUILDERS[name][1]).from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = dpmsolver_config(model, **solver)
-    extra = {"use_resolution_binning": False} if name in ("pixart", "sana") else {}
     start = pack_patches(x_T) if name == "flux" else x_T
     out = pipe(
-        PROMPT, num_inference_steps=steps, height=SIZE, width=SIZE, num_images_per_prompt=x_T.shape[0],
-        latents=start.clone(), output_type="latent", **extra,
+        PROMPT, num_inference_steps=steps, num_images_per_prompt=x_T.shape[0], latents=start.clone(), output_type="latent",
+        **tiny.CALL_OPTIONS[name],
     ).images
     latents = unpack_patches(out, SIZE // 2, SIZE // 2) if name == "flux" else out
     return latents, pipe
