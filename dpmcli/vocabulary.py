@@ -95,12 +95,22 @@ def is_flow_match(config: dict) -> bool:
     return "shift" in config and "beta_schedule" not in config and config.get("trained_betas") is None
 
 
-def flow_match_words(config: dict) -> dict:
+def flow_match_words(config: dict, where: str = "DPMSolverScheduler: the config") -> dict:
     """DPM-Solver's words for the flow schedule a FlowMatch config describes ({} for any other config):
-    what ``DPMSolverMultistepScheduler.from_config`` needs beside SD3's or Flux's scheduler config."""
+    what ``DPMSolverMultistepScheduler.from_config`` needs beside SD3's or Flux's scheduler config.
+    Read as :func:`schedule_options` reads it: the same refusals, its sigma-grid flag as dpmcli's spacing."""
     if not is_flow_match(config):
         return {}
-    return {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": float(config.get("shift", 1.0))}
+    options = _flow_match(config, where)
+    words = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": options.get("flow_shift", 1.0)}
+    if "spacing" in options:  # a flow grid of dpmcli's, not diffusers' flag (which, beside use_flow_sigmas, means VP sigmas)
+        words.update({flag: False for flag in SIGMA_FLAGS}, spacing=options["spacing"])
+    return words
+
+
+def config_process(config: dict) -> str:
+    """The process a scheduler config describes: "flow" (use_flow_sigmas, or a FlowMatch scheduler) or "vp"."""
+    return "flow" if config.get("use_flow_sigmas") or is_flow_match(config) else "vp"
 
 
 def _flow_match(config: dict, where: str) -> dict:
@@ -185,7 +195,7 @@ def schedule_options(config: dict, where: str) -> dict:
     beta schedule, prediction type, timestep spacing or final sigma it does not have, or more
     than one sigma-grid flag.
     """
-    flow = bool(config.get("use_flow_sigmas")) or is_flow_match(config)
+    flow = config_process(config) == "flow"
     out: dict = _flow(config, where) if flow else {}
     if not flow:
         _is_vp(config, where)
@@ -278,6 +288,7 @@ __all__ = [
     "SIGMA_FLAGS",
     "TIMESTEP_SPACINGS",
     "has_word",
+    "config_process",
     "flow_match_words",
     "is_flow_match",
     "schedule_options",

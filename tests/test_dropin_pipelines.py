@@ -43,6 +43,10 @@ def pipes(tmp_path_factory):
 
 def test_flow_match_configs_are_recognised(pipes):
     assert is_flow_match(pipes["flux"][1]) and is_flow_match(pipes["sd3"][1]) and not is_flow_match(pipes["sana"][1])
+    # as scheduler.config holds them at run time, without a class name: a shift and no betas
+    unnamed = {k: v for k, v in pipes["sd3"][1].items() if k != "_class_name"}
+    assert is_flow_match(unnamed) and not is_flow_match({"shift": 1.0, "beta_schedule": "linear"})
+    assert DPMSolverScheduler.from_config(unnamed).solver_config.flow_shift == 3.0
 
 
 def images(name, pipe, scheduler):

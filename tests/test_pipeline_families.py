@@ -82,6 +82,39 @@ def test_compat_loop_equals_the_pipeline_with_dpmsolver(folders, name):
     assert relative(ours, theirs) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_first_order_on_the_pipelines_own_grid_is_its_own_flow_match_euler(folders, name):
+    """DPM-Solver-1 in the data form is the flow Euler step: on the sigmas FlowMatchEulerDiscreteScheduler
+    makes, dpmcli's loop is the pipeline with its own scheduler. The pipeline is given sigmas from 0.99
+    (its default grid starts at s = 1, lambda = -inf, outside every dpmcli grid) and shifts them itself:
+    by SD3's shift 3, or by exp(mu) of Flux's image size -- dpmcli's shift of the same values."""
+    steps = 5
+    model = load(folders[name], prompt=PROMPT)
+    pipe = getattr(diffusers, BUILDERS[name][1]).from_pretrained(folders[name])
+    pipe.set_progress_bar_config(disable=True)
+    x_T = torch.randn((2, *model.sample_shape), generator=torch.Generator().manual_seed(4))
+    start = pack_patches(x_T) if name == "flux" else x_T
+    unshifted = np.linspace(0.99, 1 / steps, steps)
+    out = pipe(PROMPT, num_inference_steps=steps, sigmas=unshifted.tolist(), num_images_per_prompt=2,
+               latents=start.clone(), output_type="latent", **tiny.CALL_OPTIONS[name]).images
+    theirs = unpack_patches(out, SIZE // 2, SIZE // 2) if name == "flux" else out
+    sigmas = pipe.scheduler.sigmas.double().numpy()  # the grid the pipeline ran, ending in 0
+    shift = SolverConfig(**model.schedule_options).shift
+    np.testing.assert_allclose(sigmas[:-1], shift * unshifted / (1 + (shift - 1) * unshifted), rtol=1e-6)
+    options = {k: v for k, v in model.schedule_options.items() if k not in ("flow_shift", "flow_mu")}
+    plan = build_plan(SolverConfig(algo="dpmsolver++", order=1, steps=steps, sigmas=tuple(sigmas.tolist()), **options))
+    ours = sample(plan, model, x_T.clone()).samples
+    assert relative(ours, theirs) < 1e-5
+
+
+def test_networks_load_in_the_dtype_asked_for(folders):
+    """diffusers without accelerate judges SD3's checkpoint dtype by its first (float32) buffer; dpmcli casts."""
+    model = load_diffusers_model(str(folders["sd3"]), device="cpu", dtype=torch.bfloat16, height=SIZE, width=SIZE)
+    assert {p.dtype for p in model.network.parameters()} == {torch.bfloat16}
+    x = torch.randn((1, *model.sample_shape), generator=torch.Generator().manual_seed(0))
+    assert model(x, 500).dtype == torch.float32 and torch.isfinite(model(x, 500)).all()
+
+
 def test_flux_packing_round_trips_and_is_the_pipelines():
     from diffusers import FluxPipeline
 
@@ -114,13 +147,46 @@ def test_flux_guidance_feeds_its_embedding(folders):
     torch.testing.assert_close(model(x, 700), model(x, 700, guidance_scale=3.5))
 
 
-def test_decoded_images_equal_the_pipelines(folders):
-    model = load(folders["sd3"], prompt=PROMPT)
-    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(folders["sd3"])
+@pytest.mark.parametrize("name", ["sd3", "sana"])
+def test_decoded_images_equal_the_pipelines(folders, name):
+    model = load(folders[name], prompt=PROMPT)
+    pipe = getattr(diffusers, BUILDERS[name][1]).from_pretrained(folders[name])
     z = torch.randn((1, *model.sample_shape), generator=torch.Generator().manual_seed(2))
+    shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0
     with torch.no_grad():
-        decoded = pipe.vae.decode(z / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor).sample
+        decoded = pipe.vae.decode(z / pipe.vae.config.scaling_factor + shift).sample
     torch.testing.assert_close(model.to_images(z), (decoded / 2 + 0.5).clamp(0, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_flow_pipeline_without_a_scheduler_is_still_a_flow_model(folders, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "sd3"
+    shutil.copytree(folders["sd3"], folder)
+    shutil.rmtree(folder / "scheduler")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = [None, None]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    model = load(folder)
+    assert model.schedule_options == {"process": "flow", "prediction_type": "flow_prediction"}
+    assert any("flow-matching model" in note for note in model.notes)
+
+
+def test_scheduler_configs_that_contradict_the_family_are_refused(folders, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "sana-vp"
+    shutil.copytree(folders["sana"], folder)
+    path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    (path).write_text(json.dumps({**config, "use_flow_sigmas": False, "prediction_type": "epsilon"}))
+    with pytest.raises(ConfigError, match="SanaPipeline is a flow model but its scheduler config describes a vp schedule"):
+        load(folder)
+    (path).write_text(json.dumps({**config, "use_dynamic_shifting": True}))
+    with pytest.raises(ConfigError, match="asks for a dynamic shift, which SanaPipeline does not compute"):
+        load(folder)
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -132,6 +198,7 @@ def test_flux_refuses_a_negative_prompt_and_schnell_a_guidance_scale(folders, tm
     schnell = tiny.make_flux_pipeline_folder(tmp_path / "schnell", guidance_embeds=False)
     with pytest.raises(ConfigError, match="^--guidance-scale: .* has no guidance embedding"):
         load(schnell, guidance_scale=3.0)
+    assert load(schnell).guidance_scale is None  # not guided at all
 
 
 def test_sizes_must_fit_the_patches(folders):

@@ -39,6 +39,7 @@ from .hf_loading import (
     UNET_CLASSES,
     Layout,
     check_components,
+    check_size,
     download_ignore_patterns,
     encode_prompt,
     identity_files,
@@ -292,13 +293,6 @@ def _as_dtype(dtype) -> torch.dtype:
     raise ConfigError(f"--dtype: {dtype!r} is not allowed; choose one of: {', '.join(DTYPES)}")
 
 
-def _check_size(option: str, value: int | None, multiple: int, why: str) -> None:
-    if value is None:
-        return
-    if not isinstance(value, int) or value <= 0 or value % multiple:
-        raise ConfigError(f"{option}: {value!r} is not allowed; it must be a positive multiple of {multiple} ({why})")
-
-
 def read_schedule(layout: Layout, notes: list[str]) -> tuple[dict | None, dict | None]:
     """(the scheduler config as saved, as the pipeline runs it); None, None without one. Notes what differs.
 
@@ -336,8 +330,8 @@ def latent_shape(unet, decoder, scale_factor: int, height: int | None, width: in
     unet_factor = 2 ** (len(unet.config.block_out_channels) - 1)
     why = f"the VAE's scale factor is {scale_factor}" if decoder is not None else f"the UNet downsamples by {unet_factor}"
     multiple = scale_factor if decoder is not None else unet_factor
-    _check_size("--height", height, multiple, why)
-    _check_size("--width", width, multiple, why)
+    check_size("--height", height, multiple, why)
+    check_size("--width", width, multiple, why)
     latent_h = (height if height is not None else unet_h * scale_factor) // scale_factor
     latent_w = (width if width is not None else unet_w * scale_factor) // scale_factor
     return in_channels, latent_h, latent_w

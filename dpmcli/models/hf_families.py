@@ -56,9 +56,9 @@ class Family:
     packed: bool = False  # Flux: 2x2 latent patches are the tokens, and guidance is an input of the network
     dynamic_shift: bool = False  # computes the flow shift mu from the image's token count when the scheduler asks
 
-    def patch(self, network) -> int:
-        """Latent pixels per token side: the network's patch size, times 2 where latents are packed."""
-        return (2 if self.packed else 1) * int(getattr(network.config, "patch_size", None) or 1)
+    def patch(self, network_config: dict) -> int:
+        """Latent pixels per token side: the network's patch size (from its config), times 2 where latents are packed."""
+        return (2 if self.packed else 1) * int(network_config.get("patch_size") or 1)
 
     def call_defaults(self, pipeline_class) -> dict:
         """The defaults of the pipeline's ``__call__``: guidance scale, sequence length, prompt templates."""

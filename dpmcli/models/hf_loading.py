@@ -106,7 +106,8 @@ def import_library(module: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"--model diffusers: {what} needs the {module} package; install it with: {INSTALL_HINT}") from None
+        hint = INSTALL_HINT if module in ("diffusers", "transformers", "huggingface_hub") else f"pip install {module}"
+        raise ConfigError(f"--model diffusers: {what} needs the {module} package; install it with: {hint}") from None
 
 
 def download_ignore_patterns(files: list[str]) -> list[str]:
@@ -199,13 +200,33 @@ def weights_variant(folder: Path) -> str | None:
     return found[0]
 
 
+def _dtype_word(library) -> str:
+    """The name of ``from_pretrained``'s dtype argument: transformers 5 says ``dtype``, older versions and diffusers ``torch_dtype``."""
+    if library.__name__ == "transformers" and int(library.__version__.split(".")[0]) >= 5:
+        return "dtype"
+    return "torch_dtype"
+
+
+def cast_to(module, dtype: torch.dtype):
+    """``module`` with every floating parameter and buffer in ``dtype``, but those its class keeps in float32.
+
+    diffusers without accelerate judges a checkpoint's dtype by its first tensor, and SD3's first one
+    is a float32 buffer: the transformer then comes back in float32 whatever ``torch_dtype`` said.
+    """
+    keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and tensor.dtype != dtype and not any(k in name.split(".") for k in keep):
+            tensor.data = tensor.data.to(dtype)
+    return module
+
+
 def load_component(library, class_name: str, root: Path, subfolder: str | None, dtype: torch.dtype, what: str):
     cls = getattr(library, class_name, None)
     if cls is None:
         raise ConfigError(f"--model: {what} is a {class_name}, which {library.__name__} {library.__version__} does not have")
     kwargs = {"subfolder": subfolder} if subfolder else {}
+    kwargs[_dtype_word(library)] = dtype
     if library.__name__ == "diffusers":
-        kwargs["torch_dtype"] = dtype
         kwargs["low_cpu_mem_usage"] = importlib.util.find_spec("accelerate") is not None
     folder = root / subfolder if subfolder else root
     variant = weights_variant(folder)
@@ -213,12 +234,8 @@ def load_component(library, class_name: str, root: Path, subfolder: str | None, 
         kwargs["variant"] = variant
     try:
         with quiet_loading():
-            module = cls.from_pretrained(str(root), **kwargs)
-            if "torch_dtype" not in kwargs:
-                # transformers names its dtype argument differently across versions: convert after loading
-                module = module.to(dtype)
-        return module
-    except (OSError, ValueError, RuntimeError) as exc:
+            return cast_to(cls.from_pretrained(str(root), **kwargs), dtype)
+    except Exception as exc:  # noqa: BLE001 - a missing, corrupt or mismatched file is one line for the user, whatever raised it
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"--model: cannot load {what} ({class_name}) from {folder.name or folder}: {reason}") from None
 
@@ -380,7 +397,8 @@ def unet_size(value) -> tuple[int, int]:
     return int(value), int(value)
 
 
-def _unet_checks(unet, label: str) -> None:
+def check_unet(unet, label: str, allow: tuple[str, ...] = ()) -> None:
+    """Refuse a UNet that needs conditioning dpmcli does not give (``allow``: config keys its pipeline family provides)."""
     config = unet.config
     for key, what in (
         ("class_embed_type", "class labels"),
@@ -389,7 +407,7 @@ def _unet_checks(unet, label: str) -> None:
         ("time_cond_proj_dim", "a guidance embedding (e.g. latent consistency models)"),
         ("encoder_hid_dim_type", "projected image or text embeddings"),
     ):
-        if getattr(config, key, None) is not None:
+        if key not in allow and getattr(config, key, None) is not None:
             raise ConfigError(f"{label}: this UNet needs {what}, which dpmcli does not provide")
     if getattr(config, "time_embedding_type", "positional") == "fourier":
         raise ConfigError(f"{label}: this UNet takes noise levels (Fourier features, a VE score model), not VP timesteps")
@@ -399,14 +417,15 @@ def load_unet(diffusers, layout: Layout, device: torch.device, dtype: torch.dtyp
     """The UNet on ``device`` in ``dtype``, in eval mode; refused if it needs conditioning dpmcli does not give."""
     unet = load_component(diffusers, layout.network_class, layout.root, layout.network_subfolder, dtype, "the unet")
     unet = unet.to(device).eval().requires_grad_(False)
-    _unet_checks(unet, layout.label)
+    check_unet(unet, layout.label)
     return unet
 
 
-def vae_scale_factor(config) -> int:
-    """How many image pixels a latent pixel spans: 2 ** (VAE levels - 1) (AutoencoderDC names its levels per side)."""
-    levels = getattr(config, "block_out_channels", None) or getattr(config, "encoder_block_out_channels", None)
-    return 2 ** (len(levels) - 1)
+def vae_scale_factor(config: dict) -> int:
+    """How many image pixels a latent pixel spans: 2 ** (VAE levels - 1) (AutoencoderDC names its levels per side).
+    ``config`` is a VAE's config (a dict, or a module's ``config``); without levels, 8, as the pipelines assume."""
+    levels = config.get("block_out_channels") or config.get("encoder_block_out_channels")
+    return 2 ** (len(levels) - 1) if levels else 8
 
 
 def decoder_dtype(layout: Layout, name: str, class_name: str, dtype: torch.dtype) -> torch.dtype:
@@ -414,6 +433,14 @@ def decoder_dtype(layout: Layout, name: str, class_name: str, dtype: torch.dtype
     config_path = layout.root / name / "config.json"
     upcast = config_path.is_file() and read_json(config_path).get("force_upcast", class_name == "AutoencoderKL")
     return torch.float32 if dtype == torch.float16 and upcast else dtype
+
+
+def check_size(option: str, value: int | None, multiple: int, why: str) -> None:
+    """Refuse an image size that is not a positive multiple of ``multiple`` (None: the default, fine)."""
+    if value is None:
+        return
+    if not isinstance(value, int) or value <= 0 or value % multiple:
+        raise ConfigError(f"{option}: {value!r} is not allowed; it must be a positive multiple of {multiple} ({why})")
 
 
 def check_latent_channels(layout: Layout, name: str, decoder, in_channels: int) -> None:
@@ -443,23 +470,19 @@ def load_decoder(diffusers, layout: Layout, device: torch.device, dtype: torch.d
 
 
 def load_named(layout: Layout, name: str, device: torch.device, dtype: torch.dtype):
-    """One component of a pipeline by its name in model_index.json: a tokenizer, a scheduler or a network
+    """One component of a pipeline by its name in model_index.json: a tokenizer or a network
     (on ``device``, in eval mode, in ``dtype``; a VAE that overflows in float16 in float32)."""
     library_name, class_name = layout.components[name]
     library = import_library(library_name, f"the {name} of {layout.pipeline_class}")
     if "Tokenizer" in class_name:
         return load_tokenizer(library, class_name, layout.root, name)
-    if class_name.endswith("Scheduler"):
-        cls = getattr(library, class_name, None)
-        if cls is None:
-            raise ConfigError(f"--model: the {name} is a {class_name}, which {library_name} {library.__version__} does not have")
-        with quiet_loading():
-            return cls.from_pretrained(str(layout.root), subfolder=name)
     module_dtype = decoder_dtype(layout, name, class_name, dtype) if name in DECODER_NAMES else dtype
     module = load_component(library, class_name, layout.root, name, module_dtype, f"the {name}")
     return module.to(device).eval().requires_grad_(False)
 
 
 def load_components(layout: Layout, device: torch.device, dtype: torch.dtype) -> dict:
-    """Every component the pipeline lists, loaded one by one, but those a sampler never needs."""
-    return {name: load_named(layout, name, device, dtype) for name in layout.components if name not in NEVER_LOADED}
+    """Every component the pipeline lists, loaded one by one, but those a sampler never needs (its
+    scheduler included: dpmcli reads the scheduler's config and steps with its own solver)."""
+    skipped = (*NEVER_LOADED, "scheduler")
+    return {name: load_named(layout, name, device, dtype) for name in layout.components if name not in skipped}
