@@ -156,6 +156,17 @@ def conversion(data: bool, prediction_type: str, alpha: float, sigma: float) -> 
     return sigma, alpha  # v_prediction
 
 
+def prediction_of(prediction_type: str, x0, eps, alpha, sigma):
+    """What a network of ``prediction_type`` outputs at x = alpha x0 + sigma eps (the inverse of :func:`conversion`)."""
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "flow_prediction":
+        return eps - x0  # the velocity of the flow path, d x / d s
+    return alpha * eps - sigma * x0  # v_prediction
+
+
 def differences_to_linear(order: int, w0: float, w1: float, w2: float, r0: float, r1: float) -> list[float]:
     """Expand W0 D0 + W1 D1 + W2 D2 into weights on m0, m1, m2 (DPM-Solver's D1, D2 definitions).
 

@@ -245,7 +245,7 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
             unwritable = check_cache_dir(sweep.cache_dir)
         except CacheDirError as exc:
             raise ConfigError(f"--cache-dir: {exc}; give a folder for reference solutions, or --no-cache") from None
-    base, notes = apply_model_schedule(sweep.base, model.schedule_options, sweep.explicit)
+    base, notes = apply_model_schedule(sweep.base, model.schedule_options, sweep.explicit, model=sweep.model)
     batch = sweep.batch or model.compare_batch
     check_batch_memory(model, batch, device)
     # the report says what ran: the resolved batch and device (not "auto")

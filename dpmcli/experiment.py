@@ -138,13 +138,18 @@ def _load_x_init(path: Path, shape: tuple[int, ...], batch: int | None) -> torch
     return torch.from_numpy(array.astype(np.float64))
 
 
-def apply_model_schedule(config: SolverConfig, options: dict, explicit=frozenset()) -> tuple[SolverConfig, list[str]]:
-    """The model's own schedule in place of dpmcli's defaults; options the user typed win.
+def apply_model_schedule(config: SolverConfig, options: dict, explicit=frozenset(), *, model: str = "this model") -> tuple[SolverConfig, list[str]]:
+    """The model's own schedule in place of dpmcli's defaults; options the user typed win, but for the process.
 
-    Returns the config and notes for the options that overrode the model's.
+    Returns the config and notes for the options that overrode the model's. ``model`` names the
+    model in the error for a typed ``--process`` other than the one it was trained on.
     """
     if not options:
         return config, []
+    # a network is sampled on the process it was trained on: a typed --process cannot change what it predicts
+    trained = options.get("process", "vp" if "beta_schedule" in options or "trained_betas" in options else None)
+    if "process" in explicit and trained is not None and config.process != trained:
+        raise ConfigError(f"--process: {config.process!r} is not allowed with --model {model}, which was trained on --process {trained}; drop --process")
     notes = []
     changes = {k: v for k, v in options.items() if k not in explicit}
     typed_betas = [k for k in BETA_OPTIONS if k in explicit]
@@ -155,6 +160,8 @@ def apply_model_schedule(config: SolverConfig, options: dict, explicit=frozenset
     for key in sorted(set(options) & set(explicit) - set(BETA_OPTIONS)):
         if options[key] != getattr(config, key):
             notes.append(f"--{key.replace('_', '-')} {getattr(config, key)} overrides the model's {options[key]}")
+    if "flow_shift" in explicit and "flow_mu" in changes:  # a typed static shift replaces the one the image size gave
+        notes.append(f"--flow-shift {config.flow_shift} replaces the model's dynamic shift (mu {changes.pop('flow_mu'):.4f})")
     if "trained_betas" in changes and changes["trained_betas"] is not None:
         changes["trained_betas"] = tuple(float(b) for b in changes["trained_betas"])
     return config.with_options(**changes), notes
@@ -173,7 +180,7 @@ def load_and_plan(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> 
     if spec.batch is not None and spec.batch < 1:
         raise ConfigError(f"--batch: {spec.batch} is not allowed; it must be at least 1")
     model = load_model(spec.model, device=device, dtype=dtype, **spec.conditioning())
-    config, notes = apply_model_schedule(config, model.schedule_options, explicit)
+    config, notes = apply_model_schedule(config, model.schedule_options, explicit, model=spec.model)
     plan = build_plan(config)
     return model.bind(plan), plan, device, dtype, notes
 

@@ -208,6 +208,16 @@ class Schedule:
         """(alpha_t, sigma_t) a network told ``timestep`` assumes."""
         return self.alpha_sigma(float(self.lambda_at(float(timestep))))
 
+    def noise_levels(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`noise_level` of a tensor of timesteps, as float64 tensors (what training noises with)."""
+        lam = torch.from_numpy(self.lambda_at(timesteps.double().numpy()))
+        # alpha^2 = sigmoid(2 lambda), sigma^2 = sigmoid(-2 lambda): alpha_sigma, vectorised
+        return torch.sigmoid(2 * lam).sqrt(), torch.sigmoid(-2 * lam).sqrt()
+
+    def training_timesteps(self, uniform: torch.Tensor) -> torch.Tensor:
+        """The fractional timesteps a network is trained at, from ``uniform`` draws in [0, 1): here [0, N-1]."""
+        return uniform * (self.train_steps - 1)
+
     def input_scale(self, sigma_t: float) -> float:
         """What the network's input is multiplied by (EDM's c_in; 1 elsewhere)."""
         return 1.0
@@ -348,6 +358,14 @@ class FlowSchedule(Schedule):
         s = float(timestep) / self.train_steps
         return 1.0 - s, s
 
+    def noise_levels(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = timesteps.double() / self.train_steps
+        return 1.0 - s, s
+
+    def training_timesteps(self, uniform: torch.Tensor) -> torch.Tensor:
+        """T s with s = 1 - uniform in (0, 1]: rectified flow's uniform s, pure noise included."""
+        return (1.0 - uniform) * self.train_steps
+
     def conversion(self, data: bool, prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:
         p, q = conversion(data, prediction_type, alpha, sigma)
         if prediction_type == "v_prediction":
@@ -410,6 +428,10 @@ class EDMSchedule(Schedule):
 
     def noise_level(self, timestep: float) -> tuple[float, float]:
         return 1.0, math.exp(4.0 * float(timestep))
+
+    def noise_levels(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma = torch.exp(4.0 * timesteps.double())
+        return torch.ones_like(sigma), sigma
 
     def input_scale(self, sigma_t: float) -> float:
         return 1.0 / math.sqrt(sigma_t * sigma_t + self.sigma_data**2)

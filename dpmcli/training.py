@@ -1,15 +1,19 @@
-"""Training the ``digits`` model from scratch: the data, the classifier, the denoiser, the measurements.
+"""Training the ``digits`` models from scratch: the data, the classifier, the denoiser, the measurements.
 
 ``train_digits(out_dir, seed=0)`` writes the four files ``dpmcli/models/data/`` ships
 (``digits.safetensors``, ``digits.json``, ``digits_classifier.safetensors``, ``digits_data.npz``);
-with the same seed, torch version and thread count it writes the same weights. The digits come
-from scikit-learn's bundled copy (nothing is downloaded); only training needs scikit-learn.
+``process="flow"`` writes ``digits-flow.safetensors`` and ``digits-flow.json`` in place of the first
+two, and the same classifier and data. With the same seed, torch version and thread count it
+writes the same weights on the same kind of CPU (another CPU's kernels round differently). The digits come from scikit-learn's bundled copy (nothing is
+downloaded); only training needs scikit-learn.
 
-The denoiser learns epsilon at noise levels drawn from dpmcli's own schedule: a timestep t is
-drawn uniformly from [0, N-1] (fractional, as the solvers evaluate it), lambda(t) is interpolated
-by :class:`dpmcli.schedule.Schedule` exactly as the sampler does, and x_t = alpha_t x_0 + sigma_t eps.
-Class labels are replaced by the null class with probability ``label_dropout`` so that one
-network is both the conditional and the unconditional model of classifier-free guidance.
+The denoiser learns at noise levels drawn from dpmcli's own schedule (:class:`dpmcli.schedule.Schedule`
+says which timesteps a network is trained at and what alpha_t, sigma_t a timestep means, exactly
+as the sampler reads them): VP draws t uniformly from [0, N-1] (fractional) and regresses
+epsilon; flow draws s uniformly from (0, 1], tells the network t = 1000 s and regresses the
+velocity v = eps - x0; both noise as x_t = alpha_t x_0 + sigma_t eps. Class labels are replaced
+by the null class with probability ``label_dropout`` so that one network is both the conditional
+and the unconditional model of classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .coefficients import prediction_of
 from .config import SolverConfig
 from .errors import ConfigError
 from .models import digits as D
 from .report import atomic_write, dumps_json
 from .schedule import Schedule
-from .vocabulary import scheduler_words
+from .vocabulary import schedule_options, scheduler_words
 
 Progress = Callable[[str, int, "int | None"], None]
 """``progress(stage, done, total)``: stage is "classifier", "denoiser" or "evaluation"."""
@@ -46,6 +51,14 @@ SPLIT_SEED = 0
 DEFAULT_SCHEDULE = scheduler_words(
     {"train_steps": 1000, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon", "spacing": "linspace"}
 )
+# the digits-flow model's: rectified flow over 1000 timesteps, velocity prediction, sampled unshifted
+FLOW_SCHEDULE = scheduler_words({"train_steps": 1000, "process": "flow", "flow_shift": 1.0, "prediction_type": "flow_prediction"})
+SCHEDULES = {"vp": DEFAULT_SCHEDULE, "flow": FLOW_SCHEDULE}
+PREDICTIONS = {"vp": "epsilon", "flow": "flow_prediction"}  # what each process's denoiser is trained to output
+LOSSES = {
+    "epsilon": "MSE of epsilon, timesteps uniform in [0, N-1] (fractional)",
+    "flow_prediction": "MSE of the velocity v = eps - x0 on x_s = (1 - s) x0 + s eps, s uniform in (0, 1], timestep 1000 s (fractional)",
+}
 EVALUATION = {"algo": "dpmsolver++", "order": 2, "steps": 20, "batch": 500, "seed": 0}
 GUIDANCE_SCALES = (1.0, 2.0, 4.0)
 FLOOR_MARGIN = {"class_accuracy": 0.05, "classifier_confidence": 0.05, "classifier_heldout_accuracy": 0.02}
@@ -168,10 +181,9 @@ def train_classifier(
 
 
 def noise_levels(schedule: Schedule, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(alpha_t, sigma_t) at fractional timesteps, through the schedule's lambda interpolation."""
-    lam = torch.from_numpy(schedule.lambda_at(timesteps.double().numpy()))
-    # alpha^2 = sigmoid(2 lambda), sigma^2 = sigmoid(-2 lambda): schedule.alpha_sigma, vectorised
-    return torch.sigmoid(2 * lam).sqrt().float(), torch.sigmoid(-2 * lam).sqrt().float()
+    """(alpha_t, sigma_t) at fractional timesteps as the schedule reads them (VP: its lambda interpolation), float32."""
+    alpha, sigma = schedule.noise_levels(timesteps)
+    return alpha.float(), sigma.float()
 
 
 def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
@@ -183,12 +195,12 @@ def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> Non
 def train_denoiser(
     data: D.DigitsData, schedule: Schedule, recipe: DenoiserRecipe = DenoiserRecipe(), *, seed: int = 0,
     iterations: int = 10000, minutes: float | None = None, progress: Progress | None = None, threads: int | None = 2,
+    prediction_type: str = "epsilon",
 ) -> tuple[D.DigitsNet, dict]:
-    """Train the epsilon-predicting denoiser; returns its EMA weights (float16-rounded) and its record."""
+    """Train the denoiser to output ``prediction_type`` on ``schedule``'s path; returns its EMA weights (float16-rounded) and its record."""
     batch_size, lr, warmup = recipe.batch_size, recipe.lr, recipe.warmup
     ema_decay, label_dropout = recipe.ema_decay, recipe.label_dropout
     x, y = data.split(held_out=False)
-    n_train = schedule.train_steps
     deadline = None if minutes is None else time.perf_counter() + 60.0 * minutes
     start = time.perf_counter()
     losses: list[float] = []
@@ -215,11 +227,11 @@ def train_denoiser(
             idx = next(batches)
             x0, labels = x[idx], y[idx].clone()
             labels[torch.rand(batch_size, generator=generator) < label_dropout] = D.NULL_CLASS
-            t = torch.rand(batch_size, generator=generator, dtype=torch.float64) * (n_train - 1)
-            alpha, sigma = noise_levels(schedule, t)
+            t = schedule.training_timesteps(torch.rand(batch_size, generator=generator, dtype=torch.float64))
+            alpha, sigma = (v[:, None, None, None] for v in noise_levels(schedule, t))
             eps = torch.randn(x0.shape, generator=generator)
-            xt = alpha[:, None, None, None] * x0 + sigma[:, None, None, None] * eps
-            loss = F.mse_loss(net(xt, t.float(), labels), eps)
+            xt = alpha * x0 + sigma * eps
+            loss = F.mse_loss(net(xt, t.float(), labels), prediction_of(prediction_type, x0, eps, alpha, sigma))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -242,7 +254,7 @@ def train_denoiser(
         "lr_schedule": f"linear warm-up over {warmup} iterations, then cosine decay to lr/10 at iteration {iterations}",
         "ema_decay": ema_decay,
         "label_dropout": label_dropout,
-        "loss": "MSE of epsilon, timesteps uniform in [0, N-1] (fractional)",
+        "loss": LOSSES.get(prediction_type, f"MSE of {prediction_type}"),
         "final_loss_mean_last_200": float(np.mean(losses[-200:])),
         "seed": seed,
         "threads": threads,
@@ -254,13 +266,13 @@ def train_denoiser(
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate(folder: Path, guidance_scales=GUIDANCE_SCALES, progress: Progress | None = None, **setup) -> dict:
+def evaluate(folder: Path, guidance_scales=GUIDANCE_SCALES, progress: Progress | None = None, process: str = "vp", **setup) -> dict:
     """Quality of the written model at the evaluation setup: unconditional and class "all" per guidance scale."""
     setup = {**EVALUATION, **setup}
     runs = [("unconditional", None, None)] + [(f"guidance_{s:g}", "all", s) for s in guidance_scales]
     out = {}
     for k, (key, label, scale) in enumerate(runs):
-        model = D.load_digits_model(folder, class_label=label, guidance_scale=scale)
+        model = D.load_digits_model(folder, class_label=label, guidance_scale=scale, process=process)
         samples = D.sample_digits(model, setup["batch"], seed=setup["seed"], steps=setup["steps"], algo=setup["algo"], order=setup["order"])
         quality = model.quality(samples)
         out[key] = {k2: v for k2, v in quality.items() if not k2.startswith("real_")}
@@ -271,11 +283,11 @@ def evaluate(folder: Path, guidance_scales=GUIDANCE_SCALES, progress: Progress |
 
 def measure_model(
     folder: Path, classifier_record: dict, *, batch: int = EVALUATION["batch"], progress: Progress | None = None,
-    threads: int | None = 2,
+    threads: int | None = 2, process: str = "vp",
 ) -> dict:
     """``{"quality": ..., "floors": ...}`` of the model in ``folder``: :func:`evaluate`, and the test floors set from it."""
     with _threads(threads):
-        quality = evaluate(folder, progress=progress, batch=batch)
+        quality = evaluate(folder, progress=progress, process=process, batch=batch)
     return {"quality": quality, "floors": _floors(classifier_record, quality)}
 
 
@@ -292,6 +304,7 @@ def _floors(classifier: dict, quality: dict) -> dict:
 def train_digits(
     out_dir: str | Path,
     *,
+    process: str = "vp",
     seed: int = 0,
     iterations: int = 10000,
     minutes: float | None = None,
@@ -309,68 +322,72 @@ def train_digits(
 ) -> dict:
     """Train the digits classifier and denoiser from scratch and write the model's four files.
 
-    Returns the ``digits.json`` document (recipe, timings, measured quality). Files are written
+    ``process``: "vp" (the ``digits`` model, epsilon) or "flow" (``digits-flow``, rectified flow);
+    ``schedule`` overrides words of its scheduler config (``SCHEDULES[process]``). Returns the
+    ``digits.json`` (``digits-flow.json``) document (recipe, timings, measured quality). Files are written
     into a staging folder inside ``out_dir`` and moved into place when all are measured, the JSON
     last. ``hidden``, ``blocks``, ``embedding``, ``batch_size`` and ``lr`` are the denoiser's
     :class:`DenoiserRecipe`.
     """
     out = Path(out_dir)
     _check_out(out)
-    sched, cfg = _checked_options(schedule, seed=seed, iterations=iterations, minutes=minutes)
+    sched, cfg = _checked_options(schedule, process=process, seed=seed, iterations=iterations, minutes=minutes)
     recipe = DenoiserRecipe(hidden=hidden, blocks=blocks, embedding=embedding, batch_size=batch_size, lr=lr)
     data = load_sklearn_digits()
     started = time.perf_counter()
     classifier, classifier_record = train_classifier(data, seed=seed, epochs=classifier_epochs, progress=progress, threads=threads)
     net, record = train_denoiser(
-        data, Schedule.from_config(cfg), recipe,
-        seed=seed, iterations=iterations, minutes=minutes, progress=progress, threads=threads,
+        data, Schedule.from_config(cfg), recipe, seed=seed, iterations=iterations, minutes=minutes, progress=progress,
+        threads=threads, prediction_type=cfg.prediction_type,
     )
     document = model_document(
         data, classifier=classifier, classifier_record=classifier_record, net=net, record=record,
-        scheduler=sched, guidance_scale=guidance_scale,
+        scheduler=sched, guidance_scale=guidance_scale, name=D.VARIANTS[process],
     )
 
     def measure(staging: Path) -> None:  # the staged model's quality and floors, then the time it all took
-        measured = measure_model(staging, classifier_record, batch=evaluation_batch, progress=progress, threads=threads)
+        measured = measure_model(staging, classifier_record, batch=evaluation_batch, progress=progress, threads=threads, process=process)
         document.update(measured)
         document["total_seconds"] = round(time.perf_counter() - started, 1)
 
-    write_model(out, net=net, classifier=classifier, data=data, document=document, measure=measure)
+    write_model(out, net=net, classifier=classifier, data=data, document=document, measure=measure, process=process)
     return document
 
 
-def _checked_options(schedule: dict | None, *, seed, iterations, minutes) -> tuple[dict, SolverConfig]:
+def _checked_options(schedule: dict | None, *, process, seed, iterations, minutes) -> tuple[dict, SolverConfig]:
     """The run's options checked up front: the scheduler words (shipped defaults filled in) and their config."""
+    if process not in SCHEDULES:
+        raise ConfigError(f"--process: {process!r} is not allowed for train digits; choose one of: {', '.join(SCHEDULES)}")
     if not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"--seed: {seed!r} is not allowed; it must be an integer >= 0")
     if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
         raise ConfigError(f"--minutes: {minutes!r} is not allowed; it must be a positive number")
     if not isinstance(iterations, int) or iterations < 1:
         raise ConfigError(f"--iterations: {iterations!r} is not allowed; it must be a positive integer")
-    sched = {**DEFAULT_SCHEDULE, **(schedule or {})}
+    sched = {**SCHEDULES[process], **(schedule or {})}
     try:
-        cfg = SolverConfig(
-            beta_schedule=sched["beta_schedule"], beta_start=sched["beta_start"], beta_end=sched["beta_end"],
-            train_steps=int(sched["num_train_timesteps"]), prediction_type=sched["prediction_type"],
-        ).validated()
+        cfg = SolverConfig(**schedule_options(sched, where="training schedule")).validated()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"training schedule: {exc}") from None
-    if cfg.prediction_type != "epsilon":
-        raise ConfigError("training schedule: the digits model predicts epsilon; prediction_type must be 'epsilon'")
+    if cfg.process != process:
+        raise ConfigError(f"training schedule: it describes --process {cfg.process}, not --process {process}")
+    if cfg.prediction_type != PREDICTIONS[process]:
+        wanted = PREDICTIONS[process]
+        raise ConfigError(f"training schedule: the {D.VARIANTS[process]} model predicts {wanted}; prediction_type must be {wanted!r}")
     return sched, cfg
 
 
 def model_document(
     data: D.DigitsData, *, classifier: D.DigitsClassifier, classifier_record: dict, net: D.DigitsNet, record: dict,
-    scheduler: dict, guidance_scale: float,
+    scheduler: dict, guidance_scale: float, name: str = "digits",
 ) -> dict:
-    """The ``digits.json`` document before evaluation: architecture, scheduler, data, training records, real digits."""
+    """The ``digits.json`` document (``name``'s) before evaluation: architecture, scheduler, data, training records, real digits."""
     x_train, _ = data.split(held_out=False)
     x_test, y_test = data.split(held_out=True)
     real = D.score(classifier, x_test, y_test, x_train)
     return {
         "format": 1,
-        "model": "digits",
+        "model": name,
         "architecture": net.architecture,
         "scheduler": scheduler,
         "data": {
@@ -390,7 +407,7 @@ def model_document(
 
 def write_model(
     out: Path, *, net: D.DigitsNet, classifier: D.DigitsClassifier, data: D.DigitsData, document: dict,
-    measure: Callable[[Path], None] | None = None,
+    measure: Callable[[Path], None] | None = None, process: str = "vp",
 ) -> None:
     """Write the model's four files into ``out``: staged in a folder inside it, measured, then moved, the JSON last.
 
@@ -407,14 +424,15 @@ def write_model(
     try:
         out.mkdir(parents=True, exist_ok=True)  # only now: a failed or interrupted run leaves nothing
         staging = Path(tempfile.mkdtemp(prefix=".digits-", dir=out))
-        D.save_weights(net, staging / D.WEIGHTS_FILE)
-        D.save_weights(classifier, staging / D.CLASSIFIER_FILE)
-        data.save(staging / D.DATA_FILE)
-        _write_json(staging / D.CONFIG_FILE, document)  # lets the evaluation load the staged model
+        weights_file, config_file, classifier_file, data_file = D.model_files(process)
+        D.save_weights(net, staging / weights_file)
+        D.save_weights(classifier, staging / classifier_file)
+        data.save(staging / data_file)
+        _write_json(staging / config_file, document)  # lets the evaluation load the staged model
         if measure is not None:
             measure(staging)
-        _write_json(staging / D.CONFIG_FILE, document)
-        for name in (D.WEIGHTS_FILE, D.CLASSIFIER_FILE, D.DATA_FILE, D.CONFIG_FILE):  # the JSON last
+        _write_json(staging / config_file, document)
+        for name in (weights_file, classifier_file, data_file, config_file):  # the JSON last
             os.replace(staging / name, out / name)
         finished = True
     except OSError as exc:  # a full disk, a folder that went away: the environment, not a bug

@@ -69,8 +69,8 @@ def _root(
 
 MODEL_HELP = (
     "ring (2-D, 8 Gaussians), gmm64 (64-D, 10 Gaussians), gmm:PATH.json (exact mixtures); digits (shipped network, "
-    "8x8 digits), digits:DIR (trained by `dpmcli train digits`); diffusers:PATH (a folder saved by diffusers, or a hub id "
-    "already in the local cache)."
+    "8x8 digits), digits:DIR (trained by `dpmcli train digits`); digits-flow, digits-flow:DIR (the same network trained "
+    "by rectified flow, `--process flow`); diffusers:PATH (a folder saved by diffusers, or a hub id already in the local cache)."
 )
 CONDITIONING = "Conditioning (real models)"
 ClassLabel = Annotated[
@@ -185,7 +185,8 @@ def sample(
     betas: dpmsolver++, order 2, midpoint, linspace, 20 steps, final sigma zero, on the
     [bold]ring[/bold] mixture, whose exact distribution the final summary compares against.
     [bold]--model digits[/bold] is a small network shipped with dpmcli (8x8 handwritten digits,
-    class-conditional); [bold]--model diffusers:PATH[/bold] drives a model saved by diffusers.
+    class-conditional; [bold]digits-flow[/bold] is the same network trained by rectified flow, sampled
+    on a flow grid); [bold]--model diffusers:PATH[/bold] drives a model saved by diffusers.
     A model's own training schedule replaces the defaults; options you type win.
 
     Examples: [bold]dpmcli sample --algo sde-dpmsolver++ --order 2 --steps 30[/bold]
@@ -383,8 +384,15 @@ def train(
     target: Annotated[str, typer.Argument(help="What to train: digits.", show_default=False)],
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Folder for digits.safetensors, digits.json, digits_classifier.safetensors and digits_data.npz (created if missing).", rich_help_panel=OUTPUT),
+        typer.Option(
+            "--out", "-o", rich_help_panel=OUTPUT,
+            help="Folder for digits.safetensors, digits.json (digits-flow.* with --process flow), digits_classifier.safetensors "
+            "and digits_data.npz (created if missing).",
+        ),
     ],
+    process: Annotated[
+        str, typer.Option("--process", help="vp (the digits model: epsilon on DDPM's linear betas) or flow (digits-flow: rectified flow, velocity).")
+    ] = "vp",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights, batches and noise.")] = 0,
     iterations: Annotated[int, typer.Option("--iterations", help="Denoiser training iterations (the shipped weights use the default).")] = 10000,
     minutes: Annotated[
@@ -394,23 +402,25 @@ def train(
     format: Annotated[str, typer.Option("--format", "-f", help="table or json (the whole digits.json).", rich_help_panel=OUTPUT)] = "table",
     quiet: Quiet = False,
 ):
-    """Train the learned [bold]digits[/bold] model from scratch: the weights dpmcli ships, reproduced.
+    """Train the learned [bold]digits[/bold] models from scratch: the weights dpmcli ships, reproduced.
 
     Trains a small classifier of scikit-learn's bundled 8x8 digits (to score samples), then the
-    class-conditional epsilon-predicting denoiser, then measures DPM-Solver++(2M) samples at 20
-    steps, unconditional and with classifier-free guidance 1, 2 and 4. Writes four files into
+    class-conditional denoiser (epsilon on a VP path, or with [bold]--process flow[/bold] the
+    velocity of rectified flow), then measures DPM-Solver++(2M) samples at 20 steps,
+    unconditional and with classifier-free guidance 1, 2 and 4. Writes four files into
     [bold]--out[/bold] and prints the measured quality; takes a few minutes on two CPU cores and
     needs scikit-learn: pip install "dpmcli\\[train]".
 
-    Use the result with [bold]dpmcli sample --model digits:DIR[/bold], or in Python with
-    dpmcli.models.digits.load_digits_model("DIR"). Same seed, threads and torch version: the
-    same weights.
+    Use the result with [bold]dpmcli sample --model digits:DIR[/bold] (digits-flow:DIR), or in Python
+    with dpmcli.models.digits.load_digits_model("DIR") (process="flow"). Same seed, threads and
+    torch version: the same weights.
 
     Example: [bold]dpmcli train digits --out my-digits --seed 1[/bold]
+    · [bold]dpmcli train digits --process flow --out my-flow[/bold]
     """
     fmt = check_format(format, ("table", "json"))
     run_train(
-        target=target, out=out, seed=seed, iterations=iterations, minutes=minutes, threads=threads, fmt=fmt, quiet=quiet,
+        target=target, out=out, process=process, seed=seed, iterations=iterations, minutes=minutes, threads=threads, fmt=fmt, quiet=quiet,
         progress=progress_bar, progress_enabled=show_progress(quiet),
     )
 

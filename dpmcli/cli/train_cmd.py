@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import training
 from ..errors import ConfigError
+from ..models.digits import VARIANTS, model_files
 from ..report import dumps_json
 from .console import stdout_console
 
@@ -51,16 +52,18 @@ def check_options(target: str, out: Path, threads: int) -> None:
         raise ConfigError(f"--threads: {threads} is not allowed; it must be a positive integer")
 
 
-def run_train(*, target, out, seed, iterations, minutes, threads, fmt, quiet, progress, progress_enabled) -> None:
+def run_train(*, target, out, process="vp", seed, iterations, minutes, threads, fmt, quiet, progress, progress_enabled) -> None:
     check_options(target, out, threads)
     bars = _StageBars(progress, progress_enabled, lines=not quiet)
     try:
-        document = training.train_digits(out, seed=seed, iterations=iterations, minutes=minutes, threads=threads, progress=bars)
+        document = training.train_digits(
+            out, process=process, seed=seed, iterations=iterations, minutes=minutes, threads=threads, progress=bars
+        )
     finally:
         bars.close()
     if not quiet:
-        print(f"wrote {out}/: digits.safetensors, digits.json, digits_classifier.safetensors, digits_data.npz", file=sys.stderr)
-        print(f"use it with: dpmcli sample --model digits:{out}", file=sys.stderr)
+        print(f"wrote {out}/: {', '.join(model_files(process))}", file=sys.stderr)
+        print(f"use it with: dpmcli sample --model {VARIANTS[process]}:{out}", file=sys.stderr)
     if fmt == "json":
         sys.stdout.write(dumps_json(document))
     else:
@@ -74,7 +77,7 @@ def quality_table(document: dict):
     setup = document["quality"]["setup"]
     training = document["training"]
     title = (
-        f"digits: {training['iterations']} iterations in {training['seconds']:.0f} s, seed {training['seed']}; "
+        f"{document.get('model', 'digits')}: {training['iterations']} iterations in {training['seconds']:.0f} s, seed {training['seed']}; "
         f"{setup['algo']} order {setup['order']}, {setup['steps']} steps, {setup['batch']} samples"
     )
     table = Table(title=title, title_justify="left", min_width=len(title))

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from ..coefficients import prediction_of
 from ..errors import ConfigError
 from ..schedule import Schedule
 from ..stats import mixture_summary
 from .base import Denoiser
-from .digits import load_digits_model
+from .digits import VARIANTS, load_digits_model
 from .hf import load_diffusers_model
 from .mixture import GaussianMixture, gmm64, load_json, ring
 
-MODEL_NAMES = ("ring", "gmm64", "gmm:PATH.json", "digits", "digits:DIR", "diffusers:PATH")
+MODEL_NAMES = ("ring", "gmm64", "gmm:PATH.json", "digits", "digits:DIR", "digits-flow", "digits-flow:DIR", "diffusers:PATH")
 
 
 class MixtureModel(Denoiser):
@@ -64,14 +65,8 @@ class MixtureModel(Denoiser):
         if self.schedule.process == "edm":
             c_skip, c_out = self.schedule.preconditioning(kind, sigma)
             out = (x0 - c_skip * work) / c_out  # the F with x0 = c_skip x + c_out F
-        elif kind == "epsilon":
-            out = eps
-        elif kind == "sample":
-            out = x0
-        elif kind == "flow_prediction":
-            out = eps - x0
         else:
-            out = alpha * eps - sigma * x0
+            out = prediction_of(kind, x0, eps, alpha, sigma)
         return out.to(x.dtype)
 
 
@@ -92,6 +87,14 @@ def is_mixture(name: str) -> bool:
     return name in ("ring", "gmm64") or name.startswith("gmm:")
 
 
+def digits_process(name: str) -> str | None:
+    """The process of the digits model a ``--model`` value names ("vp": digits[:DIR], "flow": digits-flow[:DIR]), else None."""
+    for process, stem in VARIANTS.items():
+        if name == stem or name.startswith(stem + ":"):
+            return process
+    return None
+
+
 def conditioning_flag(name: str) -> str:
     """The command-line flag of a conditioning option (``class_label`` is ``--class``)."""
     return "--class" if name == "class_label" else "--" + name.replace("_", "-")
@@ -108,18 +111,21 @@ def load_model(name: str, *, device=None, dtype=torch.float32, **options) -> Den
         if given:
             raise ConfigError(f"{conditioning_flag(next(iter(given)))}: model {name!r} takes no conditioning; it applies to digits and diffusers models")
         return MixtureModel(load_mixture(name))
-    if name == "digits" or name.startswith("digits:"):
+    process = digits_process(name)
+    if process is not None:
+        stem = VARIANTS[process]
         unknown = sorted(set(given) - {"class_label", "guidance_scale"})
         if unknown:
-            raise ConfigError(f"{conditioning_flag(unknown[0])}: the digits model takes --class and --guidance-scale only")
+            raise ConfigError(f"{conditioning_flag(unknown[0])}: the {stem} model takes --class and --guidance-scale only")
         folder = None
-        if name.startswith("digits:"):
-            folder = name[len("digits:"):]
+        if name.startswith(stem + ":"):
+            folder = name[len(stem) + 1:]
             if not folder:
-                raise ConfigError("--model: 'digits:' needs a folder written by `dpmcli train digits`, as in digits:runs/digits")
+                command = "dpmcli train digits" + (" --process flow" if process == "flow" else "")
+                raise ConfigError(f"--model: '{stem}:' needs a folder written by `{command}`, as in {stem}:runs/{stem}")
         label = options.get("class_label")
         given["class_label"] = "all" if label is None else label  # the default grid shows every digit
-        return load_digits_model(folder, device=device, dtype=dtype, **given)
+        return load_digits_model(folder, device=device, dtype=dtype, process=process, **given)
     if name.startswith("diffusers:"):
         source = name[len("diffusers:"):]
         if not source:

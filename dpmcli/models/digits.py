@@ -1,15 +1,17 @@
-"""``--model digits``: a small learned denoiser of 8x8 handwritten digits that ships with dpmcli.
+"""``--model digits`` and ``digits-flow``: small learned denoisers of 8x8 handwritten digits that ship with dpmcli.
 
-The network predicts epsilon for latents shaped (batch, 1, 8, 8), pixels 0..16 scaled to [-1, 1],
-and is conditioned on the class (0..9, or 10 = no class) so that classifier-free guidance
-``u + s (c - u)`` can steer it. A small convolutional classifier trained on the real digits and a
+The network takes latents shaped (batch, 1, 8, 8), pixels 0..16 scaled to [-1, 1]; ``digits``
+predicts epsilon on a VP path, ``digits-flow`` (the same network, trained by rectified flow)
+the velocity v = eps - x0 on x_s = (1 - s) x0 + s eps. Both are conditioned on the class (0..9,
+or 10 = no class) so that classifier-free guidance ``u + s (c - u)`` can steer them. A small convolutional classifier trained on the real digits and a
 compact copy of the digits themselves ship beside it, so the quality of samples (does the
 classifier see the requested digit, and how sure is it; how far are the samples from the nearest
 real digit) is measured without a download and without scikit-learn.
 
-Files (in ``dpmcli/models/data/`` for the shipped model, or any folder ``dpmcli train digits``
-wrote): ``digits.safetensors`` (the denoiser), ``digits.json`` (architecture, training schedule
-in diffusers' key names, recipe, measured quality), ``digits_classifier.safetensors`` and
+Files (in ``dpmcli/models/data/`` for the shipped models, or any folder ``dpmcli train digits``
+wrote): ``digits.safetensors`` (the denoiser; ``digits-flow.safetensors`` for the flow model),
+``digits.json`` (``digits-flow.json``: architecture, training schedule in diffusers' key names,
+recipe, measured quality), and, shared by both, ``digits_classifier.safetensors`` and
 ``digits_data.npz`` (uint8 images 0..16, labels, the held-out split). ``docs/digits.md`` tells
 how they were made.
 """
@@ -40,6 +42,19 @@ CONFIG_FILE = "digits.json"
 CLASSIFIER_FILE = "digits_classifier.safetensors"
 DATA_FILE = "digits_data.npz"
 FILES = (WEIGHTS_FILE, CONFIG_FILE, CLASSIFIER_FILE, DATA_FILE)
+# the process a digits model was trained on -> its --model name, the stem of its weights and JSON files
+VARIANTS = {"vp": "digits", "flow": "digits-flow"}
+# the scheduler keys each process's JSON must hold
+SCHEDULER_KEYS = {
+    "vp": ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction_type"),
+    "flow": ("use_flow_sigmas", "num_train_timesteps", "prediction_type"),
+}
+
+
+def model_files(process: str = "vp") -> tuple[str, str, str, str]:
+    """(weights, JSON, classifier, data): the files of the digits model trained on ``process`` (the last two are shared)."""
+    stem = VARIANTS[process]
+    return f"{stem}.safetensors", f"{stem}.json", CLASSIFIER_FILE, DATA_FILE
 
 NUM_CLASSES = 10
 NULL_CLASS = 10  # the "no class" label of classifier-free guidance
@@ -84,14 +99,14 @@ class DigitsData:
         report.atomic_write(path, write)
 
 
-def load_data(path: str | Path) -> DigitsData:
+def load_data(path: str | Path, name: str = "digits") -> DigitsData:
     try:
         with np.load(path, allow_pickle=False) as archive:
             data = DigitsData(archive["images"], archive["labels"], archive["test"].astype(bool))
     except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"--model digits: cannot read the digits data {path} ({exc})") from None
+        raise ConfigError(f"--model {name}: cannot read the digits data {path} ({exc})") from None
     if data.images.ndim != 3 or data.images.shape[1:] != (8, 8) or len(data.labels) != len(data.images):
-        raise ConfigError(f"--model digits: {path} does not hold 8x8 digits with one label each")
+        raise ConfigError(f"--model {name}: {path} does not hold 8x8 digits with one label each")
     return data
 
 
@@ -161,9 +176,10 @@ class DigitsNet(nn.Module):
         return self.out(F.silu(self.out_norm(h))).reshape(x.shape[0], *IMAGE_SHAPE)
 
 
-def build_network(architecture: dict) -> DigitsNet:
+def build_network(architecture: dict, process: str = "vp") -> DigitsNet:
     if architecture.get("type") != "residual-mlp":
-        raise ConfigError(f"--model digits: unknown architecture {architecture.get('type')!r} in {CONFIG_FILE}")
+        where = f"--model {VARIANTS[process]}: unknown architecture {architecture.get('type')!r} in {model_files(process)[1]}"
+        raise ConfigError(where)
     return DigitsNet(int(architecture["hidden"]), int(architecture["blocks"]), int(architecture["embedding"]))
 
 
@@ -196,7 +212,7 @@ def save_weights(module: nn.Module, path: str | Path) -> None:
         save_file(tensors, tmp, metadata={"format": "pt"})
 
 
-def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
+def load_weights(module: nn.Module, path: str | Path, name: str = "digits") -> nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -204,7 +220,7 @@ def load_weights(module: nn.Module, path: str | Path) -> nn.Module:
         state = load_file(str(path))
         module.load_state_dict({k: v.float() for k, v in state.items()})
     except (OSError, RuntimeError, SafetensorError) as exc:
-        raise ConfigError(f"--model digits: cannot load {path} ({' '.join(str(exc).split())[:200]})") from None
+        raise ConfigError(f"--model {name}: cannot load {path} ({' '.join(str(exc).split())[:200]})") from None
     return module.eval().requires_grad_(False)
 
 
@@ -264,27 +280,37 @@ def parse_class_label(value) -> int | str | None:
     raise ConfigError(f"--class: {value!r} is not allowed; choose all, none or a digit 0..9")
 
 
-def read_config(folder: Path) -> dict:
-    path = folder / CONFIG_FILE
+def train_command(process: str, folder) -> str:
+    """The command that writes the digits model of ``process`` into ``folder``."""
+    return f"dpmcli train digits{' --process flow' if process == 'flow' else ''} --out {folder}"
+
+
+def read_config(folder: Path, process: str = "vp") -> dict:
+    name, file = VARIANTS[process], model_files(process)[1]
+    path = folder / file
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"--model digits: {path} is missing; train one with: dpmcli train digits --out {folder}") from None
+        raise ConfigError(f"--model {name}: {path} is missing; train one with: {train_command(process, folder)}") from None
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"--model digits: cannot read {path} ({exc})") from None
+        raise ConfigError(f"--model {name}: cannot read {path} ({exc})") from None
     needed = {"architecture": dict, "scheduler": dict}
     if not isinstance(config, dict) or any(not isinstance(config.get(k), t) for k, t in needed.items()):
-        raise ConfigError(f"--model digits: {path} is not a digits.json written by `dpmcli train digits` (it needs 'architecture' and 'scheduler')")
+        raise ConfigError(f"--model {name}: {path} is not a {file} written by `dpmcli train digits` (it needs 'architecture' and 'scheduler')")
     scheduler = config["scheduler"]
-    missing = [k for k in ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction_type") if k not in scheduler]
+    missing = [k for k in SCHEDULER_KEYS[process] if k not in scheduler]
     if missing:
-        raise ConfigError(f"--model digits: {path} has no {', '.join(missing)} under 'scheduler'")
+        raise ConfigError(f"--model {name}: {path} has no {', '.join(missing)} under 'scheduler'")
+    if bool(scheduler.get("use_flow_sigmas")) != (process == "flow"):
+        raise ConfigError(f"--model {name}: {path} does not describe a {process} schedule (use_flow_sigmas says which)")
     return config
 
 
 class DigitsModel(Denoiser):
     """The learned digits denoiser as a dpmcli model, with classifier-free guidance.
 
+    ``process`` says which of the two it is: "vp" (``digits``, epsilon) or "flow" (``digits-flow``,
+    trained by rectified flow; its prediction type is read from its JSON, flow_prediction).
     ``class_label``: None (unconditional, no guidance), a digit 0..9, or "all" (sample i gets
     class i % 10). ``guidance_scale`` s gives ``u + s (c - u)``: 1 is the conditional network
     alone (one forward), 0 the unconditional one; otherwise the conditional and unconditional
@@ -310,15 +336,22 @@ class DigitsModel(Denoiser):
         dtype: torch.dtype = torch.float32,
         class_label: int | str | None = "all",
         guidance_scale: float | None = None,
+        *,
         folder: str | Path | None = None,
+        process: str = "vp",
     ):
+        if process not in VARIANTS:
+            raise ConfigError(f"--process: {process!r} is not allowed for a digits model; choose one of: {', '.join(VARIANTS)}")
+        self.process, self.name = process, VARIANTS[process]
+        self.weights_file, self.config_file, _, _ = files = model_files(process)
         self.folder = DATA_DIR if folder is None else Path(folder)
         if not self.folder.is_dir():
-            raise ConfigError(f"--model digits: {self.folder} is not a folder")
-        for file in FILES:
+            raise ConfigError(f"--model {self.name}: {self.folder} is not a folder")
+        for file in files:
             if not (self.folder / file).is_file():
-                raise ConfigError(f"--model digits: {self.folder / file} is missing; `dpmcli train digits --out DIR` writes all four files")
-        self.config = read_config(self.folder)
+                raise ConfigError(f"--model {self.name}: {self.folder / file} is missing; `{train_command(process, 'DIR')}` writes all four files")
+        self.config = read_config(self.folder, process)
+        self.prediction_type = str(self.config["scheduler"]["prediction_type"])
         self.class_label = parse_class_label(class_label)
         given_scale = guidance_scale
         if guidance_scale is None:
@@ -337,9 +370,11 @@ class DigitsModel(Denoiser):
         # half-precision networks keep the solver's arithmetic in float32
         self.latent_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
         try:
-            self.net = load_weights(build_network(self.config["architecture"]), self.folder / WEIGHTS_FILE).to(device, dtype)
+            net = build_network(self.config["architecture"], process)
+            self.net = load_weights(net, self.folder / self.weights_file, self.name).to(device, dtype)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ConfigError(f"--model digits: the weights in {self.folder} do not fit its digits.json ({' '.join(str(exc).split())[:200]})") from None
+            detail = " ".join(str(exc).split())[:200]
+            raise ConfigError(f"--model {self.name}: the weights in {self.folder} do not fit its {self.config_file} ({detail})") from None
         self._classifier: nn.Module | None = None
         self._data: DigitsData | None = None
 
@@ -348,7 +383,7 @@ class DigitsModel(Denoiser):
     @property
     def schedule_options(self) -> dict:
         # the JSON's "scheduler" section is in diffusers' words, read as every scheduler config is read
-        return schedule_options(self.config["scheduler"], where=f"--model digits: the scheduler in {self.folder / CONFIG_FILE}")
+        return schedule_options(self.config["scheduler"], where=f"--model {self.name}: the scheduler in {self.folder / self.config_file}")
 
     first_row = 0  # where this model's batch starts in the whole batch (for_rows)
 
@@ -370,7 +405,7 @@ class DigitsModel(Denoiser):
         return torch.full((batch,), self.class_label, dtype=torch.long, device=device)
 
     def __call__(self, x: torch.Tensor, timestep, guidance_scale: float | None = None) -> torch.Tensor:
-        """The guided epsilon prediction at ``guidance_scale`` (None: the model's own scale)."""
+        """The guided prediction (epsilon, or flow's velocity) at ``guidance_scale`` (None: the model's own scale)."""
         t = timestep_batch(timestep, x)
         batch = x.shape[0]
         labels = self.labels(batch, x.device)
@@ -413,11 +448,11 @@ class DigitsModel(Denoiser):
     def identity(self) -> dict | None:
         """The weights by content (the shipped file or a trained folder's), the architecture, the class, dtype and device kind."""
         try:
-            weights = file_digest(self.folder / WEIGHTS_FILE)
+            weights = file_digest(self.folder / self.weights_file)
         except OSError:
             return None
         return {
-            "model": "digits", "weights_sha256": weights, "architecture": self.config["architecture"],
+            "model": self.name, "weights_sha256": weights, "architecture": self.config["architecture"],
             "class_label": self.class_label, "dtype": str(self.dtype).replace("torch.", ""), "device": self.device.type,
             **({"first_row": self.first_row} if self.first_row else {}),  # a block's view asks for other digits
         }
@@ -429,20 +464,21 @@ class DigitsModel(Denoiser):
         if self._classifier is None:
             spec = self.config.get("classifier", {}).get("architecture", {})
             net = DigitsClassifier(int(spec.get("channels", 32)), int(spec.get("hidden", 128)))
-            self._classifier = load_weights(net, self.folder / CLASSIFIER_FILE)
+            self._classifier = load_weights(net, self.folder / CLASSIFIER_FILE, self.name)
         return self._classifier
 
     @property
     def data(self) -> DigitsData:
         if self._data is None:
-            self._data = load_data(self.folder / DATA_FILE)
+            self._data = load_data(self.folder / DATA_FILE, self.name)
         return self._data
 
 
 def load_digits_model(folder: str | Path | None = None, device="cpu", dtype: torch.dtype = torch.float32,
-                      class_label: int | str | None = "all", guidance_scale: float | None = None) -> DigitsModel:
-    """The shipped digits model, or the one ``dpmcli train digits --out FOLDER`` wrote."""
-    return DigitsModel(device, dtype, class_label, guidance_scale, folder=folder)
+                      class_label: int | str | None = "all", guidance_scale: float | None = None, *,
+                      process: str = "vp") -> DigitsModel:
+    """The shipped digits model, or the one ``dpmcli train digits --out FOLDER`` wrote; ``process="flow"``: digits-flow."""
+    return DigitsModel(device, dtype, class_label, guidance_scale, folder=folder, process=process)
 
 
 def sample_digits(model: DigitsModel, batch: int, seed: int = 0, steps: int = 20, **options) -> torch.Tensor:
