@@ -70,7 +70,7 @@ def _root(
 MODEL_HELP = (
     "ring (2-D, 8 Gaussians), gmm64 (64-D, 10 Gaussians), gmm:PATH.json (exact mixtures); digits (shipped network, "
     "8x8 digits), digits:DIR (trained by `dpmcli train digits`); digits-flow, digits-flow:DIR (the same network trained "
-    "by rectified flow, `--process flow`); diffusers:PATH (a folder saved by diffusers, or a hub id already in the local cache)."
+    "by rectified flow, `--process flow`); diffusers:PATH (a folder saved by diffusers -- DDPM, Stable Diffusion 1.x/2.x and XL, PixArt-Sigma, SD3, Flux, Sana -- or a hub id already in the local cache)."
 )
 CONDITIONING = "Conditioning (real models)"
 ClassLabel = Annotated[
@@ -186,7 +186,8 @@ def sample(
     [bold]ring[/bold] mixture, whose exact distribution the final summary compares against.
     [bold]--model digits[/bold] is a small network shipped with dpmcli (8x8 handwritten digits,
     class-conditional; [bold]digits-flow[/bold] is the same network trained by rectified flow, sampled
-    on a flow grid); [bold]--model diffusers:PATH[/bold] drives a model saved by diffusers.
+    on a flow grid); [bold]--model diffusers:PATH[/bold] drives a model saved by diffusers (DDPM,
+    Stable Diffusion 1.x/2.x and XL, PixArt-Sigma, SD3, Flux, Sana).
     A model's own training schedule replaces the defaults; options you type win.
 
     Examples: [bold]dpmcli sample --algo sde-dpmsolver++ --order 2 --steps 30[/bold]
