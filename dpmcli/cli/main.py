@@ -395,7 +395,9 @@ def train(
         str, typer.Option("--process", help="vp (the digits model: epsilon on DDPM's linear betas) or flow (digits-flow: rectified flow, velocity).")
     ] = "vp",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights, batches and noise.")] = 0,
-    iterations: Annotated[int, typer.Option("--iterations", help="Denoiser training iterations (the shipped weights use the default).")] = 10000,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", help="Denoiser training iterations; default: the shipped recipe's (10000 vp, 2500 flow).")
+    ] = None,
     minutes: Annotated[
         float | None, typer.Option("--minutes", help="Stop the denoiser after this many minutes even if iterations remain (not reproducible).")
     ] = None,
