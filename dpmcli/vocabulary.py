@@ -113,6 +113,14 @@ def config_process(config: dict) -> str:
     return "flow" if config.get("use_flow_sigmas") or is_flow_match(config) else "vp"
 
 
+def _sigma_flag(config: dict, where: str) -> dict:
+    """``spacing`` from the one sigma-grid flag a config sets ({} for none; two or more are refused)."""
+    flagged = [flag for flag in SIGMA_FLAGS if config.get(flag)]
+    if len(flagged) > 1:
+        raise ConfigError(f"{where} sets {' and '.join(flagged)}; use at most one of {', '.join(SIGMA_FLAGS)}")
+    return {"spacing": SIGMA_FLAGS[flagged[0]]} if flagged else {}
+
+
 def _flow_match(config: dict, where: str) -> dict:
     """A FlowMatch scheduler's words: its ``shift`` is dpmcli's flow shift; its sigma-grid flags name flow grids."""
     for key in FLOW_MATCH_REFUSED:
@@ -121,11 +129,7 @@ def _flow_match(config: dict, where: str) -> dict:
     out: dict = {"prediction_type": "flow_prediction"}  # a FlowMatch scheduler's step takes the network's output as the velocity
     if config.get("shift") is not None:
         out["flow_shift"] = float(config["shift"])
-    flagged = [flag for flag in SIGMA_FLAGS if config.get(flag)]
-    if len(flagged) > 1:
-        raise ConfigError(f"{where} sets {' and '.join(flagged)}; use at most one of {', '.join(SIGMA_FLAGS)}")
-    if flagged:
-        out["spacing"] = SIGMA_FLAGS[flagged[0]]
+    out.update(_sigma_flag(config, where))
     return out
 
 
@@ -179,11 +183,7 @@ def _spacing(config: dict, where: str) -> dict:
         if spacing not in TIMESTEP_SPACINGS:
             raise ConfigError(f"{where} uses timestep_spacing {spacing!r}; dpmcli follows {', '.join(TIMESTEP_SPACINGS)}")
         out["spacing"] = spacing
-    flagged = [flag for flag in SIGMA_FLAGS if config.get(flag)]
-    if len(flagged) > 1:
-        raise ConfigError(f"{where} sets {' and '.join(flagged)}; use at most one of {', '.join(SIGMA_FLAGS)}")
-    if flagged:
-        out["spacing"] = SIGMA_FLAGS[flagged[0]]
+    out.update(_sigma_flag(config, where))
     return out
 
 

@@ -8,7 +8,6 @@ over the model's, and every refusal one line with exit code 2 and nothing writte
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -91,16 +90,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(folders, tmp_path, name, a
 
 
 def test_unknown_pipeline_and_missing_component(folders, tmp_path):
-    other = tmp_path / "other"
-    shutil.copytree(folders["sd3"], other)
-    index = json.loads((other / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusion3ControlNetPipeline"
-    (other / "model_index.json").write_text(json.dumps(index))
+    other = tiny.edited_copy(folders["sd3"], tmp_path / "other", _class_name="StableDiffusion3ControlNetPipeline")
     result = invoke("sample", "--model", f"diffusers:{other}", "--steps", 3)
     assert result.exit_code == 2 and "is not a kind dpmcli drives; it drives" in result.stderr
     assert "StableDiffusion3Pipeline, FluxPipeline, SanaPipeline" in result.stderr and result.stderr.count("\n") == 1
-    broken = tmp_path / "broken"
-    shutil.copytree(folders["flux"], broken)
-    shutil.rmtree(broken / "tokenizer_2")
+    broken = tiny.edited_copy(folders["flux"], tmp_path / "broken", drop=("tokenizer_2",))
     result = invoke("sample", "--model", f"diffusers:{broken}", "--steps", 3)
     assert result.exit_code == 2 and "FluxPipeline's tokenizer_2 is missing" in result.stderr

@@ -10,6 +10,8 @@ its dynamic shift and its schedule are all the pipeline's.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -159,26 +161,13 @@ def test_decoded_images_equal_the_pipelines(folders, name):
 
 
 def test_a_flow_pipeline_without_a_scheduler_is_still_a_flow_model(folders, tmp_path):
-    import json
-    import shutil
-
-    folder = tmp_path / "sd3"
-    shutil.copytree(folders["sd3"], folder)
-    shutil.rmtree(folder / "scheduler")
-    index = json.loads((folder / "model_index.json").read_text())
-    index["scheduler"] = [None, None]
-    (folder / "model_index.json").write_text(json.dumps(index))
-    model = load(folder)
+    model = load(tiny.edited_copy(folders["sd3"], tmp_path / "sd3", drop=("scheduler",), scheduler=[None, None]))
     assert model.schedule_options == {"process": "flow", "prediction_type": "flow_prediction"}
     assert any("flow-matching model" in note for note in model.notes)
 
 
 def test_scheduler_configs_that_contradict_the_family_are_refused(folders, tmp_path):
-    import json
-    import shutil
-
-    folder = tmp_path / "sana-vp"
-    shutil.copytree(folders["sana"], folder)
+    folder = tiny.edited_copy(folders["sana"], tmp_path / "sana-vp")
     path = folder / "scheduler" / "scheduler_config.json"
     config = json.loads(path.read_text())
     (path).write_text(json.dumps({**config, "use_flow_sigmas": False, "prediction_type": "epsilon"}))
@@ -207,23 +196,12 @@ def test_sizes_must_fit_the_patches(folders):
 
 
 def test_pipeline_of_an_unknown_kind_says_what_is_driven(tmp_path, folders):
-    import json
-    import shutil
-
-    folder = tmp_path / "other"
-    shutil.copytree(folders["sana"], folder)
-    index = json.loads((folder / "model_index.json").read_text())
-    index["_class_name"] = "SanaSprintPipeline"
-    (folder / "model_index.json").write_text(json.dumps(index))
+    folder = tiny.edited_copy(folders["sana"], tmp_path / "other", _class_name="SanaSprintPipeline")
     with pytest.raises(ConfigError, match="SanaSprintPipeline .* is not a kind dpmcli drives; it drives .*FluxPipeline"):
         load(folder)
 
 
 def test_missing_component_is_one_line(tmp_path, folders):
-    import shutil
-
-    folder = tmp_path / "broken"
-    shutil.copytree(folders["sd3"], folder)
-    shutil.rmtree(folder / "text_encoder_2")
+    folder = tiny.edited_copy(folders["sd3"], tmp_path / "broken", drop=("text_encoder_2",))
     with pytest.raises(ConfigError, match=r"StableDiffusion3Pipeline's text_encoder_2 is missing"):
         load(folder)

@@ -522,6 +522,21 @@ def make_pixart_pipeline_folder(
     return path
 
 
+def edited_copy(folder, dest, *, drop: tuple[str, ...] = (), **index) -> Path:
+    """A copy of a pipeline folder without the component folders ``drop`` and with ``index`` written
+    over its model_index.json (``_class_name="OtherPipeline"``, ``scheduler=[None, None]``)."""
+    import json
+    import shutil
+
+    dest = Path(dest)
+    shutil.copytree(folder, dest)
+    for name in drop:
+        shutil.rmtree(dest / name)
+    path = dest / "model_index.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **index}))
+    return dest
+
+
 # kind -> (builder, diffusers pipeline class name)
 PIPELINES = {
     "sd3": (make_sd3_pipeline_folder, "StableDiffusion3Pipeline"),
