@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from .hf_families import FAMILIES, Conditioning, Family, Prompts, flow_mu
 from ..vocabulary import config_process
+from .hf_families import FAMILIES, Conditioning, Family, Prompts, flow_mu
 from .hf_loading import (
     Layout, check_latent_channels, check_size, check_unet, import_library, load_components, quiet_loading, read_json, vae_scale_factor,
 )
