@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .coefficients import FORMS
+from .coefficients import algo_form
 from .errors import NumericalError
 from .plan import Plan
 from .rows import Rule, update_weights
@@ -39,7 +39,7 @@ class _Model:
 
     def __init__(self, plan: Plan, model: Callable):
         self.plan, self.model, self.calls = plan, model, 0
-        form = FORMS[plan.config.algo]
+        form = algo_form(plan.config.algo)
         self.data = form.data
 
     def __call__(self, x: torch.Tensor, lam: float):
@@ -57,7 +57,7 @@ class _Model:
 def _update(plan: Plan, x: torch.Tensor, lam_s: float, lam_t: float, outputs: list[tuple[float, torch.Tensor]], rule: Rule):
     """x at lam_t from x at lam_s with the polynomial through ``outputs`` ((lambda, m) pairs)."""
     a, weights, _ = update_weights(
-        FORMS[plan.config.algo], rule, lam_s, lam_t, [lam for lam, _ in outputs], noise_level=plan.schedule.alpha_sigma
+        algo_form(plan.config.algo), rule, lam_s, lam_t, [lam for lam, _ in outputs], noise_level=plan.schedule.alpha_sigma
     )
     result = x * a
     for w, (_, m) in zip(weights, outputs):

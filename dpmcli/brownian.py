@@ -2,7 +2,8 @@
 
 The noise of one step of SDE-DPM-Solver++ from lambda_s to lambda_t is exactly
 ``sigma_t * exp(-lambda_t) * (B(tau_t) - B(tau_s))`` for a standard Brownian motion B in the
-time tau = exp(2 lambda) (tau = -exp(-2 lambda) for the noise-prediction sde-dpmsolver). The
+time tau = exp(2 lambda) (tau = -exp(-2 lambda) for the noise-prediction sde-dpmsolver); at
+another eta the data form's time is exp(2 eta lambda), the noise form's is unchanged. The
 step therefore needs ``z = (B(tau_t) - B(tau_s)) / sqrt(tau_t - tau_s)``. Drawing these
 increments from one fixed path B, instead of drawing every z afresh, makes runs with
 different grids see increments that add up: a fine run's noise over a coarse step sums to
@@ -189,10 +190,18 @@ def schedule_lambda_range(schedule) -> tuple[float, float]:
     return noisiest - LAMBDA_PAD, cleanest + LAMBDA_PAD
 
 
-def _tree_time(lambdas, data: bool) -> np.ndarray:
-    """The positive time the tree runs in: exp(2 lambda) (data form) or exp(-2 lambda) (noise form)."""
+def _tree_time(lambdas, data: bool, eta: float = 1.0) -> np.ndarray:
+    """The positive time the tree runs in: exp(2 eta lambda) (data form) or exp(-2 lambda) (noise form)."""
     with np.errstate(over="ignore"):
-        return np.exp((2.0 if data else -2.0) * np.asarray(lambdas, dtype=np.float64))
+        return np.exp((2.0 * eta if data else -2.0) * np.asarray(lambdas, dtype=np.float64))
+
+
+def path_form(plan) -> tuple[bool, float]:
+    """(data form, eta of the tree time): the noise of a data-form step at ``eta`` is an increment in exp(2 eta lambda);
+    the noise form's time, exp(-2 lambda), is the same at every eta (docs/mathematics.md, "Any eta")."""
+    data = bool(plan.config.predicts_data)
+    eta = plan.config.sde_eta
+    return data, (eta if data and eta > 0.0 else 1.0)
 
 
 class BrownianNoise:
@@ -230,7 +239,7 @@ class BrownianNoise:
     ):
         self.plan = plan
         self.shape = tuple(int(s) for s in shape)
-        self.data = bool(plan.config.predicts_data)
+        self.data, self.eta = path_form(plan)
         if tree is None:
             tree = self.make_tree(seed, plan, self.shape, lambda_range=lambda_range, max_depth=max_depth,
                                   cache_bytes=cache_bytes)
@@ -239,7 +248,7 @@ class BrownianNoise:
         self.tree = tree
         lambdas = np.asarray(plan.lambdas, dtype=np.float64)
         self._finite = np.isfinite(lambdas)
-        self.times = _tree_time(lambdas, self.data)  # the tree time s of every grid point
+        self.times = _tree_time(lambdas, self.data, self.eta)  # the tree time s of every grid point
         s = self.times[self._finite]
         if s.size and not (s.min() >= tree.t0 and s.max() <= tree.t1):
             lam = lambdas[self._finite]
@@ -262,8 +271,7 @@ class BrownianNoise:
         lo, hi = schedule_lambda_range(plan.schedule) if lambda_range is None else map(float, lambda_range)
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"lambda_range must be finite with low < high, got ({lo}, {hi})")
-        data = bool(plan.config.predicts_data)
-        ends = _tree_time([lo, hi], data)
+        ends = _tree_time([lo, hi], *path_form(plan))
         t0, t1 = float(ends.min()), float(ends.max())
         if not (math.isfinite(t1) and t0 > 0.0):
             raise ValueError(f"lambda_range ({lo}, {hi}) is too wide: exp(2 lambda) overflows or underflows")
@@ -272,9 +280,10 @@ class BrownianNoise:
 
     @staticmethod
     def tree_key(plan, shape: Sequence[int], lambda_range: tuple[float, float] | None = None) -> tuple:
-        """What decides the tree of a plan's source (besides the seed): lambda range, form, shape."""
+        """What decides the tree of a plan's source (besides the seed): lambda range, form (and eta), shape."""
         lam = schedule_lambda_range(plan.schedule) if lambda_range is None else tuple(map(float, lambda_range))
-        return (lam, bool(plan.config.predicts_data), tuple(int(s) for s in shape))
+        data, eta = path_form(plan)
+        return (lam, data, *(() if eta == 1.0 else (eta,)), tuple(int(s) for s in shape))
 
     @classmethod
     def shared(cls, seed: int, plan, shape: Sequence[int], trees: dict, **options) -> "BrownianNoise":
@@ -300,7 +309,7 @@ class BrownianNoise:
 
     @property
     def taus(self) -> np.ndarray:
-        """tau of every grid point: exp(2 lambda), or -exp(-2 lambda) for the noise form."""
+        """tau of every grid point: exp(2 eta lambda), or -exp(-2 lambda) for the noise form."""
         return self.times if self.data else -self.times
 
     def dtau(self, step: int) -> float:

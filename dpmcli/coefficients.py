@@ -48,35 +48,57 @@ def kernel_moments(kappa: float, h: float, count: int) -> list[float]:
 
 @dataclass(frozen=True)
 class AlgoForm:
-    """How one algorithm turns (alpha, sigma, h) into the pieces of the linear update."""
+    """How one algorithm turns (alpha, sigma, h) into the pieces of the linear update.
+
+    ``eta`` is the share of reverse-SDE noise (docs/mathematics.md, "Any eta"): 0 for the ODE
+    algorithms, 1 for the full SDE of sde-dpmsolver(++), and any eta >= 0 in between or beyond.
+    """
 
     name: str
-    kappa: float  # the exponential kernel exp(-kappa (lambda_t - lambda))
     data: bool  # integrates x0 (True) or eps (False)
-    sde: bool
+    eta: float = 0.0
+
+    @property
+    def sde(self) -> bool:
+        return self.eta > 0.0
+
+    @property
+    def kappa(self) -> float:
+        """The exponential kernel exp(-kappa (lambda_t - lambda)): 1 + eta for x0, -1 for eps."""
+        return 1.0 + self.eta if self.data else -1.0
 
     def scale(self, alpha_t: float, sigma_t: float) -> float:
-        factor = 2.0 if self.sde else 1.0
+        factor = 1.0 + self.eta
         return factor * alpha_t if self.data else -factor * sigma_t
 
     def a(self, alpha_s: float, sigma_s: float, alpha_t: float, sigma_t: float, h: float) -> float:
         if self.data:
             ratio = sigma_t / sigma_s
-            return ratio * math.exp(-h) if self.sde else ratio
+            return ratio * math.exp(-self.eta * h) if self.sde else ratio
         return alpha_t / alpha_s
 
     def c(self, sigma_t: float, h: float) -> float:
         if not self.sde:
             return 0.0
-        return sigma_t * math.sqrt(-math.expm1(-2.0 * h)) if self.data else sigma_t * math.sqrt(math.expm1(2.0 * h))
+        if self.data:
+            return sigma_t * math.sqrt(-math.expm1(-2.0 * self.eta * h))
+        return sigma_t * math.sqrt(self.eta * math.expm1(2.0 * h))
 
 
 FORMS = {
-    "dpmsolver++": AlgoForm("dpmsolver++", 1.0, True, False),
-    "dpmsolver": AlgoForm("dpmsolver", -1.0, False, False),
-    "sde-dpmsolver++": AlgoForm("sde-dpmsolver++", 2.0, True, True),
-    "sde-dpmsolver": AlgoForm("sde-dpmsolver", -1.0, False, True),
+    "dpmsolver++": AlgoForm("dpmsolver++", True),
+    "dpmsolver": AlgoForm("dpmsolver", False),
+    "sde-dpmsolver++": AlgoForm("sde-dpmsolver++", True, 1.0),
+    "sde-dpmsolver": AlgoForm("sde-dpmsolver", False, 1.0),
 }
+
+
+def algo_form(algo: str, eta: float | None = None) -> AlgoForm:
+    """The form of ``algo``; for the SDE algorithms at ``eta`` (None: 1, the full SDE)."""
+    form = FORMS[algo]
+    if not form.sde or eta is None or eta == form.eta:
+        return form
+    return AlgoForm(form.name, form.data, float(eta))
 
 
 def lagrange_basis(nodes: np.ndarray) -> np.ndarray:

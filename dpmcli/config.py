@@ -55,6 +55,7 @@ RHO_RANGE = (1e-3, 1e3)
 SOLVER = "Solver"
 FINAL_STEPS = "Solver: the last steps"
 THRESHOLD = "Solver: dynamic thresholding"
+SDE_NOISE = "Solver: SDE noise"
 GRID = "Schedule and grid"
 PROCESS = "Noise process"
 
@@ -112,6 +113,13 @@ class SolverConfig:
         True, "Lower the order of the last two steps when there are fewer than 15 (on by default).", FINAL_STEPS
     )
     euler_at_final: bool = _option(False, "Take the last step with first order.", FINAL_STEPS)
+    eta: float | None = _option(
+        None,
+        "SDE algorithms: how much reverse-SDE noise each step injects, eta >= 0: 0 is the ODE, 1 (the default) the "
+        "full SDE; the weights follow eta (kernel exp(-(1 + eta) h) for sde-dpmsolver++).",
+        SDE_NOISE,
+    )
+    s_noise: float = _option(1.0, "SDE algorithms: scale of the injected noise (k-diffusion's s_noise); 1 keeps the marginals.", SDE_NOISE)
     prediction_type: str = _option("epsilon", f"What the model predicts: {_choices(PREDICTION_TYPES)}.")
     thresholding: bool = _option(False, "Dynamic thresholding of the x0 prediction (Imagen).", THRESHOLD)
     dynamic_thresholding_ratio: float = _option(0.995, "Quantile of |x0| used by --thresholding.", THRESHOLD)
@@ -155,6 +163,13 @@ class SolverConfig:
         return self.algo.startswith("sde-")
 
     @property
+    def sde_eta(self) -> float:
+        """The eta the weights use: --eta (1 when not given) for the SDE algorithms, 0 for the ODE ones."""
+        if not self.is_sde:
+            return 0.0
+        return 1.0 if self.eta is None else float(self.eta)
+
+    @property
     def predicts_data(self) -> bool:
         """True for the ++ algorithms, which integrate the x0 prediction."""
         return self.algo.endswith("++")
@@ -171,6 +186,10 @@ class SolverConfig:
             out["timesteps"] = list(self.timesteps)
         for name in foreign_options(self.process):
             out.pop(name, None)  # another process's options say nothing about this run
+        if not self.is_sde:
+            del out["eta"], out["s_noise"]  # an ODE run injects no noise: keep its documents as they were
+        else:
+            out["eta"] = self.sde_eta
         return out
 
     @property
@@ -245,6 +264,7 @@ class SolverConfig:
         if not isinstance(cfg.lambda_min_clipped, (int, float)) or math.isnan(cfg.lambda_min_clipped):
             raise ConfigError(f"--lambda-min-clipped: {cfg.lambda_min_clipped!r} is not allowed; it must be a number (-inf: no clipping)")
         _check_method(cfg)
+        _check_sde_noise(cfg)
         if cfg.compat == "diffusers":
             _check_diffusers_compat(cfg)
         return cfg
@@ -290,6 +310,21 @@ def _check_method(cfg: SolverConfig) -> None:
         raise ConfigError(
             f"--startup singlestep: needs at least --order ({cfg.order}) steps to start on, got --steps {cfg.steps}"
         )
+
+
+def _check_sde_noise(cfg: SolverConfig) -> None:
+    """--eta and --s-noise: numbers in range, on an SDE algorithm, and not in diffusers' compat (which has neither)."""
+    for option, value, lowest, allowed in (("--eta", cfg.eta, 0.0, "a number >= 0"), ("--s-noise", cfg.s_noise, None, "a positive number")):
+        if value is None:
+            continue
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and (value >= lowest if lowest is not None else value > 0)):
+            raise ConfigError(f"{option}: {value!r} is not allowed; it must be {allowed}")
+    given = [o for o, v, default in (("--eta", cfg.eta, None), ("--s-noise", cfg.s_noise, 1.0)) if v != default]
+    if given and not cfg.is_sde:
+        raise ConfigError(f"{given[0]}: applies to the SDE algorithms (sde-dpmsolver++, sde-dpmsolver), not {cfg.algo!r}; drop it")
+    changed = [o for o, v, default in (("--eta", cfg.sde_eta, 1.0), ("--s-noise", cfg.s_noise, 1.0)) if v != default]
+    if changed and cfg.is_sde and cfg.compat == "diffusers":
+        raise ConfigError(f"{changed[0]}: diffusers' SDE schedulers inject the full noise (eta 1, s_noise 1); drop {changed[0]} or --compat diffusers")
 
 
 def _choice(option: str, value, allowed) -> None:

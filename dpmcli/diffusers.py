@@ -137,6 +137,8 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         coefficients: str = "published",
         compat: str = "none",
         rho: float = 7.0,
+        eta: float | None = None,
+        s_noise: float = 1.0,
         seed: int = 0,
     ):
         parameters = dict(locals())  # every parameter, under diffusers' names and dpmcli's
@@ -454,7 +456,7 @@ def _options_of(parameters: dict) -> dict:
     options = {
         **solver_options(parameters),
         **schedule_options(parameters, where="DPMSolverScheduler: the config"),
-        **{key: parameters[key] for key in ("method", "startup", "coefficients", "compat")},
+        **{key: parameters[key] for key in ("method", "startup", "coefficients", "compat", "eta", "s_noise")},
         "rho": float(parameters["rho"]),
         "thresholding": bool(parameters["thresholding"]),
         "dynamic_thresholding_ratio": float(parameters["dynamic_thresholding_ratio"]),

@@ -218,7 +218,7 @@ class ReferenceRuns:
                       lower_order_final=False, euler_at_final=False, nfe=None)
         if cfg.is_sde:
             fine = cfg.with_options(order=REFERENCE_ORDER, startup="lower-order", **common)
-            return self._run(("sde", cfg.algo, grid), fine, noise_for, guidance_scale)
+            return self._run(("sde", cfg.algo, cfg.sde_eta, cfg.s_noise, grid), fine, noise_for, guidance_scale)
         fine = cfg.with_options(algo="dpmsolver++", order=3, startup="singlestep", **common)
         return self._run(("ode", grid), fine, None, guidance_scale)
 

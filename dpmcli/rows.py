@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .coefficients import FORMS, AlgoForm, difference_weights, differences_to_linear, lagrange_weights, midpoint_weights
+from .coefficients import AlgoForm, algo_form, difference_weights, differences_to_linear, lagrange_weights, midpoint_weights
 from .compat import alpha_sigma32, diffusers_singlestep_weights, diffusers_step_weights
 from .config import PUBLISHED_MAX_ORDER, SolverConfig
 from .schedule import Schedule, alpha_sigma
@@ -269,7 +269,8 @@ def row_weights(cfg: SolverConfig, schedule: Schedule, evaluations, spec: RowSpe
         return diffusers_singlestep_weights(cfg, sigmas, here.step, spec.order)
     start = evaluations[row if spec.anchor is None else spec.anchor]
     node_lams = [evaluations[r].lam for r in spec.reads]
-    return update_weights(FORMS[cfg.algo], spec.rule, start.lam, spec.target, node_lams, cfg.solver_type, noise_level=schedule.alpha_sigma)
+    form = algo_form(cfg.algo, cfg.sde_eta)
+    return update_weights(form, spec.rule, start.lam, spec.target, node_lams, cfg.solver_type, noise_level=schedule.alpha_sigma)
 
 
 # ---------------------------------------------------------------- rows: storage and folding
@@ -361,7 +362,8 @@ def _make_row(cfg: SolverConfig, schedule: Schedule, spec: RowSpec, *, index: in
               alpha_s: float, sigma_s: float, storage: _Storage, previous) -> StepCoefficients:
     """Fold the conversion of the model output and the history's scales into one linear combination."""
     a, b, c = weights
-    form = FORMS[cfg.algo]
+    c = c * cfg.s_noise  # k-diffusion's s_noise scales the injected noise only
+    form = algo_form(cfg.algo, cfg.sde_eta)
     p, q = schedule.conversion(form.data, cfg.prediction_type, alpha_s, sigma_s)
     x0_p, x0_q = schedule.conversion(True, cfg.prediction_type, alpha_s, sigma_s)
     own = b[0]  # spec.reads starts with this row

@@ -42,6 +42,7 @@ def config_line(cfg) -> str:
         )
     parts = [
         f"{cfg.algo}",
+        f"eta {cfg.sde_eta:g}, s_noise {cfg.s_noise:g}" if cfg.is_sde and (cfg.eta is not None or cfg.s_noise != 1.0) else None,
         f"singlestep DPM-Solver-{cfg.order}" + (f" (NFE budget {cfg.nfe})" if cfg.nfe else "") if cfg.method == "singlestep" else None,
         f"order {cfg.order}" + (" with singlestep start-up" if cfg.startup == "singlestep" and cfg.order >= 3 else "")
         if cfg.method == "multistep" else None,
