@@ -17,7 +17,8 @@ import torch
 
 from .config import SolverConfig
 from .errors import ConfigError
-from .noise import GaussianNoise, initial_latents
+from .brownian import noise_source
+from .noise import initial_latents
 from .plan import Plan, build_plan
 from .processes import with_process_defaults
 from .solvers import START, StepState, scaled_noise
@@ -25,9 +26,13 @@ from .solvers import step as step_row
 
 
 class DPMSolver:
-    """A DPM-Solver family sampler; keyword arguments are the command-line flags' names."""
+    """A DPM-Solver family sampler; keyword arguments are the command-line flags' names.
 
-    def __init__(self, *, seed: int = 0, **options):
+    ``noise``: the SDE steps' noise, "gaussian" (seeded draws) or "brownian" (the seed's Brownian path,
+    as ``dpmcli sample --noise brownian``); a ``noise=`` tensor given to :meth:`step` wins over both.
+    """
+
+    def __init__(self, *, seed: int = 0, noise: str = "gaussian", **options):
         unknown = sorted(set(options) - set(SolverConfig.__dataclass_fields__))
         if unknown:
             raise ConfigError(f"DPMSolver: unknown option(s): {', '.join(unknown)}")
@@ -37,7 +42,8 @@ class DPMSolver:
         self.plan: Plan = build_plan(with_process_defaults(SolverConfig(**options), options))
         if self.plan.config.method == "adaptive":
             raise ConfigError("DPMSolver: --method adaptive picks its steps while it runs; use dpmcli.adaptive.sample_adaptive")
-        self.seed = seed
+        self.seed, self.noise = seed, noise
+        noise_source(noise, seed, self.plan, "DPMSolver: noise")  # an unknown kind fails here, not at the first SDE step
         self.timesteps = self.plan.timestep_values  # one per model call (singlestep adds inner points)
         self.sigmas = self.plan.sigmas
         self._rows = self.plan.rows
@@ -51,7 +57,7 @@ class DPMSolver:
         """Forget the history and start again from the first step (same noise stream)."""
         self._index = 0
         self._state: StepState = START
-        self._noise = GaussianNoise(self.seed)
+        self._noise = noise_source(self.noise, self.seed, self.plan, "DPMSolver: noise")
 
     def initial_latents(self, shape, device="cpu", dtype=torch.float32) -> torch.Tensor:
         """x_T ~ N(0, init_noise_sigma^2 I) from the seed (EDM: sqrt(sigma_max^2 + 1); 1 elsewhere)."""

@@ -20,7 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .noise import derived_seed
+from .errors import ConfigError
+from .noise import GaussianNoise, derived_seed
 
 # Bumped whenever the construction (hashing, depth, ranges) changes, so that anything cached
 # from a Brownian path (a reference solution, say) can name the path it was computed on.
@@ -338,3 +339,24 @@ class BrownianNoise:
             raise ValueError(f"the noise source was built for shape {self.shape}; the latent has {tuple(like.shape)}")
         z = self.increment(step).mul_(scale / math.sqrt(self.dtau(step)))
         return z.to(device=like.device, dtype=like.dtype)
+
+
+NOISE_KINDS = ("gaussian", "brownian")
+
+
+def noise_source(kind: str, seed: int, plan, where: str = "--noise"):
+    """``noise(step, like, scale)`` for a run of ``plan``: seeded Gaussian draws, or the seed's Brownian path
+    (built for the latent's shape on the first draw, so the caller need not know it)."""
+    if kind == "gaussian":
+        return GaussianNoise(seed)
+    if kind != "brownian":
+        raise ConfigError(f"{where}: {kind!r} is not allowed; choose one of: {', '.join(NOISE_KINDS)}")
+    sources: dict = {}
+
+    def draw(step: int, like: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        shape = tuple(like.shape)
+        if shape not in sources:
+            sources[shape] = BrownianNoise(seed, plan, shape)
+        return sources[shape](step, like, scale)
+
+    return draw

@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 from . import solvers
 from .config import SolverConfig
 from .errors import ConfigError
-from .noise import GaussianNoise
+from .brownian import noise_source
 from .plan import Plan, build_plan, multistep_tail, snap_integer_timesteps
 from .sampler import StepEvent
 from .schedule import Schedule, make_betas, rescale_to_zero_terminal_snr
@@ -139,6 +139,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         rho: float = 7.0,
         eta: float | None = None,
         s_noise: float = 1.0,
+        noise: str = "gaussian",
         seed: int = 0,
     ):
         parameters = dict(locals())  # every parameter, under diffusers' names and dpmcli's
@@ -213,7 +214,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self._state = solvers.START  # the history and anchor solvers.step carries between rows
-        self._noise = GaussianNoise(self.config.seed)
+        self._noise = noise_source(self.config.noise, self.config.seed, self._plan, "DPMSolverScheduler: noise")
 
     @property
     def plan(self) -> Plan | None:
@@ -409,7 +410,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         z = None
         if cfg.is_sde and variance_noise is not None:
             z = variance_noise.to(device=x.device, dtype=work)
-        elif cfg.is_sde and generator is not None:
+        elif cfg.is_sde and generator is not None and self.config.noise != "brownian":
             # drawn at every SDE step, as diffusers draws it, so a shared generator stays in step
             z = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(work)
         x_next, self._state = solvers.step(row, x, out, self._state, solvers.scaled_noise(row, x, self._noise, z))

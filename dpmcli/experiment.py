@@ -18,7 +18,8 @@ from .config import SolverConfig
 from .devices import check_batch_memory, resolve_device, resolve_dtype
 from .errors import ConfigError
 from .models import Denoiser, MixtureModel, is_mixture, load_model
-from .noise import ArrayNoise, GaussianNoise, check_real_finite, initial_latents
+from .brownian import NOISE_KINDS, noise_source
+from .noise import ArrayNoise, check_real_finite, initial_latents
 from .plan import Plan, build_plan
 from .sampler import RunResult, sample
 from .stats import StepStatistics, tensor_stats
@@ -38,7 +39,7 @@ class RunSpec:
     device: str = "auto"
     dtype: str = "float32"
     x_init: Path | None = None
-    noise: Path | None = None
+    noise: Path | str | None = None  # None or "gaussian": fresh draws; "brownian": one path for every grid; else a .npy
     class_label: str | int | None = None
     guidance_scale: float | None = None
     prompt: str | None = None
@@ -63,7 +64,7 @@ class RunSpec:
             "device": self.device,
             "dtype": self.dtype,
             "x_init": None if self.x_init is None else str(self.x_init),
-            "noise": None if self.noise is None else str(self.noise),
+            "noise": None if self.noise in (None, "gaussian") else str(self.noise),
             **{k: v for k, v in self.conditioning().items() if v is not None and v is not False},
         }
 
@@ -200,13 +201,18 @@ def prepare(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> Prepar
         check_batch_memory(model, batch, device)
         x = initial_latents(spec.seed, (batch, *shape), device, latent_dtype, plan.schedule.init_noise_sigma)
     warnings = list(model.notes) + list(plan.warnings) + notes
-    if spec.noise is not None:
-        noise = ArrayNoise.load(spec.noise, plan.steps, tuple(x.shape))
-        if not plan.config.is_sde:
-            warnings.append(f"--noise is ignored: {plan.config.algo} draws no noise")
-    else:
-        noise = GaussianNoise(spec.seed)
+    noise = run_noise(spec, plan, tuple(x.shape))
+    if spec.noise not in (None, "gaussian") and not plan.config.is_sde:
+        warnings.append(f"--noise is ignored: {plan.config.algo} draws no noise")
     return Prepared(plan, model, x, noise, spec, device, dtype, warnings)
+
+
+def run_noise(spec: RunSpec, plan: Plan, shape: tuple[int, ...]):
+    """The SDE noise of a run: seeded Gaussian draws, the seed's Brownian path (the same path at every step
+    count, as ``compare`` reads it), or a user's array."""
+    if spec.noise is None or str(spec.noise) in NOISE_KINDS:
+        return noise_source(str(spec.noise or "gaussian"), spec.seed, plan)
+    return ArrayNoise.load(spec.noise, plan.steps, shape)
 
 
 def run_plan(plan: Plan, model, x: torch.Tensor, noise=None, callbacks=()) -> RunResult:

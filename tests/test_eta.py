@@ -8,6 +8,7 @@
 * dpmcli's published second-order SDE step is k-diffusion's sample_dpmpp_2m_sde (midpoint and heun,
   written here from its published formulas) at every eta and s_noise, on the same injected noise;
 * the Brownian path of the data form runs in exp(2 eta lambda), and runs at eta = 0.5 converge strongly;
+* `sample --noise brownian` reads that path: its runs at 20 and 160 steps converge to each other;
 * bad values are one line, exit 2.
 """
 
@@ -20,7 +21,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dpmcli import SolverConfig, build_plan
+from dpmcli import ConfigError, SolverConfig, build_plan
 from dpmcli.brownian import BrownianNoise
 from dpmcli.cli.main import app
 from dpmcli.coefficients import algo_form
@@ -155,6 +156,19 @@ def test_sde_runs_at_eta_one_half_converge_strongly():
     assert strong[40] < 0.5 * strong[10]
 
 
+def test_sample_with_brownian_noise_converges_across_step_counts(tmp_path):
+    finals = {}
+    for noise in ("gaussian", "brownian"):
+        for steps in (20, 160):
+            path = tmp_path / f"{noise}-{steps}.npy"
+            result = CliRunner().invoke(app, ["sample", "--algo", "sde-dpmsolver++", "--noise", noise, "--steps", str(steps),
+                                              "--batch", "256", "--save", str(path), "--quiet"])
+            assert result.exit_code == 0, result.stderr
+            finals[noise, steps] = np.load(path)
+    gap = {noise: np.median(np.linalg.norm(finals[noise, 20] - finals[noise, 160], axis=1)) for noise in ("gaussian", "brownian")}
+    assert gap["brownian"] < 0.25 < 1.0 < gap["gaussian"]  # one path: the coarse run approximates the fine one
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -180,3 +194,30 @@ def test_the_drop_in_scheduler_takes_eta_and_s_noise():
     scheduler.set_timesteps(10)
     expected = build_plan(scheduler.solver_config.with_options(steps=10))
     assert scheduler.solver_config.sde_eta == 0.5 and scheduler.plan.rows == expected.rows
+
+
+def test_api_and_drop_in_read_the_same_brownian_path_as_the_loop():
+    """`noise="brownian"` in DPMSolver and DPMSolverScheduler: the samples of dpmcli's loop on the seed's path."""
+    from dpmcli import DPMSolver
+
+    solver = DPMSolver(algo="sde-dpmsolver++", eta=0.7, steps=8, seed=3, noise="brownian")
+    model = MixtureModel(ring()).bind(solver.plan)
+    x_T = torch.randn((32, 2), generator=torch.Generator().manual_seed(5))
+    expected = sample(solver.plan, model, x_T.clone(), BrownianNoise(3, solver.plan, (32, 2))).samples
+    x = x_T.clone()
+    for t in solver.timesteps:
+        x = solver.step(model(x, t), t, x)
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)
+    pytest.importorskip("diffusers")
+    from dpmcli.diffusers import DPMSolverScheduler
+
+    scheduler = DPMSolverScheduler(algorithm_type="sde-dpmsolver++", eta=0.7, seed=3, noise="brownian")
+    scheduler.set_timesteps(8)
+    model = MixtureModel(ring()).bind(scheduler.plan)  # diffusers' default betas, not dpmcli's
+    expected = sample(scheduler.plan, model, x_T.clone(), BrownianNoise(3, scheduler.plan, (32, 2))).samples
+    x = x_T.clone()
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x, generator=torch.Generator().manual_seed(9)).prev_sample  # the path wins
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="noise: 'pink' is not allowed; choose one of: gaussian, brownian"):
+        DPMSolver(algo="sde-dpmsolver++", noise="pink")

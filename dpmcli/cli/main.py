@@ -147,8 +147,14 @@ def sample(
         Optional[Path], typer.Option("--x-init", help="Start from this x_T (.npy, one row per sample).", rich_help_panel=RUN)
     ] = None,
     noise: Annotated[
-        Optional[Path],
-        typer.Option("--noise", help="SDE noise from a .npy of shape (steps, batch, dims) instead of the seed.", rich_help_panel=RUN),
+        Optional[str],
+        typer.Option(
+            "--noise",
+            help="SDE noise: gaussian (fresh seeded draws), brownian (the seed's Brownian path: runs at any step count "
+            "see increments of one path) or a .npy of shape (steps, batch, dims).",
+            show_default="gaussian",
+            rich_help_panel=RUN,
+        ),
     ] = None,
     class_label: ClassLabel = None,
     guidance_scale: GuidanceScale = None,
