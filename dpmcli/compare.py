@@ -37,6 +37,8 @@ from .reference import CacheDirError, check_cache_dir, default_cache_dir
 
 SWEEP_FIELDS = ("algo", "order", "steps", "method", "startup", "spacing", "solver_type", "final_sigma", "coefficients", "compat")
 SOLVER_FIELDS = tuple(f for f in SWEEP_FIELDS if f != "steps")
+# swept too, but a run's key (row, label, baseline identity) names them only where they differ from these
+NOISE_DEFAULTS = {"eta": None, "s_noise": 1.0}
 DEFAULT_SWEEP = {
     "algo": list(ALGOS),
     "order": [1, 2, 3],
@@ -69,12 +71,18 @@ class Sweep:
             return list(DEFAULT_SWEEP[name])
         return [getattr(self.base, name)]
 
+    def noise_keys(self) -> list[dict]:
+        """Every combination of the swept --eta and --s-noise, each as the key entries that differ from the defaults."""
+        axes = [[(name, value) for value in self.axis(name)] for name in NOISE_DEFAULTS]
+        return [{name: value for name, value in combo if value != NOISE_DEFAULTS[name]} for combo in itertools.product(*axes)]
+
     def to_dict(self) -> dict:
         base = self.base.to_dict()
-        for name in SWEEP_FIELDS:
+        noise = {name: self.axis(name) for name in NOISE_DEFAULTS if self.axis(name) != [NOISE_DEFAULTS[name]]}
+        for name in (*SWEEP_FIELDS, *noise):
             base.pop(name, None)
         return {
-            "sweep": {name: self.axis(name) for name in SWEEP_FIELDS},
+            "sweep": {**{name: self.axis(name) for name in SWEEP_FIELDS}, **noise},
             "base": base,
             "model": self.model,
             "batch": self.batch,
@@ -97,8 +105,11 @@ class Planned:
 def run_label(key: dict, fields=SOLVER_FIELDS) -> str:
     parts = []
     for name in fields:
-        value = key[name]
-        if name == "order":
+        value = key.get(name, NOISE_DEFAULTS.get(name))
+        if name in NOISE_DEFAULTS:
+            if value != NOISE_DEFAULTS[name]:
+                parts.append(f"{name} {value:g}")
+        elif name == "order":
             parts.append(f"order {value}")
         elif name == "steps":
             parts.append(f"{value} steps")
@@ -136,6 +147,10 @@ def check_axes(sweep: Sweep) -> None:
         for value in sweep.axis(name):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name}: {value!r} is not allowed; give positive integers")
+    for name, ok, allowed in (("eta", lambda v: v is None or (math.isfinite(v) and v >= 0), "numbers >= 0"),
+                              ("s_noise", lambda v: math.isfinite(v) and v > 0, "positive numbers")):
+        for value in (v for v in sweep.axis(name) if not ok(v)):
+            raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not allowed; give {allowed}")
 
 
 def expand(sweep: Sweep) -> tuple[list[Planned], list[dict]]:
@@ -145,9 +160,11 @@ def expand(sweep: Sweep) -> tuple[list[Planned], list[dict]]:
     planned: list[Planned] = []
     skipped: list[dict] = []
     seen: dict[tuple, str] = {}
-    for combo in itertools.product(*axes):
-        key = dict(zip(SWEEP_FIELDS, combo))
-        label = run_label(key, SWEEP_FIELDS)
+    noise_keys = sweep.noise_keys()
+    combos = [(c, n) for c in itertools.product(*axes) for n in (noise_keys if c[0].startswith("sde-") else [{}])]
+    for combo, noise in combos:  # --eta and --s-noise apply to the SDE algorithms only
+        key = {**dict(zip(SWEEP_FIELDS, combo)), **noise}
+        label = run_label(key, SWEEP_FIELDS + tuple(NOISE_DEFAULTS))
         try:
             plan = build_plan(sweep.base.with_options(**key))
         except ConfigError as exc:
@@ -291,7 +308,7 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
         return BrownianNoise.shared(sweep.seed, plan, shape, trees)
 
     # Labels name the algorithm, the order and whatever else the sweep varies.
-    shown = tuple(f for f in SOLVER_FIELDS if f in ("algo", "order") or len(sweep.axis(f)) > 1)
+    shown = tuple(f for f in (*SOLVER_FIELDS, *NOISE_DEFAULTS) if f in ("algo", "order") or len(sweep.axis(f)) > 1)
     runs: list[dict] = []
     samples: dict = {}
     for scale in sweep.guidance:  # the model is never changed: each run binds it at its scale
@@ -479,4 +496,5 @@ def check_gates(report: SweepReport, max_error=None, baseline: dict | None = Non
 def _baseline_key(row: dict) -> tuple:
     """What makes two runs the same run: the swept values (steps as asked) and the guidance scale."""
     values = {**row, "steps": row.get("steps_requested", row.get("steps"))}
-    return tuple(str(values.get(f)) for f in (*SWEEP_FIELDS, "guidance_scale"))
+    noise = tuple((f, values[f]) for f in NOISE_DEFAULTS if values.get(f, NOISE_DEFAULTS[f]) != NOISE_DEFAULTS[f])
+    return tuple(str(values.get(f)) for f in (*SWEEP_FIELDS, "guidance_scale")) + noise

@@ -221,3 +221,23 @@ def test_api_and_drop_in_read_the_same_brownian_path_as_the_loop():
     torch.testing.assert_close(x, expected, rtol=0, atol=1e-5)
     with pytest.raises(ConfigError, match="noise: 'pink' is not allowed; choose one of: gaussian, brownian"):
         DPMSolver(algo="sde-dpmsolver++", noise="pink")
+
+
+def test_compare_sweeps_eta_on_the_sde_runs_only():
+    import json
+
+    result = CliRunner().invoke(app, ["compare", "--algo", "dpmsolver++,sde-dpmsolver++", "--order", "1", "--eta", "0,0.5",
+                                      "--steps", "10", "--batch", "128", "--reference-steps", "100", "-f", "json", "--quiet"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    runs = {(run["algo"], run.get("eta")): run for run in doc["runs"]}
+    assert set(runs) == {("dpmsolver++", None), ("sde-dpmsolver++", 0.5)}  # the ODE run names no eta
+    assert runs["sde-dpmsolver++", 0.5]["solver"] == "sde-dpmsolver++ order 1 eta 0.5"
+    # eta 0 is the ODE step: the same update, run once and listed as skipped
+    assert any(s.get("eta") == 0.0 and s["reason"].startswith("identical to dpmsolver++") for s in doc["skipped"])
+    assert doc["config"]["sweep"]["eta"] == [0.0, 0.5]
+    plain = json.loads(CliRunner().invoke(app, ["compare", "--algo", "sde-dpmsolver++", "--order", "1", "--steps", "10", "--batch", "128",
+                                                "--reference-steps", "100", "-f", "json", "--quiet"]).stdout)
+    assert "eta" not in plain["runs"][0] and "eta" not in plain["config"]["sweep"]  # a sweep without --eta reads as before
+    bad = CliRunner().invoke(app, ["compare", "--algo", "sde-dpmsolver++", "--eta", "0.5,-1", "--steps", "5"])
+    assert bad.exit_code == 2 and bad.stderr == "dpmcli: error: --eta: -1.0 is not allowed; give numbers >= 0\n"

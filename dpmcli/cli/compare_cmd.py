@@ -136,7 +136,7 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
                 max_error, baseline, tolerance, min_order, fmt, out, plot, dpi, quiet, conditioning=None, guidance=None,
                 ranks: Ranks = SINGLE, log: SweepLog | None = None) -> int:
     check_format(fmt, FORMATS)
-    converters = {"order": int, "steps": int}
+    converters = {"order": int, "steps": int, "eta": float, "s_noise": float}
     values = {name: split_list(f"--{name.replace('_', '-')}", raw, converters.get(name, str)) for name, raw in sweep_values.items()}
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ConfigError(f"--tolerance: {tolerance} is not allowed; it must be a number >= 0")

@@ -283,7 +283,8 @@ SweepList = Optional[list[str]]
 
 @command()
 @handle_errors
-@with_solver_options(exclude=("algo", "order", "steps", "method", "startup", "spacing", "solver_type", "final_sigma", "coefficients", "compat"))
+@with_solver_options(exclude=("algo", "order", "steps", "method", "startup", "spacing", "solver_type", "final_sigma", "coefficients", "compat",
+                              "eta", "s_noise"))
 def compare(
     *,
     solver,
@@ -297,6 +298,8 @@ def compare(
     final_sigma: Annotated[SweepList, _sweep_option("--final-sigma", "Final sigmas", "zero")] = None,
     coefficients: Annotated[SweepList, _sweep_option("--coefficients", "published and/or exact", "published")] = None,
     compat: Annotated[SweepList, _sweep_option("--compat", "none and/or diffusers", "none")] = None,
+    eta: Annotated[SweepList, _sweep_option("--eta", "SDE runs: shares of reverse-SDE noise, >= 0 (0: the ODE)", "1")] = None,
+    s_noise: Annotated[SweepList, _sweep_option("--s-noise", "SDE runs: noise scales", "1")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP, rich_help_panel=RUN)] = "ring",
     batch: Annotated[
         Optional[int], typer.Option("--batch", "-b", help="Samples per run (shared x_T).", show_default="4096 for mixtures, the model's for networks", rich_help_panel=RUN)
@@ -370,6 +373,7 @@ def compare(
             solver=solver, sweep_values={
                 "algo": algo, "order": order, "steps": steps, "method": method, "startup": startup, "spacing": spacing,
                 "solver_type": solver_type, "final_sigma": final_sigma, "coefficients": coefficients, "compat": compat,
+                "eta": eta, "s_noise": s_noise,
             },
             model=model, batch=batch, seed=seed, device=device, dtype=dtype, reference_steps=reference_steps,
             bandwidth=bandwidth, cache_dir=cache_dir, no_cache=no_cache, max_error=max_error, baseline=baseline,

@@ -7,7 +7,7 @@ import math
 from rich.table import Table
 from rich.text import Text
 
-from ..compare import SWEEP_FIELDS
+from ..compare import NOISE_DEFAULTS, SWEEP_FIELDS
 from ..export import DASH, compare_cell, guidance_blocks
 from ..processes import describe_process
 
@@ -188,10 +188,18 @@ def quality_tables(quality: dict, summary: Table) -> list:
     return tables
 
 
+def _sweep_cell(row: dict, name: str) -> str:
+    """A run's value of a swept field; --eta and --s-noise are in a row only where they differ from the default."""
+    if name in NOISE_DEFAULTS:
+        value = row.get(name, NOISE_DEFAULTS[name])
+        return "—" if row.get("kind") != "sde" else ("1" if value is None else f"{value:g}")
+    return str(row[name])
+
+
 def compare_tables(report, document) -> list:
-    varying = [f for f in SWEEP_FIELDS if len(report.sweep.axis(f)) > 1 and f != "steps"]
+    varying = [f for f in (*SWEEP_FIELDS, *NOISE_DEFAULTS) if len(report.sweep.axis(f)) > 1 and f != "steps"]
     shown = [
-        f for f in ("algo", "order", "method", "startup", "solver_type", "spacing", "final_sigma", "coefficients", "compat")
+        f for f in ("algo", "order", "method", "startup", "solver_type", "spacing", "final_sigma", "coefficients", "compat", *NOISE_DEFAULTS)
         if f in varying or f in ("algo", "order")
     ]
     exact = report.mixture is not None
@@ -226,7 +234,7 @@ def compare_tables(report, document) -> list:
                 extra = tuple(compare_cell(r.get(key)) for key in quality)
             runs.add_row(
                 "★" if r.get("best_at_nfe") else "",
-                *[str(r[name]) for name in shown],
+                *[_sweep_cell(r, name) for name in shown],
                 "auto" if r.get("method") == "adaptive" else str(r["steps"]),
                 str(r["nfe"]),
                 compare_cell(error) if compare_cell(error) != DASH else f"[red]{r['status']}[/red]",
