@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .brownian import BrownianNoise
-from .config import ALGOS, COEFFICIENTS, COMPAT, FINAL_SIGMAS, METHODS, SOLVER_TYPES, SPACINGS, STARTUPS, SolverConfig
+from .config import ALGOS, COEFFICIENTS, COMPAT, FINAL_SIGMAS, METHODS, SOLVER_TYPES, SPACINGS, STARTUPS, SolverConfig, sde_noise_ok
 from .devices import check_batch_memory, resolve_device, resolve_dtype
 from .distributed import SINGLE, Ranks, run_split
 from .errors import ConfigError, NumericalError, bad_choice
@@ -147,9 +147,8 @@ def check_axes(sweep: Sweep) -> None:
         for value in sweep.axis(name):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name}: {value!r} is not allowed; give positive integers")
-    for name, ok, allowed in (("eta", lambda v: v is None or (math.isfinite(v) and v >= 0), "numbers >= 0"),
-                              ("s_noise", lambda v: math.isfinite(v) and v > 0, "positive numbers")):
-        for value in (v for v in sweep.axis(name) if not ok(v)):
+    for name, allowed in (("eta", "numbers >= 0"), ("s_noise", "positive numbers")):
+        for value in (v for v in sweep.axis(name) if v is not None and not sde_noise_ok(name, v)):
             raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not allowed; give {allowed}")
 
 

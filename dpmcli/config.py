@@ -312,13 +312,21 @@ def _check_method(cfg: SolverConfig) -> None:
         )
 
 
+# what --eta and --s-noise may be: the test and the words an error uses
+SDE_NOISE_RANGES = {"eta": (lambda v: v >= 0.0, "a number >= 0"), "s_noise": (lambda v: v > 0.0, "a positive number")}
+
+
+def sde_noise_ok(name: str, value) -> bool:
+    """Whether ``value`` is allowed for ``name`` ("eta" or "s_noise")."""
+    return isinstance(value, (int, float)) and math.isfinite(value) and SDE_NOISE_RANGES[name][0](value)
+
+
 def _check_sde_noise(cfg: SolverConfig) -> None:
     """--eta and --s-noise: numbers in range, on an SDE algorithm, and not in diffusers' compat (which has neither)."""
-    for option, value, lowest, allowed in (("--eta", cfg.eta, 0.0, "a number >= 0"), ("--s-noise", cfg.s_noise, None, "a positive number")):
-        if value is None:
-            continue
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and (value >= lowest if lowest is not None else value > 0)):
-            raise ConfigError(f"{option}: {value!r} is not allowed; it must be {allowed}")
+    for name, (_, allowed) in SDE_NOISE_RANGES.items():
+        value = getattr(cfg, name)
+        if value is not None and not sde_noise_ok(name, value):
+            raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not allowed; it must be {allowed}")
     given = [o for o, v, default in (("--eta", cfg.eta, None), ("--s-noise", cfg.s_noise, 1.0)) if v != default]
     if given and not cfg.is_sde:
         raise ConfigError(f"{given[0]}: applies to the SDE algorithms (sde-dpmsolver++, sde-dpmsolver), not {cfg.algo!r}; drop it")

@@ -14,11 +14,11 @@ import torch
 
 from .adaptive import sample_adaptive
 from .api import DPMSolver
+from .brownian import NOISE_KINDS, noise_source
 from .config import SolverConfig
 from .devices import check_batch_memory, resolve_device, resolve_dtype
 from .errors import ConfigError
 from .models import Denoiser, MixtureModel, is_mixture, load_model
-from .brownian import NOISE_KINDS, noise_source
 from .noise import ArrayNoise, check_real_finite, initial_latents
 from .plan import Plan, build_plan
 from .sampler import RunResult, sample
