@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .noise import GaussianNoise, derived_seed
+from .kdiffusion import TreeNoise
+from .noise import GaussianNoise, derived_seed, row_normals
 
 # Bumped whenever the construction (hashing, depth, ranges) changes, so that anything cached
 # from a Brownian path (a reference solution, say) can name the path it was computed on.
-PATH_VERSION = 1
+PATH_VERSION = 2  # 2: per-row counter-based normals (noise.row_normals); 1: a torch generator per node
 
 # The tree's time range covers the schedule's lambda range widened by this much on each side,
 # so float rounding in a grid's end points never falls outside it.
@@ -44,14 +45,6 @@ def _splitmix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def node_seed(seed: int, level: int, numerator: int) -> int:
-    """A 63-bit seed for the dyadic point numerator / 2**level of the tree with this seed."""
-    h = _splitmix64(int(seed) & _MASK64)
-    h = _splitmix64(h ^ int(level))
-    h = _splitmix64(h ^ (int(numerator) & _MASK64))
-    return h >> 1
-
-
 class BrownianTree:
     """A deterministic Brownian motion W on [t0, t1] with W(t0) = 0, float64 on the CPU.
 
@@ -59,10 +52,13 @@ class BrownianTree:
     comes from repeated bisection of [t0, t1]: given W at both ends of an interval [a, b], its
     split point m is drawn from the Brownian bridge, W(m) ~ N(W(a) + (m - a)/(b - a) (W(b) - W(a)),
     (m - a)(b - m)/(b - a)), which is exactly the law of a Brownian motion at m given its values
-    at a and b. The standard normal used at a split point comes from its own generator, seeded
-    by a hash of (seed, level, position) of that point in the dyadic tree (drawn in float32 for
-    speed, used in float64), so W at a split point is a fixed function of the seed and never of
-    which other times were asked for, or in what order. A query at t walks down from the root
+    at a and b. The standard normals used at a split point are counter-based draws,
+    ``noise.row_normals(seed, 2, rows, shape[1:], counter=hash of (level, position))`` of that
+    point in the dyadic tree, float64, with ``shape[0]`` the rows (the samples of a batch; a
+    1-d shape is one row per element, a 0-d shape one row), so W at a split point is a fixed
+    function of the seed and never of which other times were asked for, or in what order, and
+    row i of W is a fixed function of (seed, i): the first rows of a tree for a larger batch
+    are exactly the tree for a smaller batch. A query at t walks down from the root
     towards t, stopping when t is a split point or after ``max_depth`` levels; inside that last
     interval (a leaf) W is the linear interpolation of its ends, the bridge mean. The result is
     one fixed continuous piecewise-linear path whose values at the split points are exactly
@@ -75,6 +71,8 @@ class BrownianTree:
     geometric mean, so that leaves have the same width relative to t everywhere: the right
     choice when t spans orders of magnitude, as tau = exp(2 lambda) does.
     """
+
+    NORMAL_STREAM = 2  # the stream of row_normals the split points draw from
 
     def __init__(
         self,
@@ -106,18 +104,17 @@ class BrownianTree:
         numel = max(1, math.prod(self.shape))
         self._cache_limit = max(4 * (max_depth + 1), int(cache_bytes) // (8 * numel))
         self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
-        self._generator = torch.Generator()
+        self._rows = self.shape[0] if self.shape else 1
         self._zero = torch.zeros(self.shape, dtype=torch.float64)
-        self._end = self._normal(0, 1).double().mul_(math.sqrt(t1 - t0))  # W(t1)
+        self._end = self._normal(0, 1).mul_(math.sqrt(t1 - t0))  # W(t1)
 
     # -- the dyadic grid ------------------------------------------------------------------
 
     def _normal(self, level: int, numerator: int) -> torch.Tensor:
-        """The standard normal of one dyadic point, drawn in float32 (four times faster than float64)."""
-        # manual_seed resets the whole generator state (including torch's cached normal), so
-        # reusing one generator gives the same numbers as a fresh one per point.
-        self._generator.manual_seed(node_seed(self.seed, level, numerator))
-        return torch.randn(self.shape, generator=self._generator, dtype=torch.float32)
+        """The standard normals (float64) of one dyadic point: row i depends only on (seed, i, level, numerator)."""
+        counter = _splitmix64(_splitmix64(int(level)) ^ (int(numerator) & _MASK64))  # one 64-bit word per point
+        z = row_normals(self.seed, self.NORMAL_STREAM, range(self._rows), self.shape[1:], counter=counter)
+        return z.reshape(self.shape)
 
     def _time(self, level: int, numerator: int) -> float:
         u = numerator / (1 << level)  # correctly rounded, so equal fractions give equal times
@@ -201,7 +198,7 @@ def path_form(plan) -> tuple[bool, float]:
     """(data form, eta of the tree time): the noise of a data-form step at ``eta`` is an increment in exp(2 eta lambda);
     the noise form's time, exp(-2 lambda), is the same at every eta (docs/mathematics.md, "Any eta")."""
     data = bool(plan.config.predicts_data)
-    eta = plan.config.sde_eta
+    eta = plan.config.sde_config().sde_eta  # ancestral steps at eta e take the noise of the SDE at eta e^2
     return data, (eta if data and eta > 0.0 else 1.0)
 
 
@@ -247,6 +244,7 @@ class BrownianNoise:
         elif tree.shape != self.shape:
             raise ValueError(f"the Brownian tree has shape {tree.shape}; this source needs {self.shape}")
         self.tree = tree
+        self._spans = {row.noise_index: row.noise_sigmas for row in plan.rows if row.noise_index >= 0}
         lambdas = np.asarray(plan.lambdas, dtype=np.float64)
         self._finite = np.isfinite(lambdas)
         self.times = _tree_time(lambdas, self.data, self.eta)  # the tree time s of every grid point
@@ -334,21 +332,39 @@ class BrownianNoise:
         self._check_step(step)
         return self.tree.increment(float(self.times[step]), float(self.times[step + 1]))
 
-    def __call__(self, step: int, like: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    def _draw_times(self, index: int) -> tuple[float, float] | None:
+        """The tree times of noise draw ``index`` when it is not grid step ``index`` (None when it is)."""
+        span = self._spans.get(index)
+        sigmas = self.plan.sigmas
+        if span is None or (index < len(sigmas) - 1 and span == (float(sigmas[index]), float(sigmas[index + 1]))):
+            return None
+        lam = self.plan.schedule.coefficients(np.asarray(span, dtype=np.float64))[2]
+        start, end = _tree_time(lam, self.data, self.eta)
+        return float(start), float(end)
+
+    def __call__(self, index: int, like: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """scale * z of noise draw ``index`` (the row's noise_index: the grid step, unless a step draws twice)."""
         if tuple(like.shape) != self.shape:
             raise ValueError(f"the noise source was built for shape {self.shape}; the latent has {tuple(like.shape)}")
-        z = self.increment(step).mul_(scale / math.sqrt(self.dtau(step)))
+        times = self._draw_times(index)
+        if times is None:
+            z = self.increment(index).mul_(scale / math.sqrt(self.dtau(index)))
+        else:
+            z = self.tree.increment(*times).mul_(scale / math.sqrt(abs(times[1] - times[0])))
         return z.to(device=like.device, dtype=like.dtype)
 
 
-NOISE_KINDS = ("gaussian", "brownian")
+NOISE_KINDS = ("gaussian", "brownian", "k-diffusion")
 
 
 def noise_source(kind: str, seed: int, plan, where: str = "--noise"):
-    """``noise(step, like, scale)`` for a run of ``plan``: seeded Gaussian draws, or the seed's Brownian path
-    (built for the latent's shape on the first draw, so the caller need not know it)."""
+    """``noise(index, like, scale)`` for a run of ``plan``: seeded Gaussian draws, the seed's Brownian path
+    (built for the latent's shape on the first draw, so the caller need not know it), or k-diffusion's
+    torchsde Brownian tree (``k-diffusion``: the noise k-diffusion and ComfyUI draw for that seed)."""
     if kind == "gaussian":
         return GaussianNoise(seed)
+    if kind == "k-diffusion":
+        return TreeNoise(seed, plan, where)
     if kind != "brownian":
         raise ConfigError(f"{where}: {kind!r} is not allowed; choose one of: {', '.join(NOISE_KINDS)}")
     sources: dict = {}

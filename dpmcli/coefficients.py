@@ -101,6 +101,21 @@ def algo_form(algo: str, eta: float | None = None) -> AlgoForm:
     return AlgoForm(form.name, form.data, float(eta))
 
 
+def ancestral_split(lam_s: float, lam_t: float, eta: float) -> tuple[float, float]:
+    """(lambda_down, sigma_up) of an ancestral step from lambda_s to lambda_t, in sigma = exp(-lambda).
+
+    The ODE step goes down to sigma_down <= sigma_t; noise of std sigma_up brings it back to sigma_t,
+    sigma_down^2 + sigma_up^2 = sigma_t^2, with sigma_up = min(sigma_t, eta sigma_t sqrt(1 - sigma_t^2 / sigma_s^2))
+    (k-diffusion's get_ancestral_step). lambda_down is inf when the ODE step reaches sigma 0.
+    """
+    sigma_s, sigma_t = math.exp(-lam_s), math.exp(-lam_t)
+    if eta == 0.0 or sigma_t == 0.0:
+        return lam_t, 0.0
+    sigma_up = min(sigma_t, eta * math.sqrt(sigma_t**2 * (sigma_s**2 - sigma_t**2) / sigma_s**2))
+    sigma_down = math.sqrt(sigma_t**2 - sigma_up**2)
+    return (-math.log(sigma_down) if sigma_down > 0.0 else math.inf), sigma_up
+
+
 def lagrange_basis(nodes: np.ndarray) -> np.ndarray:
     """B[j, n]: coefficient of v^n in the Lagrange polynomial that is 1 at nodes[j], 0 at the others."""
     k = len(nodes)

@@ -160,8 +160,9 @@ def expand(sweep: Sweep) -> tuple[list[Planned], list[dict]]:
     skipped: list[dict] = []
     seen: dict[tuple, str] = {}
     noise_keys = sweep.noise_keys()
-    combos = [(c, n) for c in itertools.product(*axes) for n in (noise_keys if c[0].startswith("sde-") else [{}])]
-    for combo, noise in combos:  # --eta and --s-noise apply to the SDE algorithms only
+    combos = [(c, n) for c in itertools.product(*axes)
+              for n in (noise_keys if sweep.base.with_options(**dict(zip(SWEEP_FIELDS, c))).is_sde else [{}])]
+    for combo, noise in combos:  # --eta and --s-noise apply to the stochastic runs only
         key = {**dict(zip(SWEEP_FIELDS, combo)), **noise}
         label = run_label(key, SWEEP_FIELDS + tuple(NOISE_DEFAULTS))
         try:

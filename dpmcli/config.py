@@ -10,19 +10,21 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import ConfigError, bad_choice
+from .kdiffusion import check_kdiffusion_compat
 from .processes import PROCESSES, check_diffusers_process, check_process, foreign_options
 
 ALGOS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
-METHODS = ("multistep", "singlestep", "adaptive")
+METHODS = ("multistep", "singlestep", "adaptive", "ancestral")
 STARTUPS = ("lower-order", "singlestep")
 MAX_ORDER = 8  # multistep; beyond 6 the explicit multistep methods lose stability fast
 PUBLISHED_MAX_ORDER = 3  # the papers' (and diffusers') weights stop at order 3
 SINGLESTEP_ORDERS = (1, 2, 3)  # DPM-Solver-1, -2, -3
 ADAPTIVE_ORDERS = (2, 3)  # the embedded pairs DPM-Solver-12 and -23
+ANCESTRAL_ORDERS = (1, 2)  # DPM-Solver++(1) (Euler) ancestral and DPM-Solver++(2S) ancestral
 SOLVER_TYPES = ("midpoint", "heun")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 COEFFICIENTS = ("published", "exact")
-COMPAT = ("none", "diffusers")
+COMPAT = ("none", "diffusers", "k-diffusion")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = (
     "linspace",
@@ -89,8 +91,9 @@ class SolverConfig:
     steps: int = _option(20, "Number of grid steps (multistep with the classic start-up: also the number of model calls).")
     method: str = _option(
         "multistep",
-        "multistep (reuse earlier model outputs), singlestep (DPM-Solver-1/2/3: extra evaluations inside each step) "
-        "or adaptive (DPM-Solver-12/23 with a step-size controller; ODE algorithms).",
+        "multistep (reuse earlier model outputs), singlestep (DPM-Solver-1/2/3: extra evaluations inside each step; "
+        "with sde-dpmsolver++ order 2 it is DPM-Solver++ SDE), adaptive (DPM-Solver-12/23 with a step-size controller; "
+        "ODE algorithms) or ancestral (DPM-Solver++(1)/(2S) ancestral: a deterministic step, then fresh noise).",
     )
     startup: str = _option(
         "lower-order",
@@ -108,7 +111,11 @@ class SolverConfig:
         f"{_choices(COEFFICIENTS)}: 'published' are the weights of the papers, diffusers and k-diffusion; "
         "'exact' integrates the interpolating polynomial exactly (order k converges at order k).",
     )
-    compat: str = _option("none", "none, or diffusers: reproduce DPMSolverMultistepScheduler's arithmetic step for step.")
+    compat: str = _option(
+        "none",
+        "none; diffusers: reproduce DPMSolverMultistepScheduler's arithmetic step for step; k-diffusion: k-diffusion's "
+        "samplers as ComfyUI and A1111 run them (dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, dpmpp_2s_ancestral, dpmpp_sde).",
+    )
     lower_order_final: bool = _option(
         True, "Lower the order of the last two steps when there are fewer than 15 (on by default).", FINAL_STEPS
     )
@@ -116,7 +123,8 @@ class SolverConfig:
     eta: float | None = _option(
         None,
         "SDE algorithms: how much reverse-SDE noise each step injects, eta >= 0: 0 is the ODE, 1 (the default) the "
-        "full SDE; the weights follow eta (kernel exp(-(1 + eta) h) for sde-dpmsolver++).",
+        "full SDE; the weights follow eta (kernel exp(-(1 + eta) h) for sde-dpmsolver++). Ancestral steps "
+        "(--method ancestral, singlestep sde-dpmsolver++): k-diffusion's ancestral eta, 0 the ODE, 1 the default.",
         SDE_NOISE,
     )
     s_noise: float = _option(1.0, "SDE algorithms: scale of the injected noise (k-diffusion's s_noise); 1 keeps the marginals.", SDE_NOISE)
@@ -160,7 +168,14 @@ class SolverConfig:
 
     @property
     def is_sde(self) -> bool:
-        return self.algo.startswith("sde-")
+        """Whether the run injects noise: an sde- algorithm, or ancestral steps."""
+        return self.algo.startswith("sde-") or self.method == "ancestral"
+
+    @property
+    def ancestral(self) -> bool:
+        """Noise from ancestral steps (a deterministic step below the target, then fresh noise up to it):
+        --method ancestral, and singlestep sde-dpmsolver++ outside diffusers' compat (DPM-Solver++ SDE)."""
+        return self.method == "ancestral" or (self.method == "singlestep" and self.is_sde and self.compat != "diffusers")
 
     @property
     def sde_eta(self) -> float:
@@ -168,6 +183,13 @@ class SolverConfig:
         if not self.is_sde:
             return 0.0
         return 1.0 if self.eta is None else float(self.eta)
+
+    def sde_config(self) -> "SolverConfig":
+        """The config of the SDE a stochastic run discretises: itself, or for ancestral steps at eta e the
+        data-form SDE at eta e^2 (their noise variance and drift agree to first order in h; docs/mathematics.md)."""
+        if not self.ancestral:
+            return self
+        return replace(self, algo="sde-dpmsolver++", method="multistep", eta=self.sde_eta**2, compat="none")
 
     @property
     def predicts_data(self) -> bool:
@@ -267,6 +289,8 @@ class SolverConfig:
         _check_sde_noise(cfg)
         if cfg.compat == "diffusers":
             _check_diffusers_compat(cfg)
+        if cfg.compat == "k-diffusion":
+            check_kdiffusion_compat(cfg)
         return cfg
 
 
@@ -277,13 +301,20 @@ def option_fields() -> tuple:
 
 def _check_method(cfg: SolverConfig) -> None:
     """Which method, order and start-up go together."""
-    ode_only = {"singlestep": "--method singlestep", "adaptive": "--method adaptive"}.get(cfg.method)
-    if cfg.method == "singlestep" and cfg.compat == "diffusers" and cfg.algo == "sde-dpmsolver++":
-        ode_only = None  # diffusers' singlestep scheduler has an SDE form; compat reproduces it
-    if ode_only is None and cfg.startup == "singlestep" and cfg.order > 2:
+    if cfg.method == "ancestral":
+        _check_ancestral(cfg)
+    ode_only = {"adaptive": "--method adaptive"}.get(cfg.method)
+    if cfg.method == "singlestep" and cfg.algo == "sde-dpmsolver" and cfg.compat != "diffusers":
+        ode_only = "--method singlestep"  # its stochastic singlestep form is DPM-Solver++ SDE, a data-prediction method
+    if cfg.method == "multistep" and cfg.startup == "singlestep" and cfg.order > 2:
         ode_only = "--startup singlestep"
     if ode_only and cfg.is_sde:
         raise ConfigError(f"{ode_only}: {cfg.algo!r} is not supported; use dpmsolver or dpmsolver++ (ODE algorithms)")
+    if cfg.method == "singlestep" and cfg.ancestral and cfg.order != 2:
+        raise ConfigError(
+            f"--order: {cfg.order} is not allowed with --method singlestep --algo sde-dpmsolver++ (DPM-Solver++ SDE, "
+            "second order); use --order 2, or --method ancestral --order 1 for a first-order stochastic step"
+        )
     if cfg.method == "singlestep" and cfg.order not in SINGLESTEP_ORDERS:
         raise ConfigError(f"--order: {cfg.order} is not allowed with --method singlestep; choose 1, 2 or 3 (DPM-Solver-1/2/3)")
     if cfg.method == "adaptive" and cfg.order not in ADAPTIVE_ORDERS:
@@ -312,6 +343,18 @@ def _check_method(cfg: SolverConfig) -> None:
         )
 
 
+def _check_ancestral(cfg: SolverConfig) -> None:
+    """--method ancestral: the data-prediction ODE step below the target, then noise up to it (k-diffusion's samplers)."""
+    if cfg.algo != "dpmsolver++":
+        why = "ancestral steps add their own noise" if cfg.is_sde and cfg.algo.startswith("sde-") else "its steps integrate the data prediction"
+        raise ConfigError(f"--method ancestral: {cfg.algo!r} is not supported ({why}); use --algo dpmsolver++")
+    if cfg.order not in ANCESTRAL_ORDERS:
+        raise ConfigError(
+            f"--order: {cfg.order} is not allowed with --method ancestral; choose 1 (DPM-Solver++(1) ancestral, "
+            "Euler ancestral) or 2 (DPM-Solver++(2S) ancestral)"
+        )
+
+
 # what --eta and --s-noise may be: the test and the words an error uses
 SDE_NOISE_RANGES = {"eta": (lambda v: v >= 0.0, "a number >= 0"), "s_noise": (lambda v: v > 0.0, "a positive number")}
 
@@ -329,7 +372,10 @@ def _check_sde_noise(cfg: SolverConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not allowed; it must be {allowed}")
     given = [o for o, v, default in (("--eta", cfg.eta, None), ("--s-noise", cfg.s_noise, 1.0)) if v != default]
     if given and not cfg.is_sde:
-        raise ConfigError(f"{given[0]}: applies to the SDE algorithms (sde-dpmsolver++, sde-dpmsolver), not {cfg.algo!r}; drop it")
+        raise ConfigError(
+            f"{given[0]}: applies to the SDE algorithms (sde-dpmsolver++, sde-dpmsolver) and --method ancestral, "
+            f"not {cfg.algo!r}; drop it"
+        )
     changed = [o for o, v, default in (("--eta", cfg.sde_eta, 1.0), ("--s-noise", cfg.s_noise, 1.0)) if v != default]
     if changed and cfg.is_sde and cfg.compat == "diffusers":
         raise ConfigError(f"{changed[0]}: diffusers' SDE schedulers inject the full noise (eta 1, s_noise 1); drop {changed[0]} or --compat diffusers")
@@ -419,7 +465,7 @@ def _check_diffusers_compat(cfg: SolverConfig) -> None:
         )
     if cfg.coefficients != "published":
         raise ConfigError("--compat diffusers: uses diffusers' own weights; drop --coefficients exact")
-    if cfg.method == "adaptive" or (cfg.method == "multistep" and cfg.startup != "lower-order"):
+    if cfg.method in ("adaptive", "ancestral") or (cfg.method == "multistep" and cfg.startup != "lower-order"):
         raise ConfigError(
             "--compat diffusers: reproduces DPMSolverMultistepScheduler (--method multistep, --startup lower-order) "
             "and DPMSolverSinglestepScheduler (--method singlestep)"

@@ -410,7 +410,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         z = None
         if cfg.is_sde and variance_noise is not None:
             z = variance_noise.to(device=x.device, dtype=work)
-        elif cfg.is_sde and generator is not None and self.config.noise != "brownian":
+        elif cfg.is_sde and generator is not None and self.config.noise == "gaussian":
             # drawn at every SDE step, as diffusers draws it, so a shared generator stays in step
             z = randn_tensor(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(work)
         x_next, self._state = solvers.step(row, x, out, self._state, solvers.scaled_noise(row, x, self._noise, z))

@@ -212,7 +212,7 @@ def run_noise(spec: RunSpec, plan: Plan, shape: tuple[int, ...]):
     count, as ``compare`` reads it), or a user's array."""
     if spec.noise is None or str(spec.noise) in NOISE_KINDS:
         return noise_source(str(spec.noise or "gaussian"), spec.seed, plan)
-    return ArrayNoise.load(spec.noise, plan.steps, shape)
+    return ArrayNoise.load(spec.noise, plan.noise_draws or plan.steps, shape)
 
 
 def run_plan(plan: Plan, model, x: torch.Tensor, noise=None, callbacks=()) -> RunResult:

@@ -74,7 +74,7 @@ class MixtureReferences:
         return self.memory[key]
 
     def sde(self, plan: Plan, noise_for: Callable) -> torch.Tensor:
-        cfg = plan.config
+        cfg = plan.config.sde_config()
         fine_cfg = cfg.with_options(
             order=REFERENCE_ORDER, coefficients="exact", steps=self.reference_steps, spacing="logsnr",
             lower_order_final=False, euler_at_final=False, compat="none", sigmas=None, timesteps=None, method="multistep",
@@ -212,7 +212,7 @@ class ReferenceRuns:
 
     def reference(self, plan: Plan, noise_for: Callable, guidance_scale: float | None = None) -> torch.Tensor:
         """The reference run for ``plan``'s lambda range at ``guidance_scale`` (None: the model's own)."""
-        cfg = plan.config
+        cfg = plan.config.sde_config()
         grid = self._grid(plan)
         common = dict(sigmas=grid, timesteps=None, steps=len(grid) - 1, coefficients="exact", method="multistep", compat="none",
                       lower_order_final=False, euler_at_final=False, nfe=None)

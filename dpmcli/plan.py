@@ -18,16 +18,9 @@ import numpy as np
 
 from .compat import diffusers_singlestep_orders
 from .config import PUBLISHED_MAX_ORDER, SolverConfig
-from .rows import (
-    Evaluation,
-    StepCoefficients,
-    as_number,
-    compat_singlestep_specs,
-    grid_evaluations,
-    make_rows,
-    multistep_specs,
-    singlestep_specs,
-    startup_specs,
+from .rows import Evaluation, StepCoefficients, as_number, make_rows
+from .specs import (
+    ancestral_specs, compat_singlestep_specs, grid_evaluations, multistep_specs, singlestep_specs, startup_specs,
 )
 from .schedule import Schedule
 from .spacing import make_grid
@@ -66,6 +59,16 @@ class Plan:
         """The timestep of every model call, as Python numbers: ints where integral (what a
         network expects), floats otherwise."""
         return [as_number(e.timestep) for e in self.evaluations]
+
+    @cached_property
+    def noise_draws(self) -> int:
+        """How many noise draws a run of this plan indexes (StepCoefficients.noise_index): one per grid
+        step, two where a step draws twice (DPM-Solver++ SDE); 0 for an ODE plan."""
+        indices = [row.noise_index for row in self.rows if row.noise_index >= 0]
+        if not indices:
+            return 0
+        per_step = max(np.bincount([row.step for row in self.rows if row.noise_index >= 0]))
+        return int(per_step) * self.steps
 
     @cached_property
     def evaluations_per_step(self) -> np.ndarray:
@@ -125,6 +128,9 @@ class Plan:
 
 def order_facts(cfg: SolverConfig) -> tuple[int, str]:
     """(the order the method converges at, the sentence that says so) for a config."""
+    if cfg.ancestral:
+        name = "DPM-Solver++ SDE" if cfg.method == "singlestep" else f"DPM-Solver++({'1' if cfg.order == 1 else '2S'}) ancestral"
+        return cfg.order, f"{name}, eta {cfg.sde_eta:g}: its ODE part has order {cfg.order}; the noise of ancestral steps keeps the marginals, not one SDE path"
     if cfg.method == "singlestep":
         return cfg.order, f"singlestep DPM-Solver-{cfg.order} with {cfg.coefficients} weights: converges at order {cfg.order}"
     if cfg.method == "adaptive":
@@ -224,11 +230,16 @@ def _method_specs(cfg: SolverConfig, schedule: Schedule, timesteps, sigmas, lam,
     if cfg.method == "singlestep" and cfg.compat == "diffusers":
         orders = np.array(diffusers_singlestep_orders(cfg, n), dtype=np.int64)
         return orders, grid_evaluations(timesteps, sigmas, lam), compat_singlestep_specs(orders, lam)
-    if cfg.method == "singlestep":
+    if cfg.method in ("singlestep", "ancestral"):
         orders = np.array(fast if fast is not None else [cfg.order] * n, dtype=np.int64)[:n]
         if final_zero:
             orders[-1] = 1
+        if cfg.ancestral:
+            return ancestral_specs(cfg, schedule, timesteps, sigmas, lam, orders)
         return (orders, *singlestep_specs(cfg, schedule, timesteps, sigmas, lam, orders))
+    if cfg.compat == "k-diffusion":
+        # k-diffusion warms up 1, 2, ... and lowers only the step onto sigma 0
+        cfg = cfg.with_options(lower_order_final=False)
     orders = step_orders(cfg, n, final_zero)
     if cfg.startup == "singlestep" and cfg.order >= 3:
         evaluations, specs, orders = startup_specs(cfg, timesteps, sigmas, lam, orders)

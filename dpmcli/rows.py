@@ -4,7 +4,7 @@ A row is one model evaluation. Multistep runs have one per grid step; singlestep
 singlestep start-up add evaluations (``stage`` > 0). A :class:`RowSpec` says how a row's output
 latent is formed — the exponential-integrator update from an *anchor* latent (its own input, or
 the latent at the start of its step) with a polynomial through earlier model outputs, weighed
-by one :class:`Rule` — and :func:`make_rows` turns the specs into :class:`StepCoefficients`:
+by one :class:`Rule` (each method's specs: :mod:`dpmcli.specs`) — and :func:`make_rows` turns them into :class:`StepCoefficients`:
 the weights, what the history keeps, and the conversion of the raw model output folded into
 one linear combination (``solvers.step``).
 """
@@ -13,20 +13,21 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .coefficients import AlgoForm, algo_form, difference_weights, differences_to_linear, lagrange_weights, midpoint_weights
+from .coefficients import (
+    AlgoForm, algo_form, ancestral_split, difference_weights, differences_to_linear, kernel_moments, lagrange_weights,
+    midpoint_weights,
+)
 from .compat import alpha_sigma32, diffusers_singlestep_weights, diffusers_step_weights
-from .config import PUBLISHED_MAX_ORDER, SolverConfig
+from .config import SolverConfig
 from .schedule import Schedule, alpha_sigma
 
 # Source slots of a row's linear combination (see solvers.step).
 SRC_X, SRC_OUT, SRC_NOISE, SRC_ANCHOR, SRC_HISTORY = 0, 1, 2, 3, 4
-
-# Intermediate points of the singlestep DPM-Solvers, as fractions of the step in lambda.
-SINGLESTEP_NODES = {1: (0.0,), 2: (0.0, 0.5), 3: (0.0, 1.0 / 3.0, 2.0 / 3.0)}
 
 
 def as_number(t):
@@ -85,6 +86,12 @@ class StepCoefficients:
     # diffusers' arithmetic on a grid with a zero-length step divides by h = 0 (compat mode keeps
     # that grid): the row is planned, and stepping it raises NumericalError with this message.
     failure: str | None = None
+    # Which noise draw this row takes (-1: none): the grid step for one draw per step, and
+    # 2 * step + j where a step draws twice (DPM-Solver++ SDE); what a noise source is asked for.
+    noise_index: int = -1
+    # The noise's interval in the grid's sigma column (diffusers' sigma), from -> to: what a
+    # Brownian source takes the increment over.
+    noise_sigmas: tuple[float, float] | None = None
 
 
 class Rule(enum.Enum):
@@ -95,6 +102,7 @@ class Rule(enum.Enum):
     MIDPOINT = "midpoint"  # singlestep DPM-Solver-2 as published
     COMPAT = "compat"  # diffusers' multistep float32 arithmetic
     COMPAT_SINGLESTEP = "compat-singlestep"  # diffusers' singlestep float32 arithmetic
+    INNER = "inner"  # all weight on the inner node: k-diffusion's r = 1/2 steps (2S ancestral, DPM-Solver++ SDE)
 
     @property
     def compat(self) -> bool:
@@ -110,118 +118,10 @@ class RowSpec:
     target: float  # lambda of the output latent (inf: sigma 0)
     reads: tuple[int, ...]  # rows whose model outputs are interpolated, this row first
     rule: Rule
-
-
-# ---------------------------------------------------------------- the specs of each method
-
-
-def grid_evaluations(timesteps, sigmas, lam) -> tuple[Evaluation, ...]:
-    """One evaluation at every grid point (multistep, diffusers' singlestep)."""
-    return tuple(Evaluation(k, 0, float(lam[k]), float(timesteps[k]), float(sigmas[k])) for k in range(len(timesteps)))
-
-
-def multistep_spec(cfg: SolverConfig, k: int, order: int, reads: list[int], lam: np.ndarray) -> RowSpec:
-    if cfg.compat == "diffusers":
-        rule = Rule.COMPAT
-    elif cfg.coefficients == "published" and order <= PUBLISHED_MAX_ORDER:
-        rule = Rule.PUBLISHED
-    else:
-        rule = Rule.EXACT
-    return RowSpec(order, None, float(lam[k + 1]), tuple(reads), rule)
-
-
-def multistep_specs(cfg: SolverConfig, orders, lam: np.ndarray) -> list[RowSpec]:
-    """One row per grid step, reading the outputs of the ``order - 1`` steps before it."""
-    return [multistep_spec(cfg, k, int(o), list(range(k, k - int(o), -1)), lam) for k, o in enumerate(orders)]
-
-
-def compat_singlestep_specs(orders, lam: np.ndarray) -> list[RowSpec]:
-    """diffusers' singlestep groups: grid point k ends a group of ``order`` points begun at its anchor."""
-    return [
-        RowSpec(int(o), None if o == 1 else k - int(o) + 1, float(lam[k + 1]), tuple(range(k, k - int(o), -1)), Rule.COMPAT_SINGLESTEP)
-        for k, o in enumerate(orders)
-    ]
-
-
-def startup_specs(cfg: SolverConfig, timesteps, sigmas, lam, orders):
-    """Multistep of order K started by a singlestep block over the first K grid points.
-
-    The first pass is the classic warm-up (orders 1 .. K-1, errors O(h^2)); then K-2 sweeps
-    recompute x at grid points 1 .. K-1 from x_0 with the polynomial through all K outputs
-    (exact weights) and evaluate the model again: each sweep gains one order, so the start-up
-    values carry errors O(h^K) and the method keeps its nominal order K.
-    """
-    k_order = cfg.order
-    n = len(timesteps)
-    sweeps = k_order - 2
-    evaluations: list[Evaluation] = []
-    specs: list[RowSpec] = []
-    latest: dict[int, int] = {}  # grid point -> its latest evaluation (row)
-
-    def add(step: int, stage: int, spec: RowSpec) -> None:
-        latest[step] = len(evaluations)
-        evaluations.append(Evaluation(step, stage, float(lam[step]), float(timesteps[step]), float(sigmas[step])))
-        specs.append(spec)
-
-    def all_nodes(current: int) -> tuple[int, ...]:
-        return (current,) + tuple(latest[g] for g in range(k_order - 1, -1, -1) if latest.get(g) != current)
-
-    for k in range(k_order - 1):  # the warm-up pass
-        order = k + 1
-        row = len(evaluations)
-        add(k, 0, multistep_spec(cfg, k, order, [row] + [latest[g] for g in range(k - 1, k - order, -1)], lam))
-    for sweep in range(sweeps + 1):  # sweep 0 evaluates grid point K-1 for the first time
-        for j in (range(k_order - 1, k_order) if sweep == 0 else range(1, k_order)):
-            row = len(evaluations)
-            latest[j] = row
-            if j < k_order - 1:
-                spec = RowSpec(k_order, 0, float(lam[j + 1]), all_nodes(row), Rule.EXACT)
-            elif sweep < sweeps:
-                spec = RowSpec(k_order, 0, float(lam[1]), all_nodes(row), Rule.EXACT)
-            else:  # the block is done: the first regular order-K step
-                spec = multistep_spec(cfg, j, int(orders[j]), [row] + [latest[g] for g in range(j - 1, j - int(orders[j]), -1)], lam)
-            del latest[j]
-            add(j, sweep, spec)
-    for k in range(k_order, n):
-        order = int(orders[k])
-        row = len(evaluations)
-        add(k, 0, multistep_spec(cfg, k, order, [row] + [latest[g] for g in range(k - 1, k - order, -1)], lam))
-    orders = orders.copy()
-    orders[: k_order - 1] = k_order  # the start-up block reaches order K
-    return tuple(evaluations), specs, orders
-
-
-def singlestep_specs(cfg: SolverConfig, schedule: Schedule, timesteps, sigmas, lam, orders):
-    """DPM-Solver-1/2/3: intermediate evaluations at the papers' fractions of each step."""
-    evaluations: list[Evaluation] = []
-    specs: list[RowSpec] = []
-    for k, order in enumerate(int(o) for o in orders):
-        nodes = SINGLESTEP_NODES[order]
-        h = float(lam[k + 1] - lam[k])
-        first = len(evaluations)
-        for j, c in enumerate(nodes):
-            if j == 0:
-                evaluations.append(Evaluation(k, 0, float(lam[k]), float(timesteps[k]), float(sigmas[k])))
-            else:
-                lam_j = float(lam[k]) + c * h
-                evaluations.append(Evaluation(k, j, lam_j, float(schedule.timestep_at(lam_j)), float(schedule.sigma_of(lam_j))))
-            row = first + j
-            last = j == len(nodes) - 1
-            target = float(lam[k + 1]) if last else float(lam[k]) + nodes[j + 1] * h
-            anchor = None if j == 0 else first
-            if not last:
-                # the way to the next node: exact through the nodes so far (first order from the grid point)
-                reads, rule = tuple(range(row, first - 1, -1)), Rule.EXACT
-            elif order == 1:
-                reads, rule = (row,), Rule.EXACT
-            elif order == 2:
-                reads, rule = (row, first), (Rule.EXACT if cfg.coefficients == "exact" else Rule.MIDPOINT)
-            elif cfg.coefficients == "exact":
-                reads, rule = (row, first + 1, first), Rule.EXACT
-            else:  # published DPM-Solver-3: linear through the grid point and the 2/3 node
-                reads, rule = (row, first), Rule.EXACT
-            specs.append(RowSpec(order, anchor, target, reads, rule))
-    return tuple(evaluations), specs
+    # An ancestral step: the ODE update goes to the lambda below ``target`` that ancestral_split
+    # gives, noise brings it up to ``target``; ``noise_sigmas`` the interval its noise is drawn over.
+    ancestral: bool = False
+    noise_sigmas: tuple[float, float] | None = None
 
 
 # ---------------------------------------------------------------- the weights
@@ -250,6 +150,9 @@ def update_weights(form: AlgoForm, rule: Rule, lam_s: float, lam_t: float, node_
         b = lagrange_weights(form, h, scale, nodes)
     elif rule is Rule.MIDPOINT:
         b = midpoint_weights(form, h, scale, nodes)
+    elif rule is Rule.INNER:
+        w0 = form.scale(alpha_t, sigma_t) * h * kernel_moments(form.kappa, h, 1)[0]
+        b = [w0 if node != 0.0 else 0.0 for node in nodes]
     else:  # published multistep: DPM-Solver's differences over consecutive grid points
         order = len(nodes)
         w0, w1, w2 = difference_weights(form, h, scale, order, "published", solver_type)
@@ -269,8 +172,20 @@ def row_weights(cfg: SolverConfig, schedule: Schedule, evaluations, spec: RowSpe
         return diffusers_singlestep_weights(cfg, sigmas, here.step, spec.order)
     start = evaluations[row if spec.anchor is None else spec.anchor]
     node_lams = [evaluations[r].lam for r in spec.reads]
-    form = algo_form(cfg.algo, cfg.sde_eta)
+    if spec.ancestral:
+        return ancestral_weights(spec.rule, start.lam, spec.target, node_lams, cfg.sde_eta, schedule.alpha_sigma)
+    form = algo_form("dpmsolver++" if cfg.ancestral else cfg.algo, cfg.sde_eta)
     return update_weights(form, spec.rule, start.lam, spec.target, node_lams, cfg.solver_type, noise_level=schedule.alpha_sigma)
+
+
+def ancestral_weights(rule: Rule, lam_s: float, lam_t: float, node_lams, eta: float, noise_level):
+    """(a, b, c) of an ancestral step: the data-prediction ODE update to lambda_down, rescaled from its
+    noise level to lambda_t's (x / alpha is the same point in sigma space), plus alpha_t * sigma_up noise."""
+    lam_down, sigma_up = ancestral_split(lam_s, lam_t, eta)
+    a, b, _ = update_weights(algo_form("dpmsolver++"), rule, lam_s, lam_down, node_lams, noise_level=noise_level)
+    alpha_t, alpha_down = noise_level(lam_t)[0], noise_level(lam_down)[0]
+    scale = alpha_t / alpha_down
+    return a * scale, tuple(v * scale for v in b), alpha_t * sigma_up
 
 
 # ---------------------------------------------------------------- rows: storage and folding
@@ -331,6 +246,20 @@ def make_rows(cfg: SolverConfig, schedule: Schedule, evaluations, specs: list[Ro
         if not all(math.isfinite(v) for v in (a, c, *b)):
             row = replace(row, failure=_failure(evaluations, spec, r, sigmas))
         rows.append(row)
+    return _number_noise(rows, specs, sigmas)
+
+
+def _number_noise(rows: list[StepCoefficients], specs: list[RowSpec], sigmas: np.ndarray) -> tuple[StepCoefficients, ...]:
+    """Give every row that injects noise its draw (see StepCoefficients.noise_index) and its sigma interval."""
+    draws = Counter(row.step for row in rows if row.c != 0.0)
+    per_step = max(draws.values(), default=1)
+    taken: Counter = Counter()
+    for r, (row, spec) in enumerate(zip(rows, specs)):
+        if row.c == 0.0:
+            continue
+        span = spec.noise_sigmas or (float(sigmas[row.step]), float(sigmas[row.step + 1]))
+        rows[r] = replace(row, noise_index=per_step * row.step + taken[row.step], noise_sigmas=span)
+        taken[row.step] += 1
     return tuple(rows)
 
 

@@ -2,7 +2,8 @@
 
 The log lives beside the outputs while a sweep is under way::
 
-    DIR/sweep.json        what decides the results (the resolved sweep, the model, dpmcli's version) and the log's id
+    DIR/sweep.json        what decides the results (the resolved sweep, the model, dpmcli's version, the seed's
+                          draws) and the log's id
     DIR/runs/NAME.json    one finished run: its row of the results, and the shape, dtype and sha256 of its samples
     DIR/runs/NAME.npy     its final samples (float64): the figures and any score over all runs need them
 
@@ -34,6 +35,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ConfigError, option_flag
+from .noise import DRAW_VERSION
 from .report import atomic_write, dumps_json, json_safe, save_npy
 
 FORMAT = 1
@@ -42,15 +44,17 @@ RUNS = "runs"
 REPLACED = ".replaced"  # suffix of the log a fresh sweep set aside, until it ends
 OUTPUT_ONLY = ("cache_dir",)  # Sweep.to_dict() keys that do not change a result (none today; kept out should one appear)
 FLAGS = {"class_label": "--class"}  # fields whose flag is not option_flag(name)
-NAMES = {"dpmcli": "dpmcli version", "format": "log format", "trained_betas": "the trained betas"}
+NAMES = {"dpmcli": "dpmcli version", "format": "log format", "trained_betas": "the trained betas",
+         "draws": "the version of what a seed draws"}
 
 
 def sweep_record(prepared) -> dict:
-    """What decides a prepared sweep's results: its resolved options, the model and dpmcli's version."""
+    """What decides a prepared sweep's results: its resolved options, the model, dpmcli's version and what a seed draws."""
     sweep, model = prepared.sweep, prepared.model
     betas = sweep.base.trained_betas
     return {
         "dpmcli": __version__,
+        "draws": DRAW_VERSION,  # x_T and noise of a seed: runs recorded with other draws are not this sweep's
         "sweep": {k: v for k, v in sweep.to_dict().items() if k not in OUTPUT_ONLY},
         "model_info": model.describe(),
         "model_identity": model.identity(),

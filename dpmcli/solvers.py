@@ -37,14 +37,15 @@ START = StepState()  # the state before the first row
 
 def scaled_noise(row: StepCoefficients, x: torch.Tensor, draw: Callable | None = None, z: torch.Tensor | None = None):
     """The row's noise ``row.c * z`` (None for an ODE row): from ``z`` (standard normal) if given,
-    else ``draw(step, like, scale)``, a noise source that returns it already scaled."""
+    else ``draw(index, like, scale)``, a noise source that returns it already scaled; ``index`` is the
+    row's ``noise_index`` (the grid step, for every method that draws once per step)."""
     if row.c == 0.0:
         return None
     if z is not None:
         return z * row.c
     if draw is None:
         raise ValueError("an SDE plan needs a noise source")
-    return draw(row.step, x, row.c)
+    return draw(row.noise_index, x, row.c)
 
 
 def threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:

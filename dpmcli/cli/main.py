@@ -151,7 +151,8 @@ def sample(
         typer.Option(
             "--noise",
             help="SDE noise: gaussian (fresh seeded draws), brownian (the seed's Brownian path: runs at any step count "
-            "see increments of one path) or a .npy of shape (steps, batch, dims).",
+            "see increments of one path), k-diffusion (k-diffusion's and ComfyUI's torchsde Brownian tree for the seed) "
+            "or a .npy of shape (draws, batch, dims): one draw per step, two for DPM-Solver++ SDE.",
             show_default="gaussian",
             rich_help_panel=RUN,
         ),
