@@ -28,8 +28,9 @@ from .solvers import step as step_row
 class DPMSolver:
     """A DPM-Solver family sampler; keyword arguments are the command-line flags' names.
 
-    ``noise``: the SDE steps' noise, "gaussian" (seeded draws) or "brownian" (the seed's Brownian path,
-    as ``dpmcli sample --noise brownian``); a ``noise=`` tensor given to :meth:`step` wins over both.
+    ``noise``: the SDE steps' noise, "gaussian" (seeded draws), "brownian" (the seed's Brownian path,
+    as ``dpmcli sample --noise brownian``) or "k-diffusion" (k-diffusion's torchsde Brownian tree);
+    a ``noise=`` tensor given to :meth:`step` wins over all three.
     """
 
     def __init__(self, *, seed: int = 0, noise: str = "gaussian", **options):

@@ -188,3 +188,33 @@ def test_dpmpp_sde_is_diffusers_dpm_solver_sde_scheduler(spacing):
     assert len(calls) == plan.noise_draws - 2 and plan.nfe == len(scheduler.timesteps)
     # diffusers computes its sigmas and t = -log sigma in float32: agreement to float32 round-off
     np.testing.assert_allclose(ours.numpy(), x.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options, noise, tolerance", [
+    (ANCESTRAL_2S, "brownian", 1e-12),
+    (dict(algo="sde-dpmsolver++", order=3, compat="k-diffusion"), "k-diffusion", 1e-12),
+    # the stage timesteps of DPM-Solver++ SDE are fractional: the drop-in hands them over in float32
+    (DPMPP_SDE, "brownian", 1e-6),
+])
+def test_the_drop_in_scheduler_and_the_api_run_them_as_sample_does(options, noise, tolerance):
+    from dpmcli import DPMSolver
+    from dpmcli.brownian import noise_source
+    from dpmcli.diffusers import DPMSolverScheduler
+
+    scheduler = DPMSolverScheduler(noise=noise, seed=3, **options)
+    scheduler.set_timesteps(10)
+    plan = scheduler.plan
+    model = MixtureModel(ring()).bind(plan)
+    x_T = torch.randn((8, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = sample(plan, model, x_T.clone(), noise=noise_source(noise, 3, plan)).samples
+    x = x_T.clone()
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+    np.testing.assert_allclose(x.numpy(), expected.numpy(), rtol=tolerance, atol=tolerance)
+    solver = DPMSolver(seed=3, noise=noise, steps=10, **options)  # dpmcli's defaults: Stable Diffusion's betas
+    model = MixtureModel(ring()).bind(solver.plan)
+    expected = sample(solver.plan, model, x_T.clone(), noise=noise_source(noise, 3, solver.plan)).samples
+    y = x_T.clone()
+    for t in solver.timesteps:
+        y = solver.step(model(solver.scale_model_input(y, t), t), t, y)
+    np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=tolerance, atol=tolerance)
