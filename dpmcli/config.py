@@ -346,7 +346,7 @@ def _check_method(cfg: SolverConfig) -> None:
 def _check_ancestral(cfg: SolverConfig) -> None:
     """--method ancestral: the data-prediction ODE step below the target, then noise up to it (k-diffusion's samplers)."""
     if cfg.algo != "dpmsolver++":
-        why = "ancestral steps add their own noise" if cfg.is_sde and cfg.algo.startswith("sde-") else "its steps integrate the data prediction"
+        why = "ancestral steps add their own noise" if cfg.algo.startswith("sde-") else "its steps integrate the data prediction"
         raise ConfigError(f"--method ancestral: {cfg.algo!r} is not supported ({why}); use --algo dpmsolver++")
     if cfg.order not in ANCESTRAL_ORDERS:
         raise ConfigError(

@@ -58,6 +58,8 @@ def check_kdiffusion_compat(cfg) -> None:
         raise ConfigError(f"{where}: only dpmpp_2m_sde has a heun form; drop --solver-type heun")
     if cfg.euler_at_final:
         raise ConfigError(f"{where}: k-diffusion lowers only the step onto sigma 0 to first order; drop --euler-at-final")
+    if cfg.nfe is not None:
+        raise ConfigError(f"{where}: k-diffusion's samplers take their sigmas, not a budget; use --steps instead of --nfe")
     if cfg.thresholding:
         raise ConfigError(f"{where}: k-diffusion's samplers have no dynamic thresholding; drop --thresholding")
 
