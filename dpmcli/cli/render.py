@@ -43,16 +43,18 @@ def config_line(cfg) -> str:
     parts = [
         f"{cfg.algo}",
         f"eta {cfg.sde_eta:g}, s_noise {cfg.s_noise:g}" if cfg.is_sde and (cfg.eta is not None or cfg.s_noise != 1.0) else None,
-        f"singlestep DPM-Solver-{cfg.order}" + (f" (NFE budget {cfg.nfe})" if cfg.nfe else "") if cfg.method == "singlestep" else None,
+        f"singlestep DPM-Solver-{cfg.order}" + (f" (NFE budget {cfg.nfe})" if cfg.nfe else "")
+        if cfg.method == "singlestep" and not cfg.ancestral else None,
+        ("DPM-Solver++ SDE" if cfg.method == "singlestep" else f"ancestral order {cfg.order}") if cfg.ancestral else None,
         f"order {cfg.order}" + (" with singlestep start-up" if cfg.startup == "singlestep" and cfg.order >= 3 else "")
         if cfg.method == "multistep" else None,
-        f"{cfg.solver_type}" if cfg.order == 2 and cfg.coefficients == "published" else None,
+        f"{cfg.solver_type}" if cfg.order == 2 and cfg.coefficients == "published" and cfg.method == "multistep" else None,
         f"{cfg.coefficients} weights",
         f"{cfg.spacing} spacing",
         describe_process(cfg),
         f"final sigma {cfg.final_sigma}",
         f"{cfg.prediction_type} prediction",
-        "compat diffusers" if cfg.compat == "diffusers" else None,
+        f"compat {cfg.compat}" if cfg.compat != "none" else None,
     ]
     return " · ".join(p for p in parts if p)
 
