@@ -244,7 +244,6 @@ class BrownianNoise:
         elif tree.shape != self.shape:
             raise ValueError(f"the Brownian tree has shape {tree.shape}; this source needs {self.shape}")
         self.tree = tree
-        self._spans = {row.noise_index: row.noise_sigmas for row in plan.rows if row.noise_index >= 0}
         lambdas = np.asarray(plan.lambdas, dtype=np.float64)
         self._finite = np.isfinite(lambdas)
         self.times = _tree_time(lambdas, self.data, self.eta)  # the tree time s of every grid point
@@ -270,9 +269,15 @@ class BrownianNoise:
         lo, hi = schedule_lambda_range(plan.schedule) if lambda_range is None else map(float, lambda_range)
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"lambda_range must be finite with low < high, got ({lo}, {hi})")
-        ends = _tree_time([lo, hi], *path_form(plan))
+        data, eta = path_form(plan)
+        ends = _tree_time([lo, hi], data, eta)
         t0, t1 = float(ends.min()), float(ends.max())
         if not (math.isfinite(t1) and t0 > 0.0):
+            if eta != 1.0:  # the data form's time exp(2 eta lambda): a large eta, not the range, is what overflows
+                raise ConfigError(
+                    f"--eta: {plan.config.sde_eta:g} is too large for Brownian noise on this schedule (its time "
+                    f"exp(2 x {eta:g} x lambda) overflows); use --noise gaussian or a smaller eta"
+                )
             raise ValueError(f"lambda_range ({lo}, {hi}) is too wide: exp(2 lambda) overflows or underflows")
         return BrownianTree(t0, t1, shape, derived_seed(seed, 2), max_depth=max_depth, split="geometric",
                             cache_bytes=cache_bytes)
@@ -334,7 +339,7 @@ class BrownianNoise:
 
     def _draw_times(self, index: int) -> tuple[float, float] | None:
         """The tree times of noise draw ``index`` when it is not grid step ``index`` (None when it is)."""
-        span = self._spans.get(index)
+        span = self.plan.noise_spans.get(index)
         sigmas = self.plan.sigmas
         if span is None or (index < len(sigmas) - 1 and span == (float(sigmas[index]), float(sigmas[index + 1]))):
             return None

@@ -21,6 +21,7 @@ PUBLISHED_MAX_ORDER = 3  # the papers' (and diffusers') weights stop at order 3
 SINGLESTEP_ORDERS = (1, 2, 3)  # DPM-Solver-1, -2, -3
 ADAPTIVE_ORDERS = (2, 3)  # the embedded pairs DPM-Solver-12 and -23
 ANCESTRAL_ORDERS = (1, 2)  # DPM-Solver++(1) (Euler) ancestral and DPM-Solver++(2S) ancestral
+ANCESTRAL_MAX_ETA = 100.0  # their SDE is at eta^2 (SolverConfig.sde_config): keeps it a float
 SOLVER_TYPES = ("midpoint", "heun")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 COEFFICIENTS = ("published", "exact")
@@ -291,6 +292,7 @@ class SolverConfig:
             _check_diffusers_compat(cfg)
         if cfg.compat == "k-diffusion":
             check_kdiffusion_compat(cfg)
+            cfg = replace(cfg, lower_order_final=False)  # k-diffusion lowers only the step onto sigma 0
         return cfg
 
 
@@ -303,6 +305,11 @@ def _check_method(cfg: SolverConfig) -> None:
     """Which method, order and start-up go together."""
     if cfg.method == "ancestral":
         _check_ancestral(cfg)
+    if cfg.ancestral and cfg.eta is not None and sde_noise_ok("eta", cfg.eta) and cfg.eta > ANCESTRAL_MAX_ETA:
+        raise ConfigError(
+            f"--eta: {cfg.eta!r} is not allowed with ancestral steps; it must lie in [0, {ANCESTRAL_MAX_ETA:g}] "
+            "(a larger eta only makes more steps' ODE part reach sigma 0)"
+        )
     ode_only = {"adaptive": "--method adaptive"}.get(cfg.method)
     if cfg.method == "singlestep" and cfg.algo == "sde-dpmsolver" and cfg.compat != "diffusers":
         ode_only = "--method singlestep"  # its stochastic singlestep form is DPM-Solver++ SDE, a data-prediction method

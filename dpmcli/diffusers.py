@@ -343,6 +343,8 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         if not 0 <= begin < self._plan.nfe:
             raise ConfigError(f"DPMSolverScheduler: begin_index {begin} is outside 0..{self._plan.nfe - 1}")
         self._active = self._plan if begin == 0 else self._tail_plan(begin)
+        if begin:  # the tail's rows number their noise draws from its own first step
+            self._noise = noise_source(self.config.noise, self.config.seed, self._active, "DPMSolverScheduler: noise")
         self._offset = begin
         self._step_index = begin
 
@@ -352,7 +354,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         start = plan.evaluations[begin].step
         rest = plan.evaluations[begin:]
         plain = all(e.stage == 0 for e in rest) and [e.step for e in rest] == list(range(start, plan.steps))
-        if plain:
+        if plain and plan.config.method == "multistep":
             return multistep_tail(plan, start)
         cfg = plan.config
         if cfg.compat == "diffusers" or plan.evaluations[begin].stage != 0:

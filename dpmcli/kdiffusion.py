@@ -16,23 +16,14 @@ import torch
 
 from .errors import ConfigError
 
-# k-diffusion's samplers, by (method, injects noise, order): what --compat k-diffusion reproduces
+# k-diffusion's samplers: (method, injects noise, order) -> (its function, the dpmcli options that pick it)
 SAMPLERS = {
-    ("multistep", False, 2): "sample_dpmpp_2m",
-    ("multistep", True, 2): "sample_dpmpp_2m_sde",
-    ("multistep", True, 3): "sample_dpmpp_3m_sde",
-    ("ancestral", True, 1): "sample_euler_ancestral",
-    ("ancestral", True, 2): "sample_dpmpp_2s_ancestral",
-    ("singlestep", True, 2): "sample_dpmpp_sde",
-}
-# how to ask for each: the options that pick it
-_OPTIONS = {
-    "sample_dpmpp_2m": "--algo dpmsolver++ --order 2",
-    "sample_dpmpp_2m_sde": "--algo sde-dpmsolver++ --order 2",
-    "sample_dpmpp_3m_sde": "--algo sde-dpmsolver++ --order 3",
-    "sample_euler_ancestral": "--method ancestral --order 1",
-    "sample_dpmpp_2s_ancestral": "--method ancestral --order 2",
-    "sample_dpmpp_sde": "--method singlestep --algo sde-dpmsolver++ --order 2",
+    ("multistep", False, 2): ("sample_dpmpp_2m", "--algo dpmsolver++ --order 2"),
+    ("multistep", True, 2): ("sample_dpmpp_2m_sde", "--algo sde-dpmsolver++ --order 2"),
+    ("multistep", True, 3): ("sample_dpmpp_3m_sde", "--algo sde-dpmsolver++ --order 3"),
+    ("ancestral", True, 1): ("sample_euler_ancestral", "--method ancestral --order 1"),
+    ("ancestral", True, 2): ("sample_dpmpp_2s_ancestral", "--method ancestral --order 2"),
+    ("singlestep", True, 2): ("sample_dpmpp_sde", "--method singlestep --algo sde-dpmsolver++ --order 2"),
 }
 
 
@@ -40,7 +31,7 @@ def sampler_name(cfg) -> str | None:
     """The k-diffusion sampler function a config reproduces under --compat k-diffusion (None: none)."""
     if not cfg.predicts_data:
         return None
-    return SAMPLERS.get((cfg.method, cfg.is_sde, cfg.order))
+    return SAMPLERS.get((cfg.method, cfg.is_sde, cfg.order), (None, None))[0]
 
 
 def check_kdiffusion_compat(cfg) -> None:
@@ -48,7 +39,7 @@ def check_kdiffusion_compat(cfg) -> None:
     where = "--compat k-diffusion"
     name = sampler_name(cfg)
     if name is None:
-        choices = "; ".join(f"{options} ({sampler[7:]})" for sampler, options in _OPTIONS.items())
+        choices = "; ".join(f"{options} ({sampler[7:]})" for sampler, options in SAMPLERS.values())
         raise ConfigError(f"{where}: k-diffusion has no --method {cfg.method} --algo {cfg.algo} --order {cfg.order}; its samplers are: {choices}")
     if cfg.coefficients != "published":
         raise ConfigError(f"{where}: uses k-diffusion's own weights; drop --coefficients exact")
@@ -94,7 +85,7 @@ class TreeNoise:
             raise ConfigError(f"{where}: k-diffusion's Brownian tree needs torchsde: pip install torchsde") from None
         self.seed = seed
         # a drop-in scheduler builds its source before its first set_timesteps: no plan, no draws yet
-        self.spans = {} if plan is None else {row.noise_index: row.noise_sigmas for row in plan.rows if row.noise_index >= 0}
+        self.spans = {} if plan is None else plan.noise_spans
         sigmas = [1.0] if plan is None else [float(s) for s in plan.sigmas]
         self.ends = (min((s for s in sigmas if s > 0.0), default=1.0), max(sigmas))
         self._trees: list = []

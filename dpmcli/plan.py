@@ -18,7 +18,7 @@ import numpy as np
 
 from .compat import diffusers_singlestep_orders
 from .config import PUBLISHED_MAX_ORDER, SolverConfig
-from .rows import Evaluation, StepCoefficients, as_number, make_rows
+from .rows import Evaluation, StepCoefficients, as_number, make_rows, noise_draws_per_step
 from .specs import (
     ancestral_specs, compat_singlestep_specs, grid_evaluations, multistep_specs, singlestep_specs, startup_specs,
 )
@@ -61,14 +61,15 @@ class Plan:
         return [as_number(e.timestep) for e in self.evaluations]
 
     @cached_property
+    def noise_spans(self) -> dict[int, tuple[float, float]]:
+        """{noise draw: its sigma interval} (StepCoefficients.noise_index, .noise_sigmas): what a noise source is asked for."""
+        return {row.noise_index: row.noise_sigmas for row in self.rows if row.noise_index >= 0}
+
+    @property
     def noise_draws(self) -> int:
-        """How many noise draws a run of this plan indexes (StepCoefficients.noise_index): one per grid
-        step, two where a step draws twice (DPM-Solver++ SDE); 0 for an ODE plan."""
-        indices = [row.noise_index for row in self.rows if row.noise_index >= 0]
-        if not indices:
-            return 0
-        per_step = max(np.bincount([row.step for row in self.rows if row.noise_index >= 0]))
-        return int(per_step) * self.steps
+        """How many noise draws a run of this plan indexes: one per grid step, two where a step draws
+        twice (DPM-Solver++ SDE); 0 for an ODE plan."""
+        return noise_draws_per_step(self.rows) * self.steps if self.noise_spans else 0
 
     @cached_property
     def evaluations_per_step(self) -> np.ndarray:
@@ -130,7 +131,7 @@ def order_facts(cfg: SolverConfig) -> tuple[int, str]:
     """(the order the method converges at, the sentence that says so) for a config."""
     if cfg.ancestral:
         name = "DPM-Solver++ SDE" if cfg.method == "singlestep" else f"DPM-Solver++({'1' if cfg.order == 1 else '2S'}) ancestral"
-        return cfg.order, f"{name}, eta {cfg.sde_eta:g}: its ODE part has order {cfg.order}; the noise of ancestral steps keeps the marginals, not one SDE path"
+        return cfg.order, f"{name}, eta {cfg.sde_eta:g}: its ODE part has order {cfg.order}; it follows the SDE at eta {cfg.sde_eta**2:g} (eta squared)"
     if cfg.method == "singlestep":
         return cfg.order, f"singlestep DPM-Solver-{cfg.order} with {cfg.coefficients} weights: converges at order {cfg.order}"
     if cfg.method == "adaptive":
@@ -237,9 +238,6 @@ def _method_specs(cfg: SolverConfig, schedule: Schedule, timesteps, sigmas, lam,
         if cfg.ancestral:
             return ancestral_specs(cfg, schedule, timesteps, sigmas, lam, orders)
         return (orders, *singlestep_specs(cfg, schedule, timesteps, sigmas, lam, orders))
-    if cfg.compat == "k-diffusion":
-        # k-diffusion warms up 1, 2, ... and lowers only the step onto sigma 0
-        cfg = cfg.with_options(lower_order_final=False)
     orders = step_orders(cfg, n, final_zero)
     if cfg.startup == "singlestep" and cfg.order >= 3:
         evaluations, specs, orders = startup_specs(cfg, timesteps, sigmas, lam, orders)

@@ -141,6 +141,8 @@ def update_weights(form: AlgoForm, rule: Rule, lam_s: float, lam_t: float, node_
     if sigma_t == 0.0:
         # The step to sigma = 0 (h = inf) is the limit of the first-order step: the data prediction.
         if form.data:
+            if rule is Rule.INNER:  # all weight on the inner node's prediction (DPM-Solver++ SDE at large eta)
+                return 0.0, tuple(alpha_t if lam != lam_s else 0.0 for lam in node_lams), 0.0
             return 0.0, (alpha_t,), 0.0
         return alpha_t / alpha_s, (-alpha_t * sigma_s / alpha_s,), 0.0
     h = lam_t - lam_s
@@ -249,10 +251,14 @@ def make_rows(cfg: SolverConfig, schedule: Schedule, evaluations, specs: list[Ro
     return _number_noise(rows, specs, sigmas)
 
 
+def noise_draws_per_step(rows) -> int:
+    """The most noise draws any grid step of these rows takes (1 when none takes any)."""
+    return max(Counter(row.step for row in rows if row.c != 0.0).values(), default=1)
+
+
 def _number_noise(rows: list[StepCoefficients], specs: list[RowSpec], sigmas: np.ndarray) -> tuple[StepCoefficients, ...]:
     """Give every row that injects noise its draw (see StepCoefficients.noise_index) and its sigma interval."""
-    draws = Counter(row.step for row in rows if row.c != 0.0)
-    per_step = max(draws.values(), default=1)
+    per_step = noise_draws_per_step(rows)
     taken: Counter = Counter()
     for r, (row, spec) in enumerate(zip(rows, specs)):
         if row.c == 0.0:

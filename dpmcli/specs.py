@@ -138,8 +138,9 @@ def ancestral_specs(cfg: SolverConfig, schedule: Schedule, timesteps, sigmas, la
     Ancestral: the ODE step from lambda_k down to lambda_down (ancestral_split), first order or
     2S (one evaluation at the lambda-midpoint of that shorter step), then noise up to lambda_{k+1}.
     DPM-Solver++ SDE: the way to the midpoint of the whole step is itself an ancestral step, and
-    the update reads the midpoint's output only. A step whose ODE part reaches sigma 0 is first
-    order (one call), as k-diffusion takes it. Returns (orders, evaluations, specs).
+    the update reads the midpoint's output only. Where the ODE part reaches sigma 0, an ancestral
+    step is first order (one call) and DPM-Solver++ SDE lands on the midpoint's data prediction,
+    as k-diffusion takes them. Returns (orders, evaluations, specs).
     """
     eta, sde = cfg.sde_eta, cfg.method == "singlestep"
     orders = np.array(orders, dtype=np.int64)
@@ -147,8 +148,8 @@ def ancestral_specs(cfg: SolverConfig, schedule: Schedule, timesteps, sigmas, la
     specs: list[RowSpec] = []
     for k in range(len(timesteps)):
         lam_s, lam_t = float(lam[k]), float(lam[k + 1])
-        lam_down = ancestral_split(lam_s, lam_t, eta)[0]
-        if not math.isfinite(lam_down):
+        reaches_zero = not math.isfinite(ancestral_split(lam_s, lam_t, eta)[0])
+        if reaches_zero and not sde:
             orders[k] = 1
         order, first = int(orders[k]), len(evaluations)
         evaluations.append(Evaluation(k, 0, lam_s, float(timesteps[k]), float(sigmas[k])))
@@ -156,14 +157,17 @@ def ancestral_specs(cfg: SolverConfig, schedule: Schedule, timesteps, sigmas, la
         if order == 1:
             specs.append(RowSpec(1, None, lam_t, (first,), Rule.EXACT, ancestral=True, noise_sigmas=span))
             continue
-        lam_node = lam_s + 0.5 * ((lam_t if sde else lam_down) - lam_s)
-        evaluations.append(Evaluation(k, 1, lam_node, float(schedule.timestep_at(lam_node)), float(schedule.sigma_of(lam_node))))
+        lam_node = lam_s + 0.5 * ((lam_t if sde else ancestral_split(lam_s, lam_t, eta)[0]) - lam_s)
+        node_sigma = float(schedule.sigma_of(lam_node))
+        evaluations.append(Evaluation(k, 1, lam_node, float(schedule.timestep_at(lam_node)), node_sigma))
         if sde:
-            start, node, end = stage_sigmas(sigmas[k], sigmas[k + 1])
+            # the noise intervals' ends as k-diffusion computes them where the grid column is exp(-lambda)
+            start, node, end = (span[0], node_sigma, span[1]) if schedule.process == "flow" else stage_sigmas(*span)
             specs.append(RowSpec(2, None, lam_node, (first,), Rule.EXACT, ancestral=True, noise_sigmas=(start, node)))
             span = (start, end)
         else:
             specs.append(RowSpec(2, None, lam_node, (first,), Rule.EXACT))
-        rule = Rule.EXACT if cfg.coefficients == "exact" else Rule.INNER
+        # landing on sigma 0 there is no polynomial to integrate: the midpoint's data prediction, as k-diffusion
+        rule = Rule.EXACT if cfg.coefficients == "exact" and not reaches_zero else Rule.INNER
         specs.append(RowSpec(2, first, lam_t, (first + 1, first), rule, ancestral=True, noise_sigmas=span))
     return orders, tuple(evaluations), specs

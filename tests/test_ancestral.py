@@ -89,6 +89,8 @@ def test_nfe_is_what_the_run_spends():
     assert plan.nfe == calls == 10  # at eta 3 every ODE part reaches sigma 0: Euler steps of one call
     _, plan, calls = run(DPMPP_SDE, steps=10, final_sigma="sigma-min")
     assert plan.nfe == calls == 20 and plan.noise_draws == 20
+    _, plan, calls = run(DPMPP_SDE, steps=10, eta=3.0)
+    assert plan.nfe == calls == 19  # DPM-Solver++ SDE calls the midpoint even where its ODE part reaches sigma 0
 
 
 def test_dpmpp_sde_draws_increments_of_one_path_over_nested_intervals():
@@ -104,6 +106,23 @@ def test_dpmpp_sde_draws_increments_of_one_path_over_nested_intervals():
         w_whole = source(2 * k + 1, torch.zeros(4, 2, dtype=torch.float64)) * math.sqrt(widths[1])
         rest = source.tree.increment(tau(inner.noise_sigmas[1]), tau(whole.noise_sigmas[1]))
         torch.testing.assert_close(w_whole - w_inner, rest, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("eta", [0.5, 0.7, 1.6])
+def test_an_ancestral_step_at_eta_is_the_sde_step_at_eta_squared_to_first_order(eta):
+    # on a grid of n steps (h ~ 1/n), a, b and c^2 agree with the SDE at eta^2 to O(h^2), with the SDE at eta only to O(h)
+    def gaps(steps, sde_eta):
+        ancestral = build_plan(SolverConfig(method="ancestral", order=1, eta=eta, steps=steps, spacing="logsnr",
+                                            final_sigma="sigma-min")).rows
+        sde = build_plan(SolverConfig(algo="sde-dpmsolver++", order=1, eta=sde_eta, steps=steps, spacing="logsnr",
+                                      final_sigma="sigma-min")).rows
+        return max(max(abs(p.a - q.a), abs(p.b[0] - q.b[0]), abs(p.c**2 - q.c**2)) for p, q in zip(ancestral, sde))
+
+    squared = [gaps(n, eta**2) for n in (100, 400)]
+    plain = [gaps(n, eta) for n in (100, 400)]
+    assert squared[0] / squared[1] > 12  # second order in h: 16 for 4x the steps
+    assert 3 < plain[0] / plain[1] < 5  # first order: 4
+    assert squared[1] < 0.1 * plain[1]
 
 
 def test_ancestral_runs_converge_strongly_to_the_sde_at_eta_squared():
@@ -218,3 +237,35 @@ def test_the_drop_in_scheduler_and_the_api_run_them_as_sample_does(options, nois
     for t in solver.timesteps:
         y = solver.step(model(solver.scale_model_input(y, t), t), t, y)
     np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=tolerance, atol=tolerance)
+
+
+def test_k_diffusion_noise_of_a_sample_does_not_depend_on_the_batch():
+    from dpmcli.brownian import noise_source
+
+    plan = build_plan(SolverConfig(steps=6, spacing="karras", **DPMPP_SDE))
+    small, large = noise_source("k-diffusion", 5, plan), noise_source("k-diffusion", 5, plan)
+    for index in sorted(plan.noise_spans):
+        few = small(index, torch.zeros(4, 2, dtype=torch.float64))
+        many = large(index, torch.zeros(16, 2, dtype=torch.float64))
+        torch.testing.assert_close(few, many[:4], rtol=0, atol=0)
+        assert float(many[4:].std()) > 0.3
+
+
+@pytest.mark.parametrize("options", [dict(method="ancestral", order=1), ANCESTRAL_2S])
+def test_the_drop_in_starting_mid_grid_runs_the_tail_ancestrally(options):
+    from dpmcli.brownian import noise_source
+    from dpmcli.diffusers import DPMSolverScheduler
+
+    scheduler = DPMSolverScheduler(noise="brownian", seed=4, **options)
+    scheduler.set_timesteps(8)
+    begin = next(r for r, e in enumerate(scheduler.plan.evaluations) if e.step == 3 and e.stage == 0)
+    scheduler.set_begin_index(begin)
+    x_start = torch.randn((8, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    tail = build_plan(scheduler.plan.config.with_options(sigmas=tuple(float(v) for v in scheduler.plan.sigmas[3:])))
+    assert any(row.c > 0 for row in tail.rows[:-1])
+    model = MixtureModel(ring()).bind(tail)
+    expected = sample(tail, model, x_start.clone(), noise=noise_source("brownian", 4, tail)).samples
+    x = x_start.clone()
+    for t in scheduler.timesteps[begin:]:
+        x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+    np.testing.assert_allclose(x.numpy(), expected.numpy(), rtol=1e-9, atol=1e-9)

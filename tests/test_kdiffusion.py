@@ -60,16 +60,16 @@ def run_both(kd, name, options, extra, *, process="vp", eta=1.0, s_noise=1.0, st
     sigmas = torch.tensor(plan.sigma_t / plan.alpha_t, dtype=torch.float64)
     calls = []
 
-    def noise_sampler(sigma, sigma_next):
-        calls.append(len(calls))
-        return zs[calls[-1]]
+    def noise_sampler(sigma, sigma_next):  # the same z, draw by draw; the interval it asks for is recorded
+        calls.append((float(sigma), float(sigma_next)))
+        return zs[len(calls) - 1]
 
     def denoiser(x, sigma):
         return mixture.denoise(x, 1.0, float(sigma[0]))[0]
 
     kwargs = dict(extra, **({"eta": eta, "s_noise": s_noise, "noise_sampler": noise_sampler} if stochastic(options) else {}))
     theirs = getattr(kd, name)(denoiser, x_T.clone() / plan.alpha_t[0], sigmas, disable=True, **kwargs) * plan.alpha_t[-1]
-    return ours, theirs, plan, len(calls)
+    return ours, theirs, plan, calls
 
 
 @pytest.mark.parametrize("name, options, extra", SAMPLERS, ids=[f"{n[7:]}-{e.get('solver_type', '')}" for n, _, e in SAMPLERS])
@@ -77,8 +77,11 @@ def run_both(kd, name, options, extra, *, process="vp", eta=1.0, s_noise=1.0, st
 def test_every_sampler_is_k_diffusions_step_for_step(kd, name, options, extra, eta, s_noise):
     if not stochastic(options) and (eta, s_noise) != (1.0, 1.0):
         pytest.skip("an ODE sampler has no eta")
-    ours, theirs, plan, draws = run_both(kd, name, options, extra, eta=eta, s_noise=s_noise)
-    assert draws == len([row for row in plan.rows if row.noise_index >= 0]) if stochastic(options) else draws == 0
+    ours, theirs, plan, calls = run_both(kd, name, options, extra, eta=eta, s_noise=s_noise)
+    noisy = sorted((row for row in plan.rows if row.noise_index >= 0), key=lambda row: row.noise_index)
+    # every draw k-diffusion asks for is one of dpmcli's rows, over the same sigma interval (vp: the grid column is sigma)
+    assert len(calls) == (len(noisy) if stochastic(options) else 0)
+    np.testing.assert_allclose(np.reshape([row.noise_sigmas for row in noisy], (-1, 2)), np.reshape(calls, (-1, 2)), rtol=1e-14)
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-10, atol=1e-11)
 
 
@@ -89,11 +92,28 @@ def test_samplers_on_flow_and_edm_are_k_diffusions_in_sigma_space(kd, name, opti
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-10, atol=1e-11)
 
 
-def test_ancestral_with_a_large_eta_takes_euler_steps_as_k_diffusion_does(kd):
-    # eta 3: sigma_up reaches sigma_next, sigma_down is 0, and k-diffusion spends one call on such a step
-    ours, theirs, plan, _ = run_both(kd, *SAMPLERS[5], eta=3.0)
+@pytest.mark.parametrize("eta", [3.0, 5.0])
+def test_a_large_eta_is_taken_as_k_diffusion_takes_it(kd, eta):
+    # sigma_up reaches sigma_next and sigma_down is 0: 2S ancestral spends one call on such a step,
+    # DPM-Solver++ SDE still calls the model at the midpoint and lands on its data prediction
+    ours, theirs, plan, _ = run_both(kd, *SAMPLERS[5], eta=eta)
     assert plan.nfe < 2 * plan.steps - 1
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-10, atol=1e-11)
+    ours, theirs, plan, _ = run_both(kd, *SAMPLERS[6], eta=eta)
+    assert plan.nfe == 2 * plan.steps - 1
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-10, atol=1e-11)
+
+
+def test_dpmcli_own_3m_sde_is_not_k_diffusions(kd):
+    # the start-up differs at the second step (published midpoint weight against k-diffusion's phi_2)
+    name, options, extra = SAMPLERS[3]
+    plan = build_plan(SolverConfig(steps=12, spacing="karras", lower_order_final=False, **options))
+    compat, theirs, _, _ = run_both(kd, name, options, extra)
+    mixture = ring()
+    x_T = torch.randn((32, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    zs = torch.randn((plan.noise_draws, 32, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    own = sample(plan, MixtureModel(mixture).bind(plan), x_T, noise=lambda i, like, scale: zs[i] * scale).samples
+    assert float((own - theirs).abs().max()) > 1e-5 > float((compat - theirs).abs().max())
 
 
 @pytest.mark.parametrize("name, options", [(SAMPLERS[1][0], SAMPLERS[1][1]), (SAMPLERS[6][0], SAMPLERS[6][1])])
