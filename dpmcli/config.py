@@ -306,10 +306,8 @@ def _check_method(cfg: SolverConfig) -> None:
     if cfg.method == "ancestral":
         _check_ancestral(cfg)
     if cfg.ancestral and cfg.eta is not None and sde_noise_ok("eta", cfg.eta) and cfg.eta > ANCESTRAL_MAX_ETA:
-        raise ConfigError(
-            f"--eta: {cfg.eta!r} is not allowed with ancestral steps; it must lie in [0, {ANCESTRAL_MAX_ETA:g}] "
-            "(a larger eta only makes more steps' ODE part reach sigma 0)"
-        )
+        raise ConfigError(f"--eta: {cfg.eta!r} is not allowed with ancestral steps; it must lie in [0, {ANCESTRAL_MAX_ETA:g}] "
+                          "(a larger eta only makes more steps' ODE part reach sigma 0)")
     ode_only = {"adaptive": "--method adaptive"}.get(cfg.method)
     if cfg.method == "singlestep" and cfg.algo == "sde-dpmsolver" and cfg.compat != "diffusers":
         ode_only = "--method singlestep"  # its stochastic singlestep form is DPM-Solver++ SDE, a data-prediction method
@@ -356,10 +354,8 @@ def _check_ancestral(cfg: SolverConfig) -> None:
         why = "ancestral steps add their own noise" if cfg.algo.startswith("sde-") else "its steps integrate the data prediction"
         raise ConfigError(f"--method ancestral: {cfg.algo!r} is not supported ({why}); use --algo dpmsolver++")
     if cfg.order not in ANCESTRAL_ORDERS:
-        raise ConfigError(
-            f"--order: {cfg.order} is not allowed with --method ancestral; choose 1 (DPM-Solver++(1) ancestral, "
-            "Euler ancestral) or 2 (DPM-Solver++(2S) ancestral)"
-        )
+        raise ConfigError(f"--order: {cfg.order} is not allowed with --method ancestral; choose 1 (DPM-Solver++(1) ancestral, "
+                          "Euler ancestral) or 2 (DPM-Solver++(2S) ancestral)")
 
 
 # what --eta and --s-noise may be: the test and the words an error uses
