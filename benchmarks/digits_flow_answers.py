@@ -13,7 +13,7 @@ flow grid (diffusers' use_flow_sigmas grid), float32 latents and network, publis
 lower-order-final and final sigma zero. Torch runs on 2 threads; stdout is the same on every
 run, the run time goes to stderr.
 
-    python benchmarks/digits_flow_answers.py        # about half a minute on two CPU cores
+    python benchmarks/digits_flow_answers.py        # 30-100 s on two CPU cores
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Then where k-diffusion's samplers sit, all at eta 1 and at about the same NFE: 2
 spend two calls a step (3, 5 and 10 steps: 5, 9 and 19 calls). An ancestral run's distance is to the
 reference of the SDE it follows (eta 1: the same SDE as 2M SDE's), so the distances compare.
 
-    python benchmarks/eta_answers.py        # about ten minutes on two CPU cores
+    python benchmarks/eta_answers.py        # about 12 minutes on two CPU cores
 """
 
 from __future__ import annotations
