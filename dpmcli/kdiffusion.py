@@ -1,7 +1,8 @@
 """``--compat k-diffusion``: which of k-diffusion's samplers a config is, and k-diffusion's Brownian noise.
 
 k-diffusion's DPM-Solver++ samplers (as ComfyUI and A1111 run them) are dpmcli plans with
-k-diffusion's order policy (plan.py) and, for dpmpp_3m_sde, an exact-weight second step (rows.py).
+k-diffusion's order policy (no lowered final orders: config.validated) and, for dpmpp_3m_sde, an
+exact-weight second step (rows.multistep_spec).
 This module says which sampler a config reproduces, refuses what k-diffusion has not, and
 rebuilds k-diffusion's ``BrownianTreeNoiseSampler`` on torchsde's Brownian tree, so that a seed
 gives the noise k-diffusion and ComfyUI give it.

@@ -148,7 +148,8 @@ def ancestral_specs(cfg: SolverConfig, schedule: Schedule, timesteps, sigmas, la
     specs: list[RowSpec] = []
     for k in range(len(timesteps)):
         lam_s, lam_t = float(lam[k]), float(lam[k + 1])
-        reaches_zero = not math.isfinite(ancestral_split(lam_s, lam_t, eta)[0])
+        lam_down = ancestral_split(lam_s, lam_t, eta)[0]
+        reaches_zero = not math.isfinite(lam_down)
         if reaches_zero and not sde:
             orders[k] = 1
         order, first = int(orders[k]), len(evaluations)
@@ -157,7 +158,7 @@ def ancestral_specs(cfg: SolverConfig, schedule: Schedule, timesteps, sigmas, la
         if order == 1:
             specs.append(RowSpec(1, None, lam_t, (first,), Rule.EXACT, ancestral=True, noise_sigmas=span))
             continue
-        lam_node = lam_s + 0.5 * ((lam_t if sde else ancestral_split(lam_s, lam_t, eta)[0]) - lam_s)
+        lam_node = lam_s + 0.5 * ((lam_t if sde else lam_down) - lam_s)
         node_sigma = float(schedule.sigma_of(lam_node))
         evaluations.append(Evaluation(k, 1, lam_node, float(schedule.timestep_at(lam_node)), node_sigma))
         if sde:
