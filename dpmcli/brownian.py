@@ -22,7 +22,7 @@ import torch
 
 from .errors import ConfigError
 from .kdiffusion import TreeNoise
-from .noise import GaussianNoise, derived_seed, row_normals
+from .noise import GaussianNoise, derived_seed, row_normals, splitmix64
 
 # Bumped whenever the construction (hashing, depth, ranges) changes, so that anything cached
 # from a Brownian path (a reference solution, say) can name the path it was computed on.
@@ -34,15 +34,6 @@ LAMBDA_PAD = 0.25
 
 DEFAULT_DEPTH = 40
 _MAX_DEPTH = 62
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(z: int) -> int:
-    """One round of the splitmix64 finaliser: a bijective 64-bit mixing of z."""
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
 
 
 class BrownianTree:
@@ -112,7 +103,7 @@ class BrownianTree:
 
     def _normal(self, level: int, numerator: int) -> torch.Tensor:
         """The standard normals (float64) of one dyadic point: row i depends only on (seed, i, level, numerator)."""
-        counter = _splitmix64(_splitmix64(int(level)) ^ (int(numerator) & _MASK64))  # one 64-bit word per point
+        counter = splitmix64(splitmix64(int(level)) ^ int(numerator))  # one 64-bit word per point
         z = row_normals(self.seed, self.NORMAL_STREAM, range(self._rows), self.shape[1:], counter=counter)
         return z.reshape(self.shape)
 

@@ -47,6 +47,11 @@ def _mix(z: int) -> int:
     return z ^ (z >> 31)
 
 
+def splitmix64(z: int) -> int:
+    """One step of splitmix64 on a 64-bit word: add the golden gamma, then the finaliser."""
+    return _mix((int(z) + _GAMMA) & _MASK64)
+
+
 def _mix_array(x: np.ndarray, tmp: np.ndarray) -> np.ndarray:
     """The same finaliser on a uint64 array, in place (numpy's uint64 arithmetic wraps mod 2**64)."""
     for shift, multiplier in ((30, _M1), (27, _M2)):
@@ -125,7 +130,7 @@ def row_normals(seed: int, stream: int, rows, shape, counter: int = 0) -> torch.
     count = math.prod(shape)
     pairs = (count + 1) // 2
     state = (rows.view(np.uint64) + np.uint64(1)) * np.uint64(_ROW_GAMMA)
-    state += np.uint64(_mix((key + _mix((int(counter) + _GAMMA) & _MASK64)) & _MASK64))
+    state += np.uint64(_mix((key + splitmix64(counter)) & _MASK64))
     _mix_array(state, np.empty_like(state))
     # words[0] and words[1]: the two words of every pair, laid out (pairs, rows) or (rows, pairs), whichever makes
     # numpy's inner loops long; every value is computed element by element, so the layout changes no value
