@@ -16,6 +16,7 @@ import warnings
 import torch
 
 from .errors import ConfigError
+from .noise import derived_seed
 
 # k-diffusion's samplers: (method, injects noise, order) -> (its function, the dpmcli options that pick it)
 SAMPLERS = {
@@ -78,8 +79,7 @@ class TreeNoise:
     """
 
     def __init__(self, seed: int, plan, where: str = "--noise"):
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ConfigError(f"--seed: {seed!r} is not allowed; it must be an integer >= 0")
+        derived_seed(seed, 0)  # the one --seed check
         try:
             self._torchsde = importlib.import_module("torchsde")
         except ImportError:
