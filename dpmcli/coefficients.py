@@ -175,6 +175,36 @@ def midpoint_weights(form: AlgoForm, h: float, scale: float, nodes) -> list[floa
     return [inner if r != 0.0 else w0 - 0.5 * w0 / r1 for r in nodes]
 
 
+def unipc_weights(form: AlgoForm, h: float, alpha_t: float, sigma_t: float, nodes, variant: str) -> list[float]:
+    """UniPC's published B(h) weights on the model outputs at ``nodes`` (units of h from the step's start).
+
+    0 is the start's output m0, negative nodes are history, 1 is the step's end (UniC's corrector).
+    The update is the first-order step plus -Y_t B(h) sum_k rho_k (m_k - m0) / r_k, Y_t = alpha_t
+    (data) or sigma_t (noise), with rho solving sum_k rho_k r_k^i = (i+1)! z phi_{i+2}(z) / B(h),
+    z = -kappa h, for i < K (K nodes besides 0), and rho = 1/2 when K = 1 (docs/mathematics.md).
+    """
+    z = -form.kappa * h
+    others = [(j, r) for j, r in enumerate(nodes) if r != 0.0]
+    count = len(others)
+    phis = phi_functions(z, count + 1)
+    y_t = alpha_t if form.data else sigma_t
+    bh = z if variant == "bh1" else math.expm1(z)
+    weights = [0.0] * len(nodes)
+    weights[nodes.index(0.0)] = -y_t * math.expm1(z)
+    if count == 0:
+        return weights
+    if count == 1:
+        rho = np.array([0.5])
+    else:
+        powers = np.array([[r**i for _, r in others] for i in range(count)])
+        rhs = np.array([math.factorial(i + 1) * z * phis[i + 1] / bh for i in range(count)])
+        rho = np.linalg.solve(powers, rhs)
+    for (j, r), rho_k in zip(others, rho):
+        weights[j] -= y_t * bh * rho_k / r
+        weights[nodes.index(0.0)] += y_t * bh * rho_k / r
+    return weights
+
+
 def conversion(data: bool, prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:
     """(p, q) with (x0 if data else eps) = p * x + q * model_output, at noise level (alpha, sigma)."""
     if prediction_type == "flow_prediction":

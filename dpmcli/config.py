@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .corrector import check_corrector
+from .custom_grid import check_custom_sigmas, custom_timesteps
 from .errors import ConfigError, bad_choice
 from .kdiffusion import check_kdiffusion_compat
 from .processes import PROCESSES, check_diffusers_process, check_process, foreign_options
@@ -117,6 +119,12 @@ class SolverConfig:
         "none; diffusers: reproduce DPMSolverMultistepScheduler's arithmetic step for step; k-diffusion: k-diffusion's "
         "samplers as ComfyUI and A1111 run them (dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, dpmpp_2s_ancestral, dpmpp_sde).",
     )
+    corrector: str = _option(
+        "none",
+        "none, or unic: UniPC's corrector after every multistep step but the last, from the model output the next step "
+        "computes anyway (no extra model calls; one order higher). Weights: --coefficients exact, or published in --unic-variant's form.",
+    )
+    unic_variant: str = _option("bh2", "unic's published weights: UniPC's B(h) = h (bh1) or e^h - 1 (bh2, diffusers' default).")
     lower_order_final: bool = _option(
         True, "Lower the order of the last two steps when there are fewer than 15 (on by default).", FINAL_STEPS
     )
@@ -209,6 +217,8 @@ class SolverConfig:
             out["timesteps"] = list(self.timesteps)
         for name in foreign_options(self.process):
             out.pop(name, None)  # another process's options say nothing about this run
+        if self.corrector == "none":
+            del out["corrector"], out["unic_variant"]  # documents without a corrector stay as they were
         if not self.is_sde:
             del out["eta"], out["s_noise"]  # an ODE run injects no noise: keep its documents as they were
         else:
@@ -254,7 +264,7 @@ class SolverConfig:
             raise ConfigError("--sigmas: give the custom grid as sigmas or as timesteps, not both")
         if cfg.sigmas is not None:
             cfg = replace(cfg, spacing="custom")
-            _check_custom_sigmas(cfg.sigmas)
+            check_custom_sigmas(cfg.sigmas)
             cfg = replace(cfg, steps=len(cfg.sigmas) - 1, final_sigma="zero" if cfg.sigmas[-1] == 0 else "custom")
         elif cfg.timesteps is not None:
             if cfg.compat == "diffusers" and cfg.spacing in DIFFUSERS_SIGMA_SPACINGS:
@@ -262,7 +272,7 @@ class SolverConfig:
                     f"--compat diffusers: diffusers refuses custom timesteps with --spacing {cfg.spacing} "
                     "(its use_*_sigmas and use_lu_lambdas grids); drop one of them"
                 )
-            cfg = replace(cfg, spacing="custom", timesteps=_custom_timesteps(cfg))
+            cfg = replace(cfg, spacing="custom", timesteps=custom_timesteps(cfg))
             cfg = replace(cfg, steps=len(cfg.timesteps))
         elif cfg.spacing == "custom":
             raise ConfigError("--spacing: 'custom' needs the grid itself: pass --sigmas 14.6,7.0,...,0 or a file")
@@ -288,6 +298,7 @@ class SolverConfig:
             raise ConfigError(f"--lambda-min-clipped: {cfg.lambda_min_clipped!r} is not allowed; it must be a number (-inf: no clipping)")
         _check_method(cfg)
         _check_sde_noise(cfg)
+        check_corrector(cfg)
         if cfg.compat == "diffusers":
             _check_diffusers_compat(cfg)
         if cfg.compat == "k-diffusion":
@@ -389,22 +400,6 @@ def _choice(option: str, value, allowed) -> None:
         raise bad_choice(option, value, allowed)
 
 
-def _check_custom_sigmas(sigmas) -> None:
-    values = list(sigmas)
-    if len(values) < 2:
-        raise ConfigError("--sigmas: give at least two values: the grid from the first sigma down to the final one")
-    if not all(math.isfinite(s) for s in values):
-        raise ConfigError("--sigmas: every value must be a finite number")
-    if any(s <= 0 for s in values[:-1]) or values[-1] < 0:
-        raise ConfigError("--sigmas: values must be positive (only the last one may be 0)")
-    for i in range(len(values) - 1):
-        if values[i + 1] > values[i]:
-            raise ConfigError(
-                f"--sigmas: the grid must decrease, but value {i + 1} ({values[i + 1]}) "
-                f"is larger than value {i} ({values[i]})"
-            )
-
-
 def _with_trained_betas(cfg: SolverConfig) -> SolverConfig:
     """Check an explicit beta table; it sets the number of training timesteps (not in compat mode)."""
     betas = cfg.trained_betas
@@ -430,29 +425,6 @@ def _check_beta_range(cfg: SolverConfig) -> None:
         raise ConfigError(f"--beta-end: {end!r} is not allowed; it must lie in [--beta-start ({start!r}), 1)")
     if not start <= end:
         raise ConfigError(f"--beta-start: {start!r} is not allowed; it must not exceed --beta-end ({end!r})")
-
-
-def _custom_timesteps(cfg: SolverConfig) -> tuple[float, ...]:
-    """A custom grid given as training timesteps: finite, within the table, non-increasing.
-
-    In compat mode they are truncated to integers, as diffusers stores them (int64).
-    """
-    values = list(cfg.timesteps)
-    if not values:
-        raise ConfigError("timesteps: give at least one timestep")
-    if not all(isinstance(t, (int, float)) and math.isfinite(t) for t in values):
-        raise ConfigError("timesteps: every value must be a finite number")
-    if cfg.compat == "diffusers":
-        values = [float(int(t)) for t in values]
-    top = cfg.train_steps - 1
-    for i, t in enumerate(values):
-        if not 0 <= t <= top:
-            raise ConfigError(f"timesteps: value {i} ({t:g}) lies outside the training timesteps 0..{top}")
-        if i and t > values[i - 1]:
-            raise ConfigError(
-                f"timesteps: the grid must decrease, but value {i} ({t:g}) is larger than value {i - 1} ({values[i - 1]:g})"
-            )
-    return tuple(float(t) for t in values)
 
 
 def _check_diffusers_compat(cfg: SolverConfig) -> None:

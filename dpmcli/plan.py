@@ -18,6 +18,7 @@ import numpy as np
 
 from .compat import diffusers_singlestep_orders
 from .config import PUBLISHED_MAX_ORDER, SolverConfig
+from .corrector import unipc_orders
 from .rows import Evaluation, StepCoefficients, as_number, make_rows, noise_draws_per_step
 from .specs import (
     ancestral_specs, compat_singlestep_specs, grid_evaluations, multistep_specs, singlestep_specs, startup_specs,
@@ -129,6 +130,11 @@ class Plan:
 
 def order_facts(cfg: SolverConfig) -> tuple[int, str]:
     """(the order the method converges at, the sentence that says so) for a config."""
+    if cfg.corrector == "unic":
+        predictor = min(cfg.order, 2) if cfg.coefficients == "published" and cfg.order <= PUBLISHED_MAX_ORDER else cfg.order
+        weights = "exact" if cfg.coefficients == "exact" else f"published {cfg.unic_variant}"
+        return predictor + 1, (f"order {cfg.order} predictor with the UniC corrector ({weights} weights): converges at order "
+                               f"{predictor + 1}, one above the predictor's {predictor}, at no extra model call")
     if cfg.ancestral:
         name = "DPM-Solver++ SDE" if cfg.method == "singlestep" else f"DPM-Solver++({'1' if cfg.order == 1 else '2S'}) ancestral"
         return cfg.order, f"{name}, eta {cfg.sde_eta:g}: its ODE part has order {cfg.order}; it follows the SDE at eta {cfg.sde_eta**2:g} (eta squared)"
@@ -238,7 +244,7 @@ def _method_specs(cfg: SolverConfig, schedule: Schedule, timesteps, sigmas, lam,
         if cfg.ancestral:
             return ancestral_specs(cfg, schedule, timesteps, sigmas, lam, orders)
         return (orders, *singlestep_specs(cfg, schedule, timesteps, sigmas, lam, orders))
-    orders = step_orders(cfg, n, final_zero)
+    orders = np.array(unipc_orders(cfg, n)) if cfg.compat == "diffusers" and cfg.corrector == "unic" else step_orders(cfg, n, final_zero)
     if cfg.startup == "singlestep" and cfg.order >= 3:
         evaluations, specs, orders = startup_specs(cfg, timesteps, sigmas, lam, orders)
         return orders, evaluations, specs

@@ -20,7 +20,7 @@ import numpy as np
 
 from .coefficients import (
     AlgoForm, algo_form, ancestral_split, difference_weights, differences_to_linear, kernel_moments, lagrange_weights,
-    midpoint_weights,
+    midpoint_weights, unipc_weights,
 )
 from .compat import alpha_sigma32, diffusers_singlestep_weights, diffusers_step_weights
 from .config import SolverConfig
@@ -92,6 +92,9 @@ class StepCoefficients:
     # The noise's interval in the grid's sigma column (diffusers' sigma), from -> to: what a
     # Brownian source takes the increment over.
     noise_sigmas: tuple[float, float] | None = None
+    # UniC (--corrector unic): ((source slot, weight), ...) forming the corrected latent before the update,
+    # from the anchor (the previous grid point's corrected latent), this output and the history; () for none.
+    correction: tuple[tuple[int, float], ...] = ()
 
 
 class Rule(enum.Enum):
@@ -103,10 +106,21 @@ class Rule(enum.Enum):
     COMPAT = "compat"  # diffusers' multistep float32 arithmetic
     COMPAT_SINGLESTEP = "compat-singlestep"  # diffusers' singlestep float32 arithmetic
     INNER = "inner"  # all weight on the inner node: k-diffusion's r = 1/2 steps (2S ancestral, DPM-Solver++ SDE)
+    UNIPC = "unipc"  # UniPC's B(h) weights (--unic-variant): UniC's corrector, and UniP's predictor in diffusers' compat
 
     @property
     def compat(self) -> bool:
         return self in (Rule.COMPAT, Rule.COMPAT_SINGLESTEP)
+
+
+@dataclass(frozen=True)
+class Correction:
+    """UniC: once a row's model output is known, its input latent is formed again from ``start``'s
+    (corrected) latent with a polynomial through ``reads`` (this row first), one order higher."""
+
+    start: int  # the row of the previous grid point: its corrected latent is the anchor
+    reads: tuple[int, ...]
+    rule: Rule
 
 
 @dataclass(frozen=True)
@@ -122,19 +136,21 @@ class RowSpec:
     # gives, noise brings it up to ``target``; ``noise_sigmas`` the interval its noise is drawn over.
     ancestral: bool = False
     noise_sigmas: tuple[float, float] | None = None
+    # --corrector unic: this row's input latent is corrected first, and the update starts from the corrected one
+    corrector: Correction | None = None
 
 
 # ---------------------------------------------------------------- the weights
 
 
 def update_weights(form: AlgoForm, rule: Rule, lam_s: float, lam_t: float, node_lams, solver_type: str = "midpoint", *,
-                   noise_level=alpha_sigma):
+                   noise_level=alpha_sigma, variant: str = "bh2"):
     """(a, b, c) of the exponential-integrator update from lambda ``lam_s`` to ``lam_t``.
 
     a weighs the latent at ``lam_s``, b the model outputs evaluated at ``node_lams`` (in that
     order), c is the noise standard deviation. The rules of dpmcli's own arithmetic (not compat).
     ``noise_level(lam) -> (alpha_t, sigma_t)`` is the process's (VP by default): the weights in
-    lambda are the same on every process, only these scales differ.
+    lambda are the same on every process, only these scales differ. ``variant``: UniPC's B(h) (Rule.UNIPC).
     """
     alpha_s, sigma_s = noise_level(lam_s)
     alpha_t, sigma_t = noise_level(lam_t)
@@ -147,11 +163,17 @@ def update_weights(form: AlgoForm, rule: Rule, lam_s: float, lam_t: float, node_
         return alpha_t / alpha_s, (-alpha_t * sigma_s / alpha_s,), 0.0
     h = lam_t - lam_s
     scale = form.scale(alpha_t, sigma_t)
-    nodes = [(lam - lam_s) / h for lam in node_lams]
+    if h == 0.0:  # only diffusers' grids keep a zero-length step (UniPC's): IEEE numbers, the plan reports them
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nodes = [0.0 if lam == lam_s else float(np.float64(lam - lam_s) / np.float64(h)) for lam in node_lams]
+    else:
+        nodes = [(lam - lam_s) / h for lam in node_lams]
     if rule is Rule.EXACT:
         b = lagrange_weights(form, h, scale, nodes)
     elif rule is Rule.MIDPOINT:
         b = midpoint_weights(form, h, scale, nodes)
+    elif rule is Rule.UNIPC:
+        b = unipc_weights(form, h, alpha_t, sigma_t, nodes, variant)
     elif rule is Rule.INNER:
         w0 = form.scale(alpha_t, sigma_t) * h * kernel_moments(form.kappa, h, 1)[0]
         b = [w0 if node != 0.0 else 0.0 for node in nodes]
@@ -177,7 +199,16 @@ def row_weights(cfg: SolverConfig, schedule: Schedule, evaluations, spec: RowSpe
     if spec.ancestral:
         return ancestral_weights(spec.rule, start.lam, spec.target, node_lams, cfg.sde_eta, schedule.alpha_sigma)
     form = algo_form("dpmsolver++" if cfg.ancestral else cfg.algo, cfg.sde_eta)
-    return update_weights(form, spec.rule, start.lam, spec.target, node_lams, cfg.solver_type, noise_level=schedule.alpha_sigma)
+    return update_weights(form, spec.rule, start.lam, spec.target, node_lams, cfg.solver_type, noise_level=schedule.alpha_sigma,
+                          variant=cfg.unic_variant)
+
+
+def correction_weights(cfg: SolverConfig, schedule: Schedule, evaluations, correction: Correction, row: int):
+    """(a, b) of UniC's corrected latent at row's grid point: from the start row's lambda to this row's, through correction.reads."""
+    node_lams = [evaluations[r].lam for r in correction.reads]
+    a, b, _ = update_weights(algo_form(cfg.algo), correction.rule, evaluations[correction.start].lam, evaluations[row].lam,
+                             node_lams, noise_level=schedule.alpha_sigma, variant=cfg.unic_variant)
+    return a, b
 
 
 def ancestral_weights(rule: Rule, lam_s: float, lam_t: float, node_lams, eta: float, noise_level):
@@ -208,11 +239,13 @@ def _storage(specs: list[RowSpec]) -> list[_Storage]:
     readers: dict[int, list[int]] = {}
     anchors = set()
     for r, spec in enumerate(specs):
-        for e in spec.reads:
+        for e in _all_reads(spec):
             if e != r:
                 readers.setdefault(e, []).append(r)
         if spec.anchor is not None and spec.anchor != r:
             anchors.add(spec.anchor)
+        if spec.corrector is not None:
+            anchors.add(spec.corrector.start)
     keep = [bool(readers.get(r)) for r in range(count)]
     stored_before = np.concatenate([[0], np.cumsum(keep)])  # stored rows among 0 .. r-1
     # After row r the history must still hold every stored output a later row reads: from the
@@ -226,10 +259,15 @@ def _storage(specs: list[RowSpec]) -> list[_Storage]:
             keep=keep[r],
             history_after=int(stored_before[r + 1] - stored_before[min(oldest[r], r + 1)]),
             sets_anchor=r in anchors,
-            positions={e: int(stored_before[r] - stored_before[e + 1]) for e in spec.reads if e != r},
+            positions={e: int(stored_before[r] - stored_before[e + 1]) for e in _all_reads(spec) if e != r},
         )
         for r, spec in enumerate(specs)
     ]
+
+
+def _all_reads(spec: RowSpec) -> tuple[int, ...]:
+    """Every row whose output this row weighs: its update's, and its correction's."""
+    return spec.reads + (spec.corrector.reads if spec.corrector is not None else ())
 
 
 def make_rows(cfg: SolverConfig, schedule: Schedule, evaluations, specs: list[RowSpec], sigmas: np.ndarray) -> tuple[StepCoefficients, ...]:
@@ -242,9 +280,12 @@ def make_rows(cfg: SolverConfig, schedule: Schedule, evaluations, specs: list[Ro
             alpha_s, sigma_s = (float(v) for v in alpha_sigma32(sigmas[evaluations[r].step], cfg.process)[:2])
         else:
             alpha_s, sigma_s = schedule.alpha_sigma(evaluations[r].lam)
+        corrected = None if spec.corrector is None else correction_weights(cfg, schedule, evaluations, spec.corrector, r)
         row = _make_row(cfg, schedule, spec, index=r, evaluation=evaluations[r], weights=weights, alpha_s=alpha_s,
-                        sigma_s=sigma_s, storage=storage, previous=rows)
+                        sigma_s=sigma_s, storage=storage, previous=rows, corrected=corrected)
         a, b, c = weights
+        if corrected is not None:
+            b = (*b, corrected[0], *corrected[1])
         if not all(math.isfinite(v) for v in (a, c, *b)):
             row = replace(row, failure=_failure(evaluations, spec, r, sigmas))
         rows.append(row)
@@ -293,33 +334,44 @@ def _failure(evaluations, spec: RowSpec, r: int, sigmas: np.ndarray) -> str:
     )
 
 
+def _fold(cfg: SolverConfig, a: float, anchor_slot: int, b, reads, p: float, q: float, storage: _Storage, previous) -> dict[int, float]:
+    """{source slot: weight} of a * (the latent in anchor_slot) + sum_j b_j m_j, m0 = p x + q out folded in
+    (one tensor op fewer per row; thresholded rows read m0 computed in full), history at its stored scale."""
+    own = b[0]  # reads starts with this row
+    coefs: dict[int, float] = {SRC_X: 0.0, anchor_slot: 0.0}
+    coefs[anchor_slot] += a
+    if cfg.thresholding:
+        coefs[SRC_OUT] = own
+    else:
+        coefs[SRC_X] += own * p
+        coefs[SRC_OUT] = own * q
+    for e, weight in zip(reads[1:], b[1:]):
+        coefs[SRC_HISTORY + storage.positions[e]] = weight * previous[e].store_scale
+    return {k: v for k, v in coefs.items() if v != 0.0}
+
+
 def _make_row(cfg: SolverConfig, schedule: Schedule, spec: RowSpec, *, index: int, evaluation: Evaluation, weights,
-              alpha_s: float, sigma_s: float, storage: _Storage, previous) -> StepCoefficients:
-    """Fold the conversion of the model output and the history's scales into one linear combination."""
+              alpha_s: float, sigma_s: float, storage: _Storage, previous, corrected=None) -> StepCoefficients:
+    """Fold the conversion of the model output and the history's scales into one linear combination
+    (and UniC's correction, ``corrected`` = its (a, b), into another)."""
     a, b, c = weights
     c = c * cfg.s_noise  # k-diffusion's s_noise scales the injected noise only
     form = algo_form(cfg.algo, cfg.sde_eta)
     p, q = schedule.conversion(form.data, cfg.prediction_type, alpha_s, sigma_s)
     x0_p, x0_q = schedule.conversion(True, cfg.prediction_type, alpha_s, sigma_s)
-    own = b[0]  # spec.reads starts with this row
-    anchor_slot = SRC_X if spec.anchor is None or spec.anchor == index else SRC_ANCHOR
-    coefs: dict[int, float] = {SRC_X: 0.0, anchor_slot: 0.0}
-    coefs[anchor_slot] += a
+    # a corrected row's update starts from the corrected latent, which solvers.step keeps as the anchor
+    from_anchor = spec.corrector is not None or not (spec.anchor is None or spec.anchor == index)
+    coefs = _fold(cfg, a, SRC_ANCHOR if from_anchor else SRC_X, b, spec.reads, p, q, storage, previous)
     if cfg.thresholding:
-        # m0 is computed and thresholded in full, then kept unscaled.
-        store_ratio, store_scale = None, 1.0
-        coefs[SRC_OUT] = own
+        store_ratio, store_scale = None, 1.0  # m0 is computed and thresholded in full, then kept unscaled
+    elif p == 0.0:
+        store_ratio, store_scale = None, q
     else:
-        if p == 0.0:
-            store_ratio, store_scale = None, q
-        else:
-            store_ratio, store_scale = q / p, p
-        # Fold m0 = p x + q out into the update: one tensor op fewer per row.
-        coefs[SRC_X] += own * p
-        coefs[SRC_OUT] = own * q
-    for e, weight in zip(spec.reads[1:], b[1:]):
-        coefs[SRC_HISTORY + storage.positions[e]] = weight * previous[e].store_scale
-    coefs = {k: v for k, v in coefs.items() if v != 0.0}
+        store_ratio, store_scale = q / p, p
+    correction = ()
+    if spec.corrector is not None:
+        a_c, b_c = corrected
+        correction = tuple(_fold(cfg, a_c, SRC_ANCHOR, b_c, spec.corrector.reads, p, q, storage, previous).items())
     if c != 0.0:
         # The noise arrives already scaled by c (drawn as N(0, c^2) in one pass): weight 1,
         # and as the pivot it spares the final multiplication.
@@ -358,4 +410,5 @@ def _make_row(cfg: SolverConfig, schedule: Schedule, spec: RowSpec, *, index: in
         pivot=pivot,
         pivot_coef=float(pivot_coef),
         terms=terms,
+        correction=correction,
     )

@@ -91,6 +91,8 @@ def step(
     if row.thresholding:
         out = integrated_output(row, x, out)
         stored = out if row.keep else None
+    if row.correction:
+        anchor = _combine(row.correction, (x, out, None, state.anchor) + history)  # UniC: the corrected latent
     sources = (x, out, noise_term, anchor) + history
     terms = row.terms
     if terms:
@@ -118,6 +120,15 @@ def step(
     if dtype in _UPCAST:
         x_next = x_next.to(dtype)
     return x_next, StepState(history, anchor)
+
+
+def _combine(terms: tuple[tuple[int, float], ...], sources) -> torch.Tensor:
+    """sum_k weight_k * sources[slot_k]: a row's correction (a few terms; not on the fused path)."""
+    (first, weight), rest = terms[0], terms[1:]
+    total = sources[first].to(sources[0].dtype) * weight  # in the (upcast) dtype of x
+    for slot, weight in rest:
+        total.add_(sources[slot], alpha=weight)
+    return total
 
 
 def data_prediction(row: StepCoefficients, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

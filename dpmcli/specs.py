@@ -8,13 +8,14 @@ records and :class:`~dpmcli.rows.RowSpec` records; :func:`dpmcli.rows.make_rows`
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from .coefficients import ancestral_split
 from .config import PUBLISHED_MAX_ORDER, SolverConfig
 from .kdiffusion import stage_sigmas
-from .rows import Evaluation, RowSpec, Rule
+from .rows import Correction, Evaluation, RowSpec, Rule
 from .schedule import Schedule
 
 # Intermediate points of the singlestep DPM-Solvers, as fractions of the step in lambda.
@@ -28,7 +29,7 @@ def grid_evaluations(timesteps, sigmas, lam) -> tuple[Evaluation, ...]:
 
 def multistep_spec(cfg: SolverConfig, k: int, order: int, reads: list[int], lam: np.ndarray) -> RowSpec:
     if cfg.compat == "diffusers":
-        rule = Rule.COMPAT
+        rule = Rule.UNIPC if cfg.corrector == "unic" else Rule.COMPAT  # UniPCMultistepScheduler's UniP, or DPMSolver's
     elif cfg.compat == "k-diffusion" and cfg.order == 3 and order == 2:
         rule = Rule.EXACT  # dpmpp_3m_sde's second step: phi_2 on the difference, the exact order-2 weight
     elif cfg.coefficients == "published" and order <= PUBLISHED_MAX_ORDER:
@@ -39,8 +40,17 @@ def multistep_spec(cfg: SolverConfig, k: int, order: int, reads: list[int], lam:
 
 
 def multistep_specs(cfg: SolverConfig, orders, lam: np.ndarray) -> list[RowSpec]:
-    """One row per grid step, reading the outputs of the ``order - 1`` steps before it."""
-    return [multistep_spec(cfg, k, int(o), list(range(k, k - int(o), -1)), lam) for k, o in enumerate(orders)]
+    """One row per grid step, reading the outputs of the ``order - 1`` steps before it.
+
+    With ``--corrector unic`` every row but the first is corrected first: the latent at grid point k
+    again, from k-1's, through the outputs at k, k-1, ..., k-p (p the order of the step that got there).
+    """
+    specs = [multistep_spec(cfg, k, int(o), list(range(k, k - int(o), -1)), lam) for k, o in enumerate(orders)]
+    if cfg.corrector == "none":
+        return specs
+    rule = Rule.EXACT if cfg.coefficients == "exact" else Rule.UNIPC
+    return [spec if k == 0 else replace(spec, corrector=Correction(k - 1, tuple(range(k, k - int(orders[k - 1]) - 1, -1)), rule))
+            for k, spec in enumerate(specs)]
 
 
 def compat_singlestep_specs(orders, lam: np.ndarray) -> list[RowSpec]:
