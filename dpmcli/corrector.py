@@ -43,5 +43,9 @@ def check_corrector(cfg) -> None:
     if cfg.compat == "diffusers":
         if cfg.order > UNIPC_MAX_ORDER:
             raise ConfigError(f"--compat diffusers: UniPCMultistepScheduler stops at order {UNIPC_MAX_ORDER}; got --order {cfg.order}")
+        if cfg.unic_variant == "bh1" and cfg.final_sigma == "zero":
+            # B(h) = h is infinite on the step to sigma 0, and diffusers multiplies it by zero there
+            raise ConfigError("--unic-variant: bh1 with --final-sigma zero gives NaN in diffusers' UniPCMultistepScheduler; "
+                              "use bh2 or --final-sigma sigma-min")
         if cfg.spacing == "logsnr":
             raise ConfigError("--compat diffusers: UniPCMultistepScheduler has no logsnr grid (use_lu_lambdas); choose another --spacing")
