@@ -371,7 +371,7 @@ def _scores(model, references, plan: Plan, *, result, final, noise_for, scale) -
     """A finished run's columns: timing, error against the ground truth, the model's quality numbers."""
     row = {"seconds": result.seconds, "nfe": result.nfe, **references.score(plan, final, noise_for, scale)}
     if model.mixture is None:
-        row.update(_scalar_quality(model.quality(result.samples)))
+        row.update(scalar_quality(model.quality(result.samples)))
     broken = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v) and k != "seconds"]
     if broken:  # finite samples, non-finite scores: never a number that reads as a result
         row.update({k: None for k in broken})
@@ -379,7 +379,7 @@ def _scores(model, references, plan: Plan, *, result, final, noise_for, scale) -
     return row
 
 
-def _scalar_quality(quality: dict) -> dict:
+def scalar_quality(quality: dict) -> dict:
     """The model's scalar quality numbers, as run columns (lists such as class shares stay out)."""
     return {key: value for key, value in quality.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
 

@@ -1,0 +1,163 @@
+"""Step recipes: a tuned solver configuration as a readable, self-describing JSON file (``dpmcli tune --out``).
+
+A recipe holds the whole SolverConfig (process, schedule, algorithm, order, weights, corrector,
+the grid as sigmas) with the grid's timesteps beside it, the budget, the model it was tuned for,
+and its errors on the training and held-out x_T. It is read by ``sample --recipe``, ``compare
+--recipe``, ``schedule``/``plot-schedule --recipe`` and ``DPMSolverScheduler.from_recipe``;
+:func:`load_recipe` checks it, :func:`recipe_config` lays it under the options a user typed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .config import SolverConfig
+from .errors import ConfigError, option_flag
+
+RECIPE_FORMAT = "dpmcli-recipe/1"
+# options a recipe never fixes: they say how a run is done, not which solver it is
+NOT_RECIPE = ("timesteps",)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    process: str
+    nfe: int
+    config: SolverConfig
+    timesteps: tuple[float, ...] = ()
+    model_identity: dict | None = None
+    guidance_scale: float | None = None
+    conditioning: dict = field(default_factory=dict)
+    metric: str = "l2_median"
+    training: dict = field(default_factory=dict)
+    held_out: dict = field(default_factory=dict)
+    baselines: dict = field(default_factory=dict)
+    format: str = RECIPE_FORMAT
+    path: str | None = None  # where it was read from (not written)
+
+    @property
+    def name(self) -> str:
+        """How a run of this recipe is labelled: its file's stem, else 'recipe'."""
+        return Path(self.path).stem if self.path else "recipe"
+
+    def to_dict(self) -> dict:
+        config = self.config.to_dict()
+        config.pop("timesteps", None)
+        return {
+            "format": self.format,
+            "what": f"a step recipe tuned by dpmcli tune: {self.config.algo} order {self.config.order} on {self.nfe} model calls "
+                    f"for --model {self.model} ({self.process}); use it with dpmcli sample/compare/schedule --recipe FILE",
+            "model": self.model,
+            "model_identity": self.model_identity,
+            "process": self.process,
+            "nfe": self.nfe,
+            "guidance_scale": self.guidance_scale,
+            "conditioning": self.conditioning,
+            "grid": {"sigmas": list(self.config.sigmas or ()), "timesteps": list(self.timesteps)},
+            "config": config,
+            "metric": self.metric,
+            "training": self.training,
+            "held_out": self.held_out,
+            "baselines": self.baselines,
+        }
+
+
+def _fail(path, why: str) -> ConfigError:
+    return ConfigError(f"--recipe: {path}: {why}")
+
+
+def _config_from(data: dict, path) -> SolverConfig:
+    known = {f.name for f in fields(SolverConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise _fail(path, f"config has options dpmcli does not know ({', '.join(unknown)}); was it written by another version?")
+    values = dict(data)
+    for key in ("sigmas", "trained_betas"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(float(v) for v in values[key])
+    if isinstance(values.get("trained_betas"), str):
+        raise _fail(path, "config holds a trained-betas table only by its length; a recipe needs the betas themselves")
+    if values.get("sigmas") is None:
+        raise _fail(path, "config has no sigmas: a recipe's grid is its list of sigmas")
+    values.pop("spacing", None)
+    if values.get("final_sigma") not in ("zero", "sigma-min"):
+        values.pop("final_sigma", None)  # a custom grid's final sigma is its last value ("custom")
+    try:
+        return SolverConfig(**values).validated()
+    except (ConfigError, TypeError) as exc:
+        raise _fail(path, f"config is not valid: {exc}") from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a recipe file: one line ConfigError naming the file for anything wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise _fail(path, "no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(path, f"not a recipe: cannot read it as JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or data.get("format") != RECIPE_FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise _fail(path, f"not a recipe (format {got!r}; dpmcli tune writes {RECIPE_FORMAT!r})")
+    missing = [k for k in ("model", "process", "nfe", "config") if k not in data]
+    if missing or not isinstance(data["config"], dict):
+        raise _fail(path, f"the recipe lacks {', '.join(missing) or 'a config object'}")
+    config = _config_from(data["config"], path)
+    if config.process != data["process"]:
+        raise _fail(path, f"says process {data['process']!r} but its config is {config.process!r}")
+    nfe = data["nfe"]
+    if not isinstance(nfe, int) or nfe < 1:
+        raise _fail(path, f"nfe {nfe!r} is not a positive integer")
+    grid = data.get("grid", {})
+    timesteps = tuple(float(t) for t in grid.get("timesteps", ())) if isinstance(grid, dict) else ()
+    return Recipe(
+        model=str(data["model"]), process=config.process, nfe=nfe, config=config, timesteps=timesteps,
+        model_identity=data.get("model_identity"), guidance_scale=data.get("guidance_scale"),
+        conditioning=dict(data.get("conditioning") or {}), metric=str(data.get("metric", "")),
+        training=dict(data.get("training") or {}), held_out=dict(data.get("held_out") or {}),
+        baselines=dict(data.get("baselines") or {}), path=str(path),
+    )
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0) or a == b
+    return a == b
+
+
+def recipe_config(recipe: Recipe, typed: SolverConfig, explicit) -> SolverConfig:
+    """The recipe's config; an option the user typed must say what the recipe says (else one line, exit 2)."""
+    for name in sorted(explicit):
+        if name in NOT_RECIPE or not hasattr(recipe.config, name):
+            continue
+        theirs, ours = getattr(recipe.config, name), getattr(typed, name)
+        if name == "steps" and typed.sigmas is None and ours == recipe.config.steps:
+            continue
+        if not _same(ours, theirs):
+            shown = "the recipe's grid" if name in ("sigmas", "spacing") else repr(theirs)
+            raise ConfigError(f"{option_flag(name)}: {ours!r} contradicts --recipe {recipe.path} ({shown}); drop {option_flag(name)}")
+    return recipe.config
+
+
+def check_recipe_model(recipe: Recipe, model: str, typed_model: bool) -> str:
+    """The model a recipe run uses: the recipe's, or the one typed, which must be the recipe's."""
+    if typed_model and model != recipe.model:
+        raise ConfigError(
+            f"--recipe: {recipe.path} was tuned for --model {recipe.model} ({recipe.process}), not --model {model}: a grid learned "
+            f"for one model is not a grid for another; run dpmcli tune --model {model}"
+        )
+    return recipe.model
+
+
+def check_recipe_identity(recipe: Recipe, identity: dict | None) -> None:
+    """A network's recipe names the weights it was tuned on; other weights under the same name are refused."""
+    if recipe.model_identity is not None and identity is not None and recipe.model_identity != identity:
+        raise ConfigError(f"--recipe: {recipe.path} was tuned for other weights of --model {recipe.model}; tune again for these")
+
+
+__all__ = ["RECIPE_FORMAT", "Recipe", "check_recipe_identity", "check_recipe_model", "load_recipe", "recipe_config"]
