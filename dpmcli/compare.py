@@ -33,12 +33,16 @@ from .metrics import default_bandwidth
 from .models import Denoiser, load_model
 from .noise import initial_latents
 from .plan import Plan, build_plan
+from .peers import build_scheduler, grid_sigmas, peers_beside, reference_plan, run_peer
+from .recipe import check_recipe_identity, check_recipe_model
+from .sampler import RunResult
 from .reference import CacheDirError, check_cache_dir, default_cache_dir
 
 SWEEP_FIELDS = ("algo", "order", "steps", "method", "startup", "spacing", "solver_type", "final_sigma", "coefficients", "compat")
 SOLVER_FIELDS = tuple(f for f in SWEEP_FIELDS if f != "steps")
 # swept too, but a run's key (row, label, baseline identity) names them only where they differ from these
 NOISE_DEFAULTS = {"eta": None, "s_noise": 1.0}
+CORRECTOR_DEFAULT = "none"  # --corrector: swept over the ODE runs, named in a key where a run is corrected
 DEFAULT_SWEEP = {
     "algo": list(ALGOS),
     "order": [1, 2, 3],
@@ -63,6 +67,8 @@ class Sweep:
     conditioning: dict = field(default_factory=dict)  # class_label, prompt, ... for real models
     guidance: list = field(default_factory=lambda: [None])  # guidance scales: one block of runs each
     explicit: frozenset = frozenset()  # options the user typed: they win over the model's schedule
+    recipes: list = field(default_factory=list)  # recipe.Recipe: each one more run (dpmcli tune's grids)
+    peers: str | None = None  # "diffusers": runs of diffusers' other schedulers beside (dpmcli.peers)
 
     def axis(self, name: str) -> list:
         if name in self.values and self.values[name]:
@@ -76,9 +82,16 @@ class Sweep:
         axes = [[(name, value) for value in self.axis(name)] for name in NOISE_DEFAULTS]
         return [{name: value for name, value in combo if value != NOISE_DEFAULTS[name]} for combo in itertools.product(*axes)]
 
+    def corrector_keys(self, config: SolverConfig) -> list[dict]:
+        """The --corrector values a combination runs with (ODE runs only), each as its key entries."""
+        values = list(self.values.get("corrector") or [CORRECTOR_DEFAULT]) if not config.is_sde else [CORRECTOR_DEFAULT]
+        return [{} if value == CORRECTOR_DEFAULT else {"corrector": value} for value in values]
+
     def to_dict(self) -> dict:
         base = self.base.to_dict()
         noise = {name: self.axis(name) for name in NOISE_DEFAULTS if self.axis(name) != [NOISE_DEFAULTS[name]]}
+        if self.values.get("corrector") and self.values["corrector"] != [CORRECTOR_DEFAULT]:
+            noise["corrector"] = list(self.values["corrector"])
         for name in (*SWEEP_FIELDS, *noise):
             base.pop(name, None)
         return {
@@ -93,6 +106,8 @@ class Sweep:
             "bandwidth": self.bandwidth,
             **{k: v for k, v in self.conditioning.items() if v is not None and v is not False},
             **({"guidance_scale": self.guidance} if self.guidance != [None] else {}),
+            **({"recipes": [r.path for r in self.recipes]} if self.recipes else {}),
+            **({"peers": self.peers} if self.peers else {}),
         }
 
 
@@ -103,7 +118,7 @@ class Planned:
 
 
 def run_label(key: dict, fields=SOLVER_FIELDS) -> str:
-    parts = []
+    parts = [f"recipe {key['recipe']}:"] if key.get("recipe") else []
     for name in fields:
         value = key.get(name, NOISE_DEFAULTS.get(name))
         if name in NOISE_DEFAULTS:
@@ -116,6 +131,9 @@ def run_label(key: dict, fields=SOLVER_FIELDS) -> str:
         elif name == "compat":
             if value != "none":
                 parts.append(f"compat {value}")
+        elif name == "corrector":
+            if value not in (None, CORRECTOR_DEFAULT):
+                parts.append(value)
         elif name == "final_sigma":
             parts.append(f"final {value}")
         else:
@@ -125,7 +143,7 @@ def run_label(key: dict, fields=SOLVER_FIELDS) -> str:
 
 def _fingerprint(plan: Plan) -> tuple:
     cfg = plan.config
-    rows = tuple((r.order, r.anchor, r.reads, r.a, r.b, r.c, r.p, r.q) for r in plan.rows)
+    rows = tuple((r.order, r.anchor, r.reads, r.a, r.b, r.c, r.p, r.q, r.correction) for r in plan.rows)
     # an adaptive plan has no rows: its controller settings are what tells runs apart
     method = (cfg.method, cfg.order, cfg.coefficients, cfg.atol, cfg.rtol) if cfg.method == "adaptive" else cfg.method
     return (method, tuple(plan.timesteps.tolist()), tuple(plan.sigmas.tolist()), rows)
@@ -160,11 +178,13 @@ def expand(sweep: Sweep) -> tuple[list[Planned], list[dict]]:
     skipped: list[dict] = []
     seen: dict[tuple, str] = {}
     noise_keys = sweep.noise_keys()
-    combos = [(c, n) for c in itertools.product(*axes)
-              for n in (noise_keys if sweep.base.with_options(**dict(zip(SWEEP_FIELDS, c))).is_sde else [{}])]
-    for combo, noise in combos:  # --eta and --s-noise apply to the stochastic runs only
+    combos = []
+    for c in itertools.product(*axes):  # --eta and --s-noise apply to the stochastic runs only, --corrector to the others
+        config = sweep.base.with_options(**dict(zip(SWEEP_FIELDS, c)))
+        combos += [(c, {**n, **k}) for n in (noise_keys if config.is_sde else [{}]) for k in sweep.corrector_keys(config)]
+    for combo, noise in combos:
         key = {**dict(zip(SWEEP_FIELDS, combo)), **noise}
-        label = run_label(key, SWEEP_FIELDS + tuple(NOISE_DEFAULTS))
+        label = run_label(key, SWEEP_FIELDS + tuple(NOISE_DEFAULTS) + ("corrector",))
         try:
             plan = build_plan(sweep.base.with_options(**key))
         except ConfigError as exc:
@@ -180,6 +200,20 @@ def expand(sweep: Sweep) -> tuple[list[Planned], list[dict]]:
         reasons = sorted({s["reason"] for s in skipped})
         raise ConfigError(f"compare: no valid run in the sweep ({'; '.join(reasons)[:300]})")
     return planned, skipped
+
+
+def recipe_runs(sweep: Sweep, model: Denoiser) -> list[Planned]:
+    """One run per --recipe, on its own config (its grid, solver and final-step policy), keyed by the recipe's name."""
+    out = []
+    for recipe in sweep.recipes:
+        check_recipe_model(recipe, sweep.model, typed_model=True)
+        check_recipe_identity(recipe, model.identity() if recipe.model_identity is not None else None)
+        if recipe.process != sweep.base.process:
+            raise ConfigError(f"--recipe: {recipe.path} is for --process {recipe.process}; this sweep runs --process {sweep.base.process}")
+        plan = build_plan(recipe.config)
+        corrector = {"corrector": plan.config.corrector} if plan.config.corrector != CORRECTOR_DEFAULT else {}
+        out.append(Planned({**{f: getattr(plan.config, f) for f in SWEEP_FIELDS}, **corrector, "recipe": recipe.name}, plan))
+    return out
 
 
 @dataclass
@@ -230,6 +264,7 @@ class PreparedSweep:
     device: torch.device
     dtype: torch.dtype
     cache_writable: bool = True
+    peers: list = field(default_factory=list)  # (peers.Peer, the config of the dpmcli runs it stands beside)
 
 
 def prepare_sweep(sweep: Sweep) -> PreparedSweep:
@@ -268,6 +303,12 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
     # the report says what ran: the resolved batch and device (not "auto")
     sweep = replace(sweep, base=base, reference_steps=reference_steps, batch=batch, device=str(device))
     planned, skipped = expand(sweep)
+    peers = []
+    if sweep.peers is not None:
+        if sweep.peers != "diffusers":
+            raise bad_choice("--peers", sweep.peers, ("diffusers",))
+        peers = peers_beside({(p.plan.config, p.plan.nfe) for p in planned if p.plan.config.method != "adaptive"})
+    planned += recipe_runs(sweep, model)
     notes = list(model.notes) + notes
     if unwritable:
         notes.append(f"--cache-dir: {unwritable}")
@@ -276,7 +317,7 @@ def prepare_sweep(sweep: Sweep) -> PreparedSweep:
     # the model as the runs call it (an exact mixture answers in the sweep's prediction type, which
     # its description states); each run still binds its own plan
     model = model.bind(planned[0].plan)
-    return PreparedSweep(sweep, model, planned, skipped, notes, device, dtype, unwritable is None)
+    return PreparedSweep(sweep, model, planned, skipped, notes, device, dtype, unwritable is None, peers)
 
 
 def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None = None, *, ranks: Ranks = SINGLE,
@@ -308,7 +349,7 @@ def run_sweep(sweep: Sweep | PreparedSweep, on_run: Callable[[str], None] | None
         return BrownianNoise.shared(sweep.seed, plan, shape, trees)
 
     # Labels name the algorithm, the order and whatever else the sweep varies.
-    shown = tuple(f for f in (*SOLVER_FIELDS, *NOISE_DEFAULTS) if f in ("algo", "order") or len(sweep.axis(f)) > 1)
+    shown = tuple(f for f in (*SOLVER_FIELDS, *NOISE_DEFAULTS) if f in ("algo", "order") or len(sweep.axis(f)) > 1) + ("corrector",)
     runs: list[dict] = []
     samples: dict = {}
     for scale in sweep.guidance:  # the model is never changed: each run binds it at its scale
@@ -364,7 +405,39 @@ def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_
             run_log.record(label, row, final)
         if on_run:
             on_run(label)
+    for peer, cfg in prepared.peers:
+        label = f"{peer.label} {peer.steps} steps" + (f" cfg {scale:g}" if len(sweep.guidance) > 1 else "")
+        saved = ranks.from_writer(run_log.recorded(label) if run_log is not None else None)
+        row, final = saved if saved is not None else _peer_run(prepared, peer, cfg, label, scale, x_T, references, noise_for, ranks)
+        out.append((row, final))
+        if run_log is not None and saved is None:
+            run_log.record(label, row, final)
+        if on_run and saved is None:
+            on_run(label)
     return out
+
+
+def _peer_run(prepared: PreparedSweep, peer, cfg: SolverConfig, label: str, scale, x_T, references, noise_for, ranks: Ranks):
+    """One of diffusers' schedulers on the sweep's x_T, scored as dpmcli's runs are, over the lambda range its grid spans."""
+    model, plan = prepared.model, build_plan(cfg)
+    reference = reference_plan(cfg, grid_sigmas(build_scheduler(peer, cfg), peer.kind))
+    row = {"run": label, "solver": peer.label + (f" cfg {scale:g}" if len(prepared.sweep.guidance) > 1 else ""), "peer": peer.label,
+           "algo": peer.kind.short, "order": peer.options.get("solver_order", peer.kind.calls), "steps": peer.steps, "nfe": peer.nfe,
+           "kind": "ode", "coefficients": "diffusers", "convergence_order": None, "status": "ok", "note": peer.note or None}
+    if scale is not None:
+        row["guidance_scale"] = scale
+
+    def run(x, noise, first):
+        done = run_peer(peer, cfg, model.for_rows(first).bind(plan, scale), x)
+        return RunResult(done.samples, done.nfe, done.seconds)
+
+    result = run_split(ranks, run, x_T)
+    final = result.samples.detach().double().cpu()
+    if not torch.isfinite(final).all():
+        row.update({"status": "nan", "message": "diffusers' run gave NaN or Inf", "error": None, "seconds": None})
+        return row, None
+    row.update(_scores(model, references, reference, result=result, final=final, noise_for=noise_for, scale=scale))
+    return row, final.numpy()
 
 
 def _scores(model, references, plan: Plan, *, result, final, noise_for, scale) -> dict:
@@ -420,81 +493,3 @@ def fit_orders(runs: list[dict]) -> list[dict]:
             entry["fitted_order"] = float(-np.polyfit(x, y, 1)[0])
         out.append(entry)
     return out
-
-
-# ---------------------------------------------------------------- gates
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_gates(report: SweepReport, max_error=None, baseline: dict | None = None, tolerance: float = 0.1, min_order=None) -> tuple[list[str], list[str]]:
-    """(failures, notes): each failure names the run and by how much.
-
-    Against a baseline, runs match on their solver options, requested steps and guidance scale;
-    baseline runs without a finite error are ignored (one note lists them), and a baseline of
-    which no run matches a run of this sweep fails: it guards nothing.
-    """
-    failures: list[str] = []
-    notes: list[str] = []
-    if max_error is not None:
-        for row in report.runs:
-            error = row.get("error")
-            if not _finite(error):
-                failures.append(f"{row['run']}: no error value ({row['status']}) against --max-error {max_error:g}")
-            elif error > max_error:
-                failures.append(f"{row['run']}: {row['error_metric']} {error:.4g} > --max-error {max_error:g} (x{error / max_error:.2f})")
-    if baseline is not None:
-        old: dict = {}
-        ignored: dict = {}  # baseline runs without a usable error, by key
-        for r in baseline.get("runs", []):
-            if _finite(r.get("error")):
-                old[_baseline_key(r)] = r
-            else:
-                ignored[_baseline_key(r)] = str(r.get("run", "?"))
-        if ignored:
-            names = list(ignored.values())
-            shown = "; ".join(names[:5]) + (f"; ... ({len(names) - 5} more)" if len(names) > 5 else "")
-            notes.append(f"baseline: {len(ignored)} run(s) without a finite error are ignored: {shown}")
-        new = {_baseline_key(r): r for r in report.runs}
-        matched = 0
-        for key, row in new.items():
-            if key not in old:
-                if key not in ignored:  # (those are in the note above)
-                    notes.append(f"{row['run']}: not in the baseline")
-                continue
-            matched += 1
-            before, after = old[key]["error"], row.get("error")
-            if not _finite(after):
-                failures.append(f"{row['run']}: no error value ({row['status']}), baseline {before:.4g}")
-            elif after - before > tolerance * abs(before) + 1e-15:
-                # relative to |baseline|: MMD^2 is unbiased and may be negative
-                worse = (after - before) / abs(before) if before != 0 else math.inf
-                failures.append(
-                    f"{row['run']}: {row['error_metric']} {after:.4g} vs baseline {before:.4g} "
-                    f"({worse:+.1%} of the baseline's size, tolerance {tolerance:.0%})"
-                )
-        for key, row in old.items():
-            if key not in new:
-                notes.append(f"{row.get('run', key)}: in the baseline but not in this sweep")
-        if not matched:
-            failures.append(
-                f"--baseline: no run of the baseline matches a run of this sweep ({len(old)} baseline run(s) with an "
-                f"error, {len(new)} run(s) now; runs match on their solver options, steps and guidance scale)"
-            )
-    if min_order is not None:
-        for entry in report.orders:
-            fitted = entry["fitted_order"]
-            if fitted is None:
-                notes.append(f"{entry['solver']}: fewer than two step counts, no fitted order for --min-order")
-            elif fitted < min_order:
-                failures.append(f"{entry['solver']}: fitted order {fitted:.2f} < --min-order {min_order:g} (short by {min_order - fitted:.2f})")
-    return failures, notes
-
-
-def _baseline_key(row: dict) -> tuple:
-    """What makes two runs the same run: the swept values (steps as asked) and the guidance scale."""
-    values = {**row, "steps": row.get("steps_requested", row.get("steps"))}
-    noise = tuple((f, values[f]) for f in NOISE_DEFAULTS if values.get(f, NOISE_DEFAULTS[f]) != NOISE_DEFAULTS[f])
-    return tuple(str(values.get(f)) for f in (*SWEEP_FIELDS, "guidance_scale")) + noise

@@ -334,7 +334,7 @@ def _failure(evaluations, spec: RowSpec, r: int, sigmas: np.ndarray) -> str:
     )
 
 
-def _fold(cfg: SolverConfig, a: float, anchor_slot: int, b, reads, p: float, q: float, storage: _Storage, previous) -> dict[int, float]:
+def _fold(cfg: SolverConfig, a: float, anchor_slot: int, *, b, reads, p: float, q: float, storage: _Storage, previous) -> dict[int, float]:
     """{source slot: weight} of a * (the latent in anchor_slot) + sum_j b_j m_j, m0 = p x + q out folded in
     (one tensor op fewer per row; thresholded rows read m0 computed in full), history at its stored scale."""
     own = b[0]  # reads starts with this row
@@ -361,7 +361,7 @@ def _make_row(cfg: SolverConfig, schedule: Schedule, spec: RowSpec, *, index: in
     x0_p, x0_q = schedule.conversion(True, cfg.prediction_type, alpha_s, sigma_s)
     # a corrected row's update starts from the corrected latent, which solvers.step keeps as the anchor
     from_anchor = spec.corrector is not None or not (spec.anchor is None or spec.anchor == index)
-    coefs = _fold(cfg, a, SRC_ANCHOR if from_anchor else SRC_X, b, spec.reads, p, q, storage, previous)
+    coefs = _fold(cfg, a, SRC_ANCHOR if from_anchor else SRC_X, b=b, reads=spec.reads, p=p, q=q, storage=storage, previous=previous)
     if cfg.thresholding:
         store_ratio, store_scale = None, 1.0  # m0 is computed and thresholded in full, then kept unscaled
     elif p == 0.0:
@@ -371,7 +371,7 @@ def _make_row(cfg: SolverConfig, schedule: Schedule, spec: RowSpec, *, index: in
     correction = ()
     if spec.corrector is not None:
         a_c, b_c = corrected
-        correction = tuple(_fold(cfg, a_c, SRC_ANCHOR, b_c, spec.corrector.reads, p, q, storage, previous).items())
+        correction = tuple(_fold(cfg, a_c, SRC_ANCHOR, b=b_c, reads=spec.corrector.reads, p=p, q=q, storage=storage, previous=previous).items())
     if c != 0.0:
         # The noise arrives already scaled by c (drawn as N(0, c^2) in one pass): weight 1,
         # and as the pivot it spares the final multiplication.

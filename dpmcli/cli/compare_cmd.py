@@ -10,10 +10,12 @@ import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from ..compare import Sweep, check_gates, prepare_sweep, run_sweep
+from ..compare import Sweep, prepare_sweep, run_sweep
+from ..gates import check_gates
 from ..distributed import SINGLE, Ranks, from_environment, launched
 from ..errors import EXIT_GATE_FAILED, EXIT_NUMERICAL, ConfigError
 from ..export import compare_csv, markdown_summary, save_error_figure, write_compare_folder
+from ..recipe import load_recipe
 from ..reference import default_cache_dir
 from ..report import OutputFiles, dumps_json
 from ..runlog import RunLog, check_replaceable, check_resumable, sweep_record
@@ -47,6 +49,16 @@ def _load_baseline(path: Path) -> dict:
             f"--baseline: {path} is not a dpmcli compare results.json (a 'config' object and a non-empty 'runs' list of runs with errors)"
         )
     return document
+
+
+def load_recipes(paths: list[str]) -> list:
+    """The --recipe files, read and checked; two of one name would give two runs one label."""
+    recipes = [load_recipe(path) for path in paths]
+    names = [r.name for r in recipes]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"--recipe: two recipes are named {twice!r} (the file's name labels its run); give them different names")
+    return recipes
 
 
 @contextmanager
@@ -134,7 +146,7 @@ def resumable(run):
 @resumable
 def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, reference_steps, bandwidth, cache_dir, no_cache,
                 max_error, baseline, tolerance, min_order, fmt, out, plot, dpi, quiet, conditioning=None, guidance=None,
-                ranks: Ranks = SINGLE, log: SweepLog | None = None) -> int:
+                recipes=None, peers=None, ranks: Ranks = SINGLE, log: SweepLog | None = None) -> int:
     check_format(fmt, FORMATS)
     converters = {"order": int, "steps": int, "eta": float, "s_noise": float}
     values = {name: split_list(f"--{name.replace('_', '-')}", raw, converters.get(name, str)) for name, raw in sweep_values.items()}
@@ -155,6 +167,7 @@ def run_compare(*, solver, sweep_values, model, batch, seed, device, dtype, refe
         reference_steps=reference_steps, bandwidth=bandwidth,
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
         conditioning=dict(conditioning or {}), guidance=scales, explicit=solver.explicit,
+        recipes=load_recipes(split_list("--recipe", recipes)), peers=peers,
     )
     prepared = prepare_sweep(sweep)  # usage errors (nothing valid) surface before any work
     warn(prepared.notes, quiet)

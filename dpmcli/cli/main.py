@@ -2,99 +2,26 @@
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .. import __version__
 from ..config import GRID, PROCESS, SOLVER
 from ..plan import build_plan
 from ..report import csv_text, dumps_json
+from .app import (
+    CONDITIONING, MODEL_HELP, AllowDownload, ClassLabel, Dpi, Format, GuidanceScale, Height, NegativePrompt, Prompt, Quiet,
+    SweepList, Width, app, command, sweep_option,
+)
 from .compare_cmd import joined_job, run_compare
-from .console import DpmcliGroup, handle_errors, progress_bar, show_progress, stdout_console, warn
+from .console import handle_errors, progress_bar, show_progress, stdout_console, warn
 from .options import OUTPUT, RUN, check_format, with_solver_options
 from .plotting import plot_schedule_command
 from .render import schedule_table
 from .run import run_sample
 from .train_cmd import run_train
-
-EXIT_CODES_HELP = (
-    "Exit codes: 0 ok · 1 a compare gate failed · 2 usage or configuration error · "
-    "3 numerical failure (NaN/Inf) · 4 internal error · 130 interrupted (Ctrl-C) · 143 terminated (SIGTERM)."
-)
-
-app = typer.Typer(
-    name="dpmcli",
-    cls=DpmcliGroup,
-    help="Understand, choose and guard DPM-Solver diffusion samplers.\n\n" + EXIT_CODES_HELP,
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-Format = Annotated[str, typer.Option("--format", "-f", help="table, json or csv.", rich_help_panel=OUTPUT)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no warnings.", rich_help_panel=OUTPUT)]
-Dpi = Annotated[int, typer.Option("--dpi", help="Resolution of .png figures.", rich_help_panel=OUTPUT)]
-
-def command(name: str | None = None):
-    """Register a command; its docstring's paragraphs are reflowed (Typer would keep each line break)."""
-
-    def register(function):
-        paragraphs = inspect.cleandoc(function.__doc__ or "").split("\n\n")
-        text = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
-        return app.command(name, help=text, epilog=EXIT_CODES_HELP)(function)
-
-    return register
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        print(f"dpmcli {__version__}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print dpmcli's version and exit.")
-    ] = False,
-) -> None:
-    """The options of dpmcli itself (the commands have their own)."""
-
-
-MODEL_HELP = (
-    "ring (2-D, 8 Gaussians), gmm64 (64-D, 10 Gaussians), gmm:PATH.json (exact mixtures); digits (shipped network, "
-    "8x8 digits), digits:DIR (trained by `dpmcli train digits`); digits-flow, digits-flow:DIR (the same network trained "
-    "by rectified flow, `--process flow`); diffusers:PATH (a folder saved by diffusers -- DDPM, Stable Diffusion 1.x/2.x and XL, PixArt-Sigma, SD3, Flux, Sana -- or a hub id already in the local cache)."
-)
-CONDITIONING = "Conditioning (real models)"
-ClassLabel = Annotated[
-    Optional[str],
-    typer.Option("--class", help="digits: the digit to draw (0-9), 'all' (each in turn) or 'none' (unconditional).", show_default="all", rich_help_panel=CONDITIONING),
-]
-GuidanceScale = Annotated[
-    Optional[float],
-    typer.Option(
-        "--guidance-scale",
-        help="Classifier-free guidance u + s (c - u): 1 = the conditional model alone, larger = stronger guidance.",
-        show_default="digits 2, text models 7.5", rich_help_panel=CONDITIONING,
-    ),
-]
-Prompt = Annotated[Optional[str], typer.Option("--prompt", help="Text-conditioned diffusers pipelines: the prompt.", rich_help_panel=CONDITIONING)]
-NegativePrompt = Annotated[
-    Optional[str], typer.Option("--negative-prompt", help="Text pipelines: what guidance steers away from.", rich_help_panel=CONDITIONING)
-]
-Height = Annotated[Optional[int], typer.Option("--height", help="Latent-diffusion pipelines: image height in pixels.", rich_help_panel=CONDITIONING)]
-Width = Annotated[Optional[int], typer.Option("--width", help="Latent-diffusion pipelines: image width in pixels.", rich_help_panel=CONDITIONING)]
-AllowDownload = Annotated[
-    bool,
-    typer.Option("--allow-download", help="diffusers hub ids: fetch files missing from the local cache (off: never touch the network).", rich_help_panel=CONDITIONING),
-]
 
 
 @command()
@@ -275,32 +202,34 @@ def plot_schedule(
     plot_schedule_command(solver=solver, lists=lists, out=out, dpi=dpi, title=title, quiet=quiet)
 
 
-def _sweep_option(flag: str, what: str, default: str, panel: str = "Sweep"):
-    return typer.Option(flag, help=f"{what}; comma list or repeat.", show_default=f"{default}", rich_help_panel=panel)
-
-
-SweepList = Optional[list[str]]
 
 
 @command()
 @handle_errors
 @with_solver_options(exclude=("algo", "order", "steps", "method", "startup", "spacing", "solver_type", "final_sigma", "coefficients", "compat",
-                              "eta", "s_noise"))
+                              "eta", "s_noise", "corrector"))
 def compare(
     *,
     solver,
-    algo: Annotated[SweepList, _sweep_option("--algo", "Algorithms", "all four")] = None,
-    order: Annotated[SweepList, _sweep_option("--order", "Orders", "1,2,3")] = None,
-    steps: Annotated[SweepList, _sweep_option("--steps", "Step counts", "5,10,20,50")] = None,
-    method: Annotated[SweepList, _sweep_option("--method", "multistep, singlestep, adaptive (ignores --steps), ancestral", "multistep")] = None,
-    startup: Annotated[SweepList, _sweep_option("--startup", "Multistep start-ups", "lower-order")] = None,
-    spacing: Annotated[SweepList, _sweep_option("--spacing", "Step grids", "linspace")] = None,
-    solver_type: Annotated[SweepList, _sweep_option("--solver-type", "Second-order forms", "midpoint")] = None,
-    final_sigma: Annotated[SweepList, _sweep_option("--final-sigma", "Final sigmas", "zero")] = None,
-    coefficients: Annotated[SweepList, _sweep_option("--coefficients", "published and/or exact", "published")] = None,
-    compat: Annotated[SweepList, _sweep_option("--compat", "none, diffusers and/or k-diffusion", "none")] = None,
-    eta: Annotated[SweepList, _sweep_option("--eta", "SDE and ancestral runs: shares of reverse-SDE noise, >= 0 (0: the ODE)", "1")] = None,
-    s_noise: Annotated[SweepList, _sweep_option("--s-noise", "SDE runs: noise scales", "1")] = None,
+    algo: Annotated[SweepList, sweep_option("--algo", "Algorithms", "all four")] = None,
+    order: Annotated[SweepList, sweep_option("--order", "Orders", "1,2,3")] = None,
+    steps: Annotated[SweepList, sweep_option("--steps", "Step counts", "5,10,20,50")] = None,
+    method: Annotated[SweepList, sweep_option("--method", "multistep, singlestep, adaptive (ignores --steps), ancestral", "multistep")] = None,
+    startup: Annotated[SweepList, sweep_option("--startup", "Multistep start-ups", "lower-order")] = None,
+    spacing: Annotated[SweepList, sweep_option("--spacing", "Step grids", "linspace")] = None,
+    solver_type: Annotated[SweepList, sweep_option("--solver-type", "Second-order forms", "midpoint")] = None,
+    final_sigma: Annotated[SweepList, sweep_option("--final-sigma", "Final sigmas", "zero")] = None,
+    coefficients: Annotated[SweepList, sweep_option("--coefficients", "published and/or exact", "published")] = None,
+    compat: Annotated[SweepList, sweep_option("--compat", "none, diffusers and/or k-diffusion", "none")] = None,
+    eta: Annotated[SweepList, sweep_option("--eta", "SDE and ancestral runs: shares of reverse-SDE noise, >= 0 (0: the ODE)", "1")] = None,
+    s_noise: Annotated[SweepList, sweep_option("--s-noise", "SDE runs: noise scales", "1")] = None,
+    corrector: Annotated[SweepList, sweep_option("--corrector", "ODE multistep runs: none and/or unic (UniPC's corrector)", "none")] = None,
+    recipe: Annotated[SweepList, sweep_option("--recipe", "Step recipes from dpmcli tune (JSON): one run each, beside the sweep", "none")] = None,
+    peers: Annotated[
+        Optional[str],
+        typer.Option("--peers", help="diffusers: add runs of diffusers' UniPC (bh1, bh2), DEIS, Euler and Heun schedulers at every NFE of the sweep, "
+                     "on the same x_T and grid options, labelled as diffusers' (needs the diffusers extra).", rich_help_panel="Sweep"),
+    ] = None,
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP, rich_help_panel=RUN)] = "ring",
     batch: Annotated[
         Optional[int], typer.Option("--batch", "-b", help="Samples per run (shared x_T).", show_default="4096 for mixtures, the model's for networks", rich_help_panel=RUN)
@@ -374,8 +303,9 @@ def compare(
             solver=solver, sweep_values={
                 "algo": algo, "order": order, "steps": steps, "method": method, "startup": startup, "spacing": spacing,
                 "solver_type": solver_type, "final_sigma": final_sigma, "coefficients": coefficients, "compat": compat,
-                "eta": eta, "s_noise": s_noise,
+                "eta": eta, "s_noise": s_noise, "corrector": corrector,
             },
+            recipes=recipe, peers=peers,
             model=model, batch=batch, seed=seed, device=device, dtype=dtype, reference_steps=reference_steps,
             bandwidth=bandwidth, cache_dir=cache_dir, no_cache=no_cache, max_error=max_error, baseline=baseline,
             tolerance=tolerance, min_order=min_order, fmt=format, out=out, resume=resume, plot=plot, dpi=dpi, quiet=quiet,

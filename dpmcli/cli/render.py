@@ -195,7 +195,11 @@ def _sweep_cell(row: dict, name: str) -> str:
     if name in NOISE_DEFAULTS:
         value = row.get(name, NOISE_DEFAULTS[name])
         return "—" if row.get("kind") != "sde" else ("1" if value is None else f"{value:g}")
-    return str(row[name])
+    if name == "from":  # a recipe's run, a peer's, or the sweep's own
+        return f"recipe {row['recipe']}" if row.get("recipe") else (row.get("peer") or "dpmcli")
+    if name == "corrector":
+        return row.get("corrector", "none")
+    return str(row.get(name, "—"))
 
 
 def compare_tables(report, document) -> list:
@@ -204,6 +208,10 @@ def compare_tables(report, document) -> list:
         f for f in ("algo", "order", "method", "startup", "solver_type", "spacing", "final_sigma", "coefficients", "compat", *NOISE_DEFAULTS)
         if f in varying or f in ("algo", "order")
     ]
+    if any(r.get("corrector") for r in report.runs):
+        shown.append("corrector")
+    if any(r.get("recipe") or r.get("peer") for r in report.runs):
+        shown.insert(0, "from")
     exact = report.mixture is not None
     quality = report.quality_columns
     middle = ("mode flips", "strong err", "log-lik gap") if exact else tuple(quality.values())
