@@ -408,7 +408,8 @@ def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_
     for peer, cfg in prepared.peers:
         label = f"{peer.label} {peer.steps} steps" + (f" cfg {scale:g}" if len(sweep.guidance) > 1 else "")
         saved = ranks.from_writer(run_log.recorded(label) if run_log is not None else None)
-        row, final = saved if saved is not None else _peer_run(prepared, peer, cfg, label, scale, x_T, references, noise_for, ranks)
+        row, final = saved if saved is not None else _peer_run(
+            prepared, peer, cfg, label, scale=scale, x_T=x_T, references=references, noise_for=noise_for, ranks=ranks)
         out.append((row, final))
         if run_log is not None and saved is None:
             run_log.record(label, row, final)
@@ -417,7 +418,7 @@ def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_
     return out
 
 
-def _peer_run(prepared: PreparedSweep, peer, cfg: SolverConfig, label: str, scale, x_T, references, noise_for, ranks: Ranks):
+def _peer_run(prepared: PreparedSweep, peer, cfg: SolverConfig, label: str, *, scale, x_T, references, noise_for, ranks: Ranks):
     """One of diffusers' schedulers on the sweep's x_T, scored as dpmcli's runs are, over the lambda range its grid spans."""
     model, plan = prepared.model, build_plan(cfg)
     reference = reference_plan(cfg, grid_sigmas(build_scheduler(peer, cfg), peer.kind))

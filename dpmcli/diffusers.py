@@ -39,7 +39,8 @@ from . import solvers
 from .config import SolverConfig
 from .errors import ConfigError
 from .brownian import noise_source
-from .plan import Plan, build_plan, multistep_tail, snap_integer_timesteps
+from .plan import Plan, build_plan, snap_integer_timesteps, tail_plan
+from .recipe import Recipe, load_recipe, scheduler_parameters
 from .sampler import StepEvent
 from .schedule import Schedule, make_betas, rescale_to_zero_terminal_snr
 from .stats import StepStatistics
@@ -141,6 +142,8 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         s_noise: float = 1.0,
         noise: str = "gaussian",
         seed: int = 0,
+        corrector: str = "none",
+        unic_variant: str = "bh2",
     ):
         parameters = dict(locals())  # every parameter, under diffusers' names and dpmcli's
         del parameters["self"]
@@ -150,8 +153,21 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         self._set_training_schedule(schedule)
         self._callbacks: list[Callable[[StepEvent], None]] = []
         self._plan: Plan | None = None
+        self._recipe: Recipe | None = None
         self.num_inference_steps: int | None = None
         self._reset_run()
+
+    @classmethod
+    def from_recipe(cls, recipe, **kwargs) -> "DPMSolverScheduler":
+        """A scheduler that runs a ``dpmcli tune`` recipe (its path, or a :class:`~dpmcli.recipe.Recipe`).
+
+        Its schedule and solver become the config; ``set_timesteps()`` (or with the recipe's step
+        count) runs the tuned grid. ``kwargs`` are config parameters on top.
+        """
+        found = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+        scheduler = cls(**{**scheduler_parameters(found.config), **kwargs})
+        scheduler._recipe = found
+        return scheduler
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
@@ -258,6 +274,12 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         that repeats a timestep is built (with a warning); in compat mode the rows diffusers would turn into
         NaN raise a NumericalError when stepped.
         """
+        if self._recipe is not None and timesteps is None and sigmas is None:
+            steps = self._recipe.config.steps
+            if num_inference_steps not in (None, steps):
+                raise ConfigError(f"DPMSolverScheduler.set_timesteps: the recipe {self._recipe.name} is a {steps}-step grid; "
+                                  f"use num_inference_steps={steps}, or pass sigmas or timesteps")
+            num_inference_steps, sigmas = None, self._recipe.config.sigmas
         if sum(arg is not None for arg in (num_inference_steps, timesteps, sigmas)) != 1:
             raise ConfigError("DPMSolverScheduler.set_timesteps: pass exactly one of num_inference_steps, timesteps, sigmas")
         base = self._base if mu is None else self._dynamic_shift(mu, num_inference_steps is None)
@@ -350,31 +372,10 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
 
     def _tail_plan(self, begin: int) -> Plan:
         """The plan for a run that starts at model call ``begin``: the rest of the grid, with a fresh warm-up."""
-        plan = self._plan
-        start = plan.evaluations[begin].step
-        rest = plan.evaluations[begin:]
-        plain = all(e.stage == 0 for e in rest) and [e.step for e in rest] == list(range(start, plan.steps))
-        if plain and plan.config.method == "multistep":
-            return multistep_tail(plan, start)
-        cfg = plan.config
-        if cfg.compat == "diffusers" or plan.evaluations[begin].stage != 0:
-            raise ConfigError(
-                f"DPMSolverScheduler: cannot start at timesteps[{begin}] (a model call inside a {cfg.method} step); "
-                "start at the beginning or use method 'multistep'"
-            )
         try:
-            tail = build_plan(cfg.with_options(sigmas=tuple(float(s) for s in plan.sigmas[start:]), timesteps=None, nfe=None))
+            return tail_plan(self._plan, begin, "DPMSolverScheduler")
         except ConfigError as error:
-            raise _option_error(error, f"DPMSolverScheduler: starting at timesteps[{begin}]") from None
-        expected = plan.timestep_values[begin:]
-        if len(tail.timestep_values) != len(expected) or not all(
-            _same_timestep(a, 1e-9, b) for a, b in zip(tail.timestep_values, expected)
-        ):
-            raise ConfigError(
-                f"DPMSolverScheduler: cannot start at timesteps[{begin}]: a run from there calls the model at other timesteps; "
-                "start at the beginning or use startup 'lower-order'"
-            )
-        return tail
+            raise _option_error(error, f"DPMSolverScheduler: starting at timesteps[{begin}]") if "--" in str(error) else error from None
 
     def step(
         self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,
@@ -459,7 +460,7 @@ def _options_of(parameters: dict) -> dict:
     options = {
         **solver_options(parameters),
         **schedule_options(parameters, where="DPMSolverScheduler: the config"),
-        **{key: parameters[key] for key in ("method", "startup", "coefficients", "compat", "eta", "s_noise")},
+        **{key: parameters[key] for key in ("method", "startup", "coefficients", "compat", "eta", "s_noise", "corrector", "unic_variant")},
         "rho": float(parameters["rho"]),
         "thresholding": bool(parameters["thresholding"]),
         "dynamic_thresholding_ratio": float(parameters["dynamic_thresholding_ratio"]),

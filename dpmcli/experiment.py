@@ -19,6 +19,7 @@ from .config import SolverConfig
 from .devices import check_batch_memory, resolve_device, resolve_dtype
 from .errors import ConfigError
 from .models import Denoiser, MixtureModel, is_mixture, load_model
+from .recipe import check_recipe_identity, check_recipe_schedule
 from .noise import ArrayNoise, check_real_finite, initial_latents
 from .plan import Plan, build_plan
 from .sampler import RunResult, sample
@@ -168,11 +169,12 @@ def apply_model_schedule(config: SolverConfig, options: dict, explicit=frozenset
     return config.with_options(**changes), notes
 
 
-def load_and_plan(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> tuple[Denoiser, Plan, torch.device, torch.dtype, list[str]]:
+def load_and_plan(config: SolverConfig, spec: RunSpec, explicit=frozenset(), recipe=None) -> tuple[Denoiser, Plan, torch.device, torch.dtype, list[str]]:
     """Validate the options, load the model, and build the plan on the model's schedule.
 
     The model returned is the one the run calls: ``model.bind(plan)`` (for the exact mixtures, the
-    mixture on the plan's schedule; a network is returned as loaded).
+    mixture on the plan's schedule; a network is returned as loaded). With a ``recipe`` the config is
+    the recipe's whole: the model's schedule must be the one it was tuned on.
     """
     if is_mixture(spec.model):
         build_plan(config)  # checked before any work; a network's own schedule may make other options valid
@@ -181,17 +183,23 @@ def load_and_plan(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> 
     if spec.batch is not None and spec.batch < 1:
         raise ConfigError(f"--batch: {spec.batch} is not allowed; it must be at least 1")
     model = load_model(spec.model, device=device, dtype=dtype, **spec.conditioning())
-    config, notes = apply_model_schedule(config, model.schedule_options, explicit, model=spec.model)
+    if recipe is not None:
+        check_recipe_schedule(recipe, model.schedule_options)
+        check_recipe_identity(recipe, model.identity() if recipe.model_identity is not None else None)
+        notes = []
+    else:
+        config, notes = apply_model_schedule(config, model.schedule_options, explicit, model=spec.model)
     plan = build_plan(config)
     return model.bind(plan), plan, device, dtype, notes
 
 
-def prepare(config: SolverConfig, spec: RunSpec, explicit=frozenset()) -> Prepared:
+def prepare(config: SolverConfig, spec: RunSpec, explicit=frozenset(), recipe=None) -> Prepared:
     """Validate everything and build the run's inputs; raises ConfigError before any work.
 
-    ``explicit`` names the options the user typed (they win over the model's schedule).
+    ``explicit`` names the options the user typed (they win over the model's schedule); ``recipe``:
+    the run is a recipe's (``recipe.recipe_config``), on the schedule it was tuned on.
     """
-    model, plan, device, dtype, notes = load_and_plan(config, spec, explicit)
+    model, plan, device, dtype, notes = load_and_plan(config, spec, explicit, recipe)
     latent_dtype = model.latent_dtype or dtype
     shape = tuple(model.sample_shape)
     if spec.x_init is not None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .compat import diffusers_singlestep_orders
 from .config import PUBLISHED_MAX_ORDER, SolverConfig
+from .errors import ConfigError
 from .corrector import unipc_orders
 from .rows import Evaluation, StepCoefficients, as_number, make_rows, noise_draws_per_step
 from .specs import (
@@ -28,7 +29,7 @@ from .spacing import make_grid
 
 __all__ = [
     "Evaluation", "Plan", "StepCoefficients", "build_plan", "fast_singlestep_orders",
-    "multistep_tail", "order_facts", "snap_integer_timesteps", "step_orders",
+    "multistep_tail", "order_facts", "snap_integer_timesteps", "step_orders", "tail_plan",
 ]
 
 
@@ -278,6 +279,31 @@ def multistep_tail(plan: Plan, start: int) -> Plan:
         rows=make_rows(cfg, plan.schedule, evaluations, specs, sigmas),
         warnings=plan.warnings,
     )
+
+
+def tail_plan(plan: Plan, begin: int, where: str) -> Plan:
+    """The plan of a run that starts at model call ``begin`` (img2img): the rest of the grid, warming up again.
+
+    Multistep: :func:`multistep_tail`. Other methods start at a grid point on the rest of the grid,
+    as long as that calls the model at the same timesteps; ``where`` names the caller in errors.
+    """
+    start = plan.evaluations[begin].step
+    rest = plan.evaluations[begin:]
+    plain = all(e.stage == 0 for e in rest) and [e.step for e in rest] == list(range(start, plan.steps))
+    if plain and plan.config.method == "multistep":
+        return multistep_tail(plan, start)
+    cfg = plan.config
+    if cfg.compat == "diffusers" or plan.evaluations[begin].stage != 0:
+        raise ConfigError(f"{where}: cannot start at timesteps[{begin}] (a model call inside a {cfg.method} step); "
+                          "start at the beginning or use method 'multistep'")
+    tail = build_plan(cfg.with_options(sigmas=tuple(float(s) for s in plan.sigmas[start:]), timesteps=None, nfe=None))
+    expected = plan.timestep_values[begin:]
+    if len(tail.timestep_values) != len(expected) or not all(
+        abs(a - b) <= 1e-9 * max(1.0, abs(b)) for a, b in zip(tail.timestep_values, expected)
+    ):
+        raise ConfigError(f"{where}: cannot start at timesteps[{begin}]: a run from there calls the model at other timesteps; "
+                          "start at the beginning or use startup 'lower-order'")
+    return tail
 
 
 def snap_integer_timesteps(plan: Plan) -> Plan:

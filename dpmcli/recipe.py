@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import SolverConfig
 from .errors import ConfigError, option_flag
+from .vocabulary import scheduler_words
 
 RECIPE_FORMAT = "dpmcli-recipe/1"
 # options a recipe never fixes: they say how a run is done, not which solver it is
@@ -83,6 +84,8 @@ def _config_from(data: dict, path) -> SolverConfig:
         raise _fail(path, "config holds a trained-betas table only by its length; a recipe needs the betas themselves")
     if values.get("sigmas") is None:
         raise _fail(path, "config has no sigmas: a recipe's grid is its list of sigmas")
+    if values.get("lambda_min_clipped", 0.0) is None:
+        values["lambda_min_clipped"] = -math.inf  # JSON has no -inf: no clipping is written as null
     values.pop("spacing", None)
     if values.get("final_sigma") not in ("zero", "sigma-min"):
         values.pop("final_sigma", None)  # a custom grid's final sigma is its last value ("custom")
@@ -154,10 +157,52 @@ def check_recipe_model(recipe: Recipe, model: str, typed_model: bool) -> str:
     return recipe.model
 
 
+# a model's own grid words: a recipe's grid replaces them
+GRID_OPTIONS = ("spacing", "steps_offset", "final_sigma", "sigmas", "timesteps", "steps", "lower_order_final", "euler_at_final")
+
+
+def check_recipe_schedule(recipe: Recipe, options: dict) -> None:
+    """The model's training schedule (its schedule options, grid words aside) must be the one the recipe was tuned on."""
+    for name, value in options.items():
+        if name in GRID_OPTIONS or not hasattr(recipe.config, name):
+            continue
+        theirs = getattr(recipe.config, name)
+        if isinstance(value, (list, tuple)) and theirs is not None:
+            same = len(value) == len(theirs) and all(_same(float(a), float(b)) for a, b in zip(value, theirs))
+        else:
+            same = _same(value, theirs)
+        if not same:
+            shown = f"{len(theirs)} values" if isinstance(theirs, tuple) else repr(theirs)
+            raise ConfigError(f"--recipe: {recipe.path} was tuned with {option_flag(name)} {shown}, but --model {recipe.model} "
+                              "has another value: it is a recipe for another model; tune again for this one")
+
+
+# SolverConfig options that DPMSolverScheduler takes under dpmcli's own names
+SCHEDULER_OWN = ("algo", "order", "method", "startup", "coefficients", "compat", "rho", "eta", "s_noise", "corrector", "unic_variant")
+
+
+def scheduler_parameters(config: SolverConfig) -> dict:
+    """DPMSolverScheduler's parameters for a recipe's config: diffusers' words for the schedule, dpmcli's for the solver
+    (the grid itself is passed to set_timesteps)."""
+    if config.process == "edm":
+        raise ConfigError("DPMSolverScheduler.from_recipe: the drop-in scheduler runs VP and flow schedules; this recipe is edm")
+    schedule = {name: getattr(config, name) for name in (
+        "beta_start", "beta_end", "beta_schedule", "train_steps", "trained_betas", "rescale_zero_snr", "prediction_type",
+        "process", "flow_shift", "lambda_min_clipped", "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
+        "solver_type", "lower_order_final", "euler_at_final",
+    )}
+    if config.trained_betas is None:
+        del schedule["trained_betas"]
+    else:
+        del schedule["beta_schedule"]
+    return {**scheduler_words(schedule), **{name: getattr(config, name) for name in SCHEDULER_OWN}}
+
+
 def check_recipe_identity(recipe: Recipe, identity: dict | None) -> None:
     """A network's recipe names the weights it was tuned on; other weights under the same name are refused."""
     if recipe.model_identity is not None and identity is not None and recipe.model_identity != identity:
         raise ConfigError(f"--recipe: {recipe.path} was tuned for other weights of --model {recipe.model}; tune again for these")
 
 
-__all__ = ["RECIPE_FORMAT", "Recipe", "check_recipe_identity", "check_recipe_model", "load_recipe", "recipe_config"]
+__all__ = ["RECIPE_FORMAT", "Recipe", "check_recipe_identity", "check_recipe_model", "check_recipe_schedule", "load_recipe",
+           "recipe_config", "scheduler_parameters"]

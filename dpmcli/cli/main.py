@@ -17,17 +17,24 @@ from .app import (
 )
 from .compare_cmd import joined_job, run_compare
 from .console import handle_errors, progress_bar, show_progress, stdout_console, warn
-from .options import OUTPUT, RUN, check_format, with_solver_options
+from .options import OUTPUT, RUN, check_format, recipe_beside, recipe_note, use_recipe, with_solver_options
 from .plotting import plot_schedule_command
-from .render import schedule_table
+from .render import beside_table, schedule_table
 from .run import run_sample
 from .train_cmd import run_train
+from .tune_cmd import run_tune
 
 
 @command()
 @handle_errors
 @with_solver_options
-def schedule(*, solver, format: Format = "table", quiet: Quiet = False):
+def schedule(
+    *,
+    solver,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="Show a step recipe from dpmcli tune (JSON), with the stock grids' sigmas beside it.", rich_help_panel=SOLVER)] = None,
+    format: Format = "table",
+    quiet: Quiet = False,
+):
     """Build the noise schedule and step grid and print the per-step plan.
 
     Shows, for every step, the timestep the model is evaluated at, diffusers' sigma, the VP
@@ -35,9 +42,15 @@ def schedule(*, solver, format: Format = "table", quiet: Quiet = False):
     lambda and the order the step uses. No model is needed.
 
     Example: [bold]dpmcli schedule --spacing karras --steps 10 --format json[/bold]
+    · [bold]dpmcli schedule --recipe ring10.json[/bold]
     """
     fmt = check_format(format, ("table", "json", "csv"))
-    plan = build_plan(solver())
+    config, beside = solver(), None
+    if recipe is not None:
+        found, config, _, _ = use_recipe(recipe, config, solver.explicit, None)
+        beside = recipe_beside(config)
+        warn([recipe_note(found)], quiet)
+    plan = build_plan(config)
     warn(plan.warnings, quiet)
     columns = ["step", "timestep", "sigma", "alpha_t", "sigma_t", "lambda", "h", "order", "evaluations"]
     if fmt == "json":
@@ -48,12 +61,15 @@ def schedule(*, solver, format: Format = "table", quiet: Quiet = False):
             **plan.summary(),
             "calls": [plan.eval_row(r) for r in range(plan.nfe)] if plan.nfe != plan.steps else None,
             "warnings": list(plan.warnings),
+            **({"stock_sigmas": beside} if beside is not None else {}),
         }
         sys.stdout.write(dumps_json(document))
     elif fmt == "csv":
         sys.stdout.write(csv_text(plan.step_table(), columns))
     else:
         stdout_console().print(schedule_table(plan))
+        if beside is not None:
+            stdout_console().print(beside_table(plan, beside))
 
 
 @command()
@@ -62,7 +78,8 @@ def schedule(*, solver, format: Format = "table", quiet: Quiet = False):
 def sample(
     *,
     solver,
-    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP, rich_help_panel=RUN)] = "ring",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=MODEL_HELP, show_default="ring (with --recipe: its model)", rich_help_panel=RUN)] = None,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="Run a step recipe from dpmcli tune (JSON): its solver, grid and model; options you type must agree with it.", rich_help_panel=SOLVER)] = None,
     batch: Annotated[
         Optional[int],
         typer.Option("--batch", "-b", help="Number of samples.", show_default="1024 for mixtures, 100 for digits, 4 or 1 for diffusers", rich_help_panel=RUN),
@@ -132,6 +149,7 @@ def sample(
         config=solver(),
         explicit=solver.explicit,
         model_name=model,
+        recipe=recipe,
         conditioning={
             "class_label": class_label, "guidance_scale": guidance_scale, "prompt": prompt, "negative_prompt": negative_prompt,
             "height": height, "width": width, "allow_download": allow_download,
@@ -182,6 +200,10 @@ def plot_schedule(
         Optional[list[str]],
         typer.Option("--flow-shift", help="flow: shift(s) S; repeat or comma list (1,3,6 overlays three).", show_default="1", rich_help_panel=PROCESS),
     ] = None,
+    recipe: Annotated[
+        SweepList, typer.Option("--recipe", help="Step recipes from dpmcli tune (JSON); repeat or comma list: each one more curve, beside "
+                                "the stock grids (at the recipe's steps and schedule).", rich_help_panel=SOLVER),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Figure file: .png, .svg or .pdf.", rich_help_panel=OUTPUT)] = Path("schedule.png"),
     dpi: Dpi = 150,
     title: Annotated[Optional[str], typer.Option("--title", help="Figure title.", rich_help_panel=OUTPUT)] = None,
@@ -197,9 +219,11 @@ def plot_schedule(
     Example: [bold]dpmcli plot-schedule --spacing linspace,karras,logsnr --steps 10 --out grids.png[/bold]
 
     Example: [bold]dpmcli plot-schedule --process flow --flow-shift 1,3,6 --out shifts.png[/bold]
+
+    Example: [bold]dpmcli plot-schedule --recipe ring10.json --spacing linspace,karras,logsnr --out tuned.png[/bold]
     """
     lists = dict(spacing=spacing, beta_schedule=beta_schedule, steps=steps, process=process, flow_shift=flow_shift)
-    plot_schedule_command(solver=solver, lists=lists, out=out, dpi=dpi, title=title, quiet=quiet)
+    plot_schedule_command(solver=solver, lists=lists, recipes=recipe, out=out, dpi=dpi, title=title, quiet=quiet)
 
 
 
@@ -317,6 +341,58 @@ def compare(
         )
     if code:
         raise typer.Exit(code)
+
+
+@command()
+@handle_errors
+@with_solver_options(exclude=("nfe", "steps", "sigmas"))
+def tune(
+    *,
+    solver,
+    nfe: Annotated[int, typer.Option("--nfe", help="The budget: model calls per sample. The grid gets as many steps as the method can take with it.", rich_help_panel=SOLVER)] = 10,
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP, rich_help_panel=RUN)] = "ring",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the recipe to this .json file.", rich_help_panel=OUTPUT)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out x_T the result is scored on (compare's default inputs).", rich_help_panel=RUN)] = 0,
+    train_seed: Annotated[int, typer.Option("--train-seed", help="Seed of the training x_T the grid is fitted on (must differ from --seed).", rich_help_panel=RUN)] = 1,
+    batch: Annotated[Optional[int], typer.Option("--batch", "-b", help="Held-out samples.", show_default="4096 for mixtures, the model's for networks", rich_help_panel=RUN)] = None,
+    train_batch: Annotated[Optional[int], typer.Option("--train-batch", help="Training samples.", show_default="512 for mixtures, 200 for networks", rich_help_panel=RUN)] = None,
+    evaluations: Annotated[int, typer.Option("--evaluations", help="Most loss evaluations per search (two starts; twice more where the final-step policy matters).", rich_help_panel=RUN)] = 1500,
+    class_label: ClassLabel = None,
+    guidance_scale: GuidanceScale = None,
+    prompt: Prompt = None,
+    negative_prompt: NegativePrompt = None,
+    height: Height = None,
+    width: Width = None,
+    allow_download: AllowDownload = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=RUN)] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, float64, float16 or bfloat16.", rich_help_panel=RUN)] = "float32",
+    reference_steps: Annotated[
+        Optional[int], typer.Option("--reference-steps", help="Networks: steps of the reference runs the error is measured against.", show_default="200", rich_help_panel="Ground truth")
+    ] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where reference solutions are cached.", rich_help_panel="Ground truth")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute references afresh and store nothing.", rich_help_panel="Ground truth")] = False,
+    format: Annotated[str, typer.Option("--format", "-f", help="table or json.", rich_help_panel=OUTPUT)] = "table",
+    quiet: Quiet = False,
+):
+    """Learn where a solver should call the model: the best grid for one model and a budget of model calls.
+
+    Your solver options (algorithm, order, weights, --corrector, process) stay as given; tune searches the
+    evaluation points of the grid (and the final-step policy) to minimise compare's error of the final samples
+    on training x_T ([bold]--train-seed[/bold]), then scores the tuned grid and every stock grid of the same solver
+    on held-out x_T ([bold]--seed[/bold]). Mixtures are scored against the exact ODE end point (MMD^2 for SDE
+    methods), networks against a many-step reference run. The recipe (--out) is used by
+    [bold]sample/compare/schedule/plot-schedule --recipe[/bold] and DPMSolverScheduler.from_recipe.
+
+    Example: [bold]dpmcli tune --model ring --nfe 10 --corrector unic --out ring10.json[/bold]
+    """
+    run_tune(
+        solver=solver, nfe=nfe, model=model, out=out, seed=seed, train_seed=train_seed, batch=batch, train_batch=train_batch,
+        evaluations=evaluations, guidance_scale=guidance_scale,
+        conditioning={"class_label": class_label, "prompt": prompt, "negative_prompt": negative_prompt, "height": height,
+                      "width": width, "allow_download": allow_download},
+        device=device, dtype=dtype, reference_steps=reference_steps, cache_dir=cache_dir, no_cache=no_cache, fmt=format, quiet=quiet,
+        progress=progress_bar, progress_enabled=show_progress(quiet),
+    )
 
 
 @command()

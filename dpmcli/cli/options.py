@@ -13,8 +13,10 @@ import numpy as np
 import typer
 
 from ..config import SolverConfig, option_fields
+from ..plan import build_plan
 from ..errors import ConfigError, option_flag
 from ..processes import with_process_defaults
+from ..recipe import check_recipe_model, load_recipe, recipe_config
 
 # The panels of the options that are the commands' own; the solver options' panels are in config.py
 OUTPUT = "Output"
@@ -137,6 +139,35 @@ class SolverOptions:
                     "is where the run ends; drop --final-sigma, or end the list with 0"
                 )
         return config
+
+
+def use_recipe(path, config: SolverConfig, explicit, model: str | None, conditioning: dict | None = None):
+    """(recipe, its config, the model, the conditioning) of a --recipe run: typed options must agree with the
+    recipe, --model (if typed) must be its model, and its guidance scale is the default one."""
+    recipe = load_recipe(path)
+    model = check_recipe_model(recipe, model or recipe.model, typed_model=model is not None)
+    conditioning = dict(conditioning or {})
+    if conditioning.get("guidance_scale") is None and recipe.guidance_scale is not None:
+        conditioning["guidance_scale"] = recipe.guidance_scale
+    return recipe, recipe_config(recipe, config, explicit), model, conditioning
+
+
+BESIDE = ("linspace", "karras", "logsnr")  # the stock grids `schedule --recipe` shows beside a recipe's
+
+
+def recipe_beside(config: SolverConfig) -> dict:
+    """{spacing: sigmas} of stock grids with the recipe's steps and schedule, for its process."""
+    out = {}
+    for spacing in BESIDE if config.process != "edm" else ("karras", "exponential", "logsnr"):
+        out[spacing] = [float(s) for s in build_plan(config.with_options(sigmas=None, spacing=spacing)).sigmas]
+    return out
+
+
+def recipe_note(recipe) -> str:
+    """What a --recipe run says on stderr: where the grid comes from and how well it did."""
+    held = recipe.held_out or {}
+    error = f"; held-out {recipe.metric} {held['error']:.4g} on seed {held.get('seed')}" if isinstance(held.get("error"), (int, float)) else ""
+    return f"--recipe {recipe.path}: {recipe.nfe}-call grid tuned for --model {recipe.model}{error}"
 
 
 def _given_on_command_line(context, names) -> frozenset[str]:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..plan import build_plan
+from ..recipe import load_recipe
 from ..report import OutputFiles, atomic_write
 from .console import warn
 from .options import require_suffix, split_list
@@ -32,8 +33,9 @@ CURVE_AXES = (("spacing", "--spacing", str), ("beta_schedule", "--beta-schedule"
               ("process", "--process", str), ("flow_shift", "--flow-shift", float))
 
 
-def plot_schedule_command(*, solver, lists: dict, out: Path, dpi: int, title, quiet: bool) -> None:
-    """Every combination of the list options (CURVE_AXES; ``lists`` by name) as one curve of one figure."""
+def plot_schedule_command(*, solver, lists: dict, out: Path, dpi: int, title, quiet: bool, recipes=None) -> None:
+    """Every combination of the list options (CURVE_AXES; ``lists`` by name) as one curve of one figure; each
+    recipe one more, and then the stock curves take the first recipe's steps and schedule where not typed."""
     from ..plots import grid_label, save_figure, schedule_figure
 
     check_figure_path("--out", out)
@@ -46,13 +48,26 @@ def plot_schedule_command(*, solver, lists: dict, out: Path, dpi: int, title, qu
         raise ConfigError(f"--sigmas: a custom grid is one curve; drop the lists of {flags}")
     if len(combos) > 12:
         raise ConfigError(f"{flags}: {len(combos)} combinations; draw at most 12 in one figure")
+    found = [load_recipe(path) for path in split_list("--recipe", recipes)]
+    if found and solver().sigmas is not None:
+        raise ConfigError("--sigmas: a custom grid and --recipe are both a grid; draw one of them")
+    if len(combos) + len(found) > 12:
+        raise ConfigError(f"--recipe: {len(combos) + len(found)} curves; draw at most 12 in one figure")
     plans = []
     for combo in combos:
-        plan = build_plan(solver(**{k: v for k, v in combo.items() if v is not None}))
+        typed = {k: v for k, v in combo.items() if v is not None}
+        config = solver(**typed)
+        if found:  # the stock grids on the recipe's schedule, at its steps (what is typed wins)
+            keep = {k: getattr(config, k) for k in (*typed, *solver.explicit) if k not in ("sigmas", "steps") or k in typed}
+            config = found[0].config.with_options(sigmas=None, **keep, **({} if "steps" in typed else {"steps": found[0].config.steps}))
+        plan = build_plan(config)
         warn([f"{grid_label(plan)}: {w}" for w in plan.warnings], quiet)
         plans.append(plan)
     varying = tuple(name for name, values in axes.items() if len(values) > 1) or ("spacing", "steps")
     labels = [grid_label(plan, varying) for plan in plans]
+    for recipe in found:
+        plans.append(build_plan(recipe.config))
+        labels.append(f"recipe {recipe.name} ({recipe.nfe} calls, {recipe.model})")
     fig = schedule_figure(plans, labels, title)
     with outputs:
         save_figure(fig, out, dpi)

@@ -93,6 +93,16 @@ def schedule_table(plan) -> Table:
     return table
 
 
+def beside_table(plan, beside: dict) -> Table:
+    """A recipe's sigmas next to stock grids' with its steps (``schedule --recipe``)."""
+    table = Table(title="The recipe's grid beside stock grids (sigma at each grid point)", header_style="bold")
+    for name in ("point", "recipe", *beside):
+        table.add_column(name, justify="right")
+    for i, sigma in enumerate(plan.sigmas):
+        table.add_row(str(i), num(float(sigma)), *[num(values[i]) if i < len(values) else "—" for values in beside.values()])
+    return table
+
+
 def sample_tables(report) -> list:
     plan = report.prepared.plan
     steps = Table(

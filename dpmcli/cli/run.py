@@ -12,21 +12,27 @@ from ..images import save_image_grid
 from ..report import OutputFiles, dumps_json, save_npy
 from ..trace import Trace
 from .console import stdout_console, warn
-from .options import require_suffix
+from .options import recipe_note, require_suffix, use_recipe
 from .plotting import check_sample_outputs, print_written, write_sample_outputs
 from .render import config_line, sample_tables
 
 
 def run_sample(
-    *, config, explicit=frozenset(), model_name, conditioning=None, batch, seed, device_name, dtype_name, x_init, noise_path,
+    *, config, explicit=frozenset(), model_name, recipe=None, conditioning=None, batch, seed, device_name, dtype_name, x_init, noise_path,
     save, save_images=None, plot, plot_samples, trace, trace_stride, dpi, fmt, quiet, progress, progress_enabled,
 ):
     require_suffix("--save", save, ".npy")
     require_suffix("--save-images", save_images, ".png")
     check_sample_outputs(plot, plot_samples, trace, trace_stride, dpi)
     outputs = OutputFiles({"--save": save, "--save-images": save_images, "--plot": plot, "--plot-samples": plot_samples, "--trace": trace})
+    found = None
+    if recipe is not None:
+        found, config, model_name, conditioning = use_recipe(recipe, config, explicit, model_name, conditioning)
+    model_name = model_name or "ring"
     spec = experiment.RunSpec(model_name, batch, seed, device_name, dtype_name, x_init, noise_path, **(conditioning or {}))
-    prepared = experiment.prepare(config, spec, explicit)
+    prepared = experiment.prepare(config, spec, explicit, recipe=found)
+    if found is not None:
+        prepared.warnings.insert(0, recipe_note(found))
     if plot_samples is not None and (prepared.model.mixture is None or prepared.model.dims != 2):
         raise ConfigError(
             f"--plot-samples: model {model_name!r} is not a 2-D mixture; sample plots need one such as ring"
