@@ -136,15 +136,21 @@ def steps_for_budget(base: SolverConfig, nfe: int) -> SolverConfig:
     if not isinstance(nfe, int) or nfe < 1:
         raise ConfigError(f"--nfe: {nfe!r} is not allowed; give the budget of model calls, a positive integer")
     base = base.with_options(nfe=None, sigmas=None, timesteps=None)
-    best = None
-    for steps in range(1, nfe + 1):
-        plan = build_plan(base.with_options(steps=steps))
-        if plan.nfe <= nfe:
+    best, least, refused = None, None, None
+    for steps in range(1, nfe + base.order + 2):
+        try:
+            plan = build_plan(base.with_options(steps=steps))
+        except ConfigError as exc:  # too few steps for this method (a singlestep start-up of order K needs K)
+            refused = refused or exc
+            continue
+        least = plan.nfe if least is None else min(least, plan.nfe)
+        if plan.nfe <= nfe and steps <= nfe:
             best = plan
     if best is None:
-        one = build_plan(base.with_options(steps=1)).nfe
-        raise ConfigError(f"--nfe: {nfe} is smaller than this method needs: one step of --method {base.method} "
-                          f"--order {base.order} makes {one} model calls; give --nfe {one} or more")
+        if least is None:
+            raise refused
+        raise ConfigError(f"--nfe: {nfe} is smaller than this method needs: --method {base.method} --order {base.order} "
+                          f"makes at least {least} model calls; give --nfe {least} or more")
     return best.config
 
 
