@@ -34,7 +34,7 @@ from .models import Denoiser, load_model
 from .noise import initial_latents
 from .plan import Plan, build_plan
 from .peers import build_scheduler, grid_sigmas, peers_beside, reference_plan, run_peer
-from .recipe import check_recipe_identity, check_recipe_model
+from .recipe import check_recipe_identity, check_recipe_model, target_config
 from .sampler import RunResult
 from .reference import CacheDirError, check_cache_dir, default_cache_dir
 
@@ -115,6 +115,7 @@ class Sweep:
 class Planned:
     key: dict  # the swept values of this run
     plan: Plan
+    reference: Plan | None = None  # scored over this plan's lambda range, where not its own (a recipe's searched final sigma)
 
 
 def run_label(key: dict, fields=SOLVER_FIELDS) -> str:
@@ -212,7 +213,8 @@ def recipe_runs(sweep: Sweep, model: Denoiser) -> list[Planned]:
             raise ConfigError(f"--recipe: {recipe.path} is for --process {recipe.process}; this sweep runs --process {sweep.base.process}")
         plan = build_plan(recipe.config)
         corrector = {"corrector": plan.config.corrector} if plan.config.corrector != CORRECTOR_DEFAULT else {}
-        out.append(Planned({**{f: getattr(plan.config, f) for f in SWEEP_FIELDS}, **corrector, "recipe": recipe.name}, plan))
+        out.append(Planned({**{f: getattr(plan.config, f) for f in SWEEP_FIELDS}, **corrector, "recipe": recipe.name}, plan,
+                           build_plan(target_config(recipe))))
     return out
 
 
@@ -398,7 +400,7 @@ def _run_block(prepared: PreparedSweep, *, scale, shown, x_T, references, noise_
             row.update({"status": "nan", "message": str(exc), "error": None, "seconds": None})
         else:
             final = result.samples.detach().double().cpu()
-            row.update(_scores(model, references, plan, result=result, final=final, noise_for=noise_for, scale=scale))
+            row.update(_scores(model, references, item.reference or plan, result=result, final=final, noise_for=noise_for, scale=scale))
             final = final.numpy()
         out.append((row, final))
         if run_log is not None:

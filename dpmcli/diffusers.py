@@ -279,7 +279,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
             if num_inference_steps not in (None, steps):
                 raise ConfigError(f"DPMSolverScheduler.set_timesteps: the recipe {self._recipe.name} is a {steps}-step grid; "
                                   f"use num_inference_steps={steps}, or pass sigmas or timesteps")
-            num_inference_steps, sigmas = None, self._recipe.config.sigmas
+            num_inference_steps, sigmas = None, self._recipe.config.sigmas  # its last sigma included: nothing appended
         if sum(arg is not None for arg in (num_inference_steps, timesteps, sigmas)) != 1:
             raise ConfigError("DPMSolverScheduler.set_timesteps: pass exactly one of num_inference_steps, timesteps, sigmas")
         base = self._base if mu is None else self._dynamic_shift(mu, num_inference_steps is None)
@@ -289,7 +289,8 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
             values = timesteps.cpu().numpy() if isinstance(timesteps, torch.Tensor) else timesteps
             options = {"timesteps": tuple(float(t) for t in np.asarray(values, dtype=np.float64).reshape(-1))}
         else:
-            options = {"sigmas": self._custom_sigmas(sigmas)}
+            recipe = self._recipe is not None and sigmas is self._recipe.config.sigmas
+            options = {"sigmas": tuple(sigmas) if recipe else self._custom_sigmas(sigmas)}
         try:
             plan = build_plan(base.with_options(**options))
         except ConfigError as error:

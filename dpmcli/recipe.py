@@ -34,6 +34,9 @@ class Recipe:
     guidance_scale: float | None = None
     conditioning: dict = field(default_factory=dict)
     metric: str = "l2_median"
+    # where its samples are scored: the configured end (0: the clean end point), also when the grid's own
+    # last sigma was searched (its latent there is the sample)
+    target_sigma: float = 0.0
     training: dict = field(default_factory=dict)
     held_out: dict = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
@@ -61,6 +64,7 @@ class Recipe:
             "grid": {"sigmas": list(self.config.sigmas or ()), "timesteps": list(self.timesteps)},
             "config": config,
             "metric": self.metric,
+            "target_sigma": self.target_sigma,
             "training": self.training,
             "held_out": self.held_out,
             "baselines": self.baselines,
@@ -122,9 +126,29 @@ def load_recipe(path: str | Path) -> Recipe:
         model=str(data["model"]), process=config.process, nfe=nfe, config=config, timesteps=timesteps,
         model_identity=data.get("model_identity"), guidance_scale=data.get("guidance_scale"),
         conditioning=dict(data.get("conditioning") or {}), metric=str(data.get("metric", "")),
+        target_sigma=_target(data.get("target_sigma", config.sigmas[-1]), config, path),
         training=dict(data.get("training") or {}), held_out=dict(data.get("held_out") or {}),
         baselines=dict(data.get("baselines") or {}), path=str(path),
     )
+
+
+def _target(value, config: SolverConfig, path) -> float:
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= config.sigmas[-1]:
+        raise _fail(path, f"target_sigma {value!r} must be a number from 0 to the grid's last sigma ({config.sigmas[-1]:g})")
+    return float(value)
+
+
+def target_config(recipe: Recipe) -> SolverConfig:
+    """The config whose lambda range a recipe's samples are scored over: its grid, ending at target_sigma."""
+    if recipe.target_sigma == recipe.config.sigmas[-1]:
+        return recipe.config
+    return recipe.config.with_options(sigmas=(*recipe.config.sigmas[:-1], recipe.target_sigma))
+
+
+def stock_config(recipe: Recipe) -> SolverConfig:
+    """The recipe's solver and schedule on a stock grid of its step count (what it is drawn and listed beside)."""
+    final = "zero" if recipe.target_sigma == 0.0 else "sigma-min"
+    return recipe.config.with_options(sigmas=None, timesteps=None, final_sigma=final, spacing="linspace")
 
 
 def _same(a, b) -> bool:
@@ -205,4 +229,4 @@ def check_recipe_identity(recipe: Recipe, identity: dict | None) -> None:
 
 
 __all__ = ["RECIPE_FORMAT", "Recipe", "check_recipe_identity", "check_recipe_model", "check_recipe_schedule", "load_recipe",
-           "recipe_config", "scheduler_parameters"]
+           "recipe_config", "scheduler_parameters", "stock_config", "target_config"]

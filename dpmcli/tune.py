@@ -75,6 +75,7 @@ class Scored:
     train_error: float
     held_out_error: float | None = None
     quality: dict = field(default_factory=dict)
+    target: Plan | None = None  # what it is scored against, where not its own grid's range (a searched final sigma)
 
     def to_dict(self) -> dict:
         return {"label": self.label, "train_error": self.train_error, "held_out_error": self.held_out_error,
@@ -116,14 +117,16 @@ class Objective:
         denoise = self.model.bind(plan, self.scale)
         return run_plan(plan, denoise, self.x_T.clone(), self.noise_for(plan) if plan.config.is_sde else None).samples
 
-    def score(self, config: SolverConfig) -> tuple[float, dict]:
-        """(error, the model's quality numbers) of config's run; inf where the run is not finite."""
+    def score(self, config: SolverConfig, target: Plan | None = None) -> tuple[float, dict]:
+        """(error, the model's quality numbers) of config's run against the ground truth over ``target``'s
+        lambda range (None: the run's own; a free final sigma is still scored at the configured end); inf where
+        the run is not finite."""
         plan = build_plan(config)
         try:
             samples = self.run(plan)
         except NumericalError:
             return math.inf, {}
-        row = self.references.score(plan, samples.detach().double().cpu(), self.noise_for, self.scale)
+        row = self.references.score(target or plan, samples.detach().double().cpu(), self.noise_for, self.scale)
         error = row.get("error")
         quality = {} if self.model.mixture is not None else scalar_quality(self.model.quality(samples))
         return (math.inf if error is None or not math.isfinite(error) else float(error)), quality
@@ -155,10 +158,14 @@ def steps_for_budget(base: SolverConfig, nfe: int) -> SolverConfig:
 
 
 class Grid:
-    """The searched grid: N - 1 lambda points between the fixed ends, as softmax shares of the lambda range."""
+    """The searched grid: N - 1 lambda points between the fixed ends, as softmax shares of the lambda range.
 
-    def __init__(self, plan: Plan):
-        self.plan = plan
+    ``free_final``: the last sigma is searched too (one more parameter, its lambda gap after the last
+    model call, exp(theta[N])); the run's samples are its latent there, scored against the clean end point.
+    """
+
+    def __init__(self, plan: Plan, free_final: bool = False):
+        self.plan, self.free_final = plan, free_final
         schedule = plan.schedule
         self.top = float(plan.sigmas[0])
         self.final = float(plan.sigmas[-1])
@@ -168,11 +175,15 @@ class Grid:
         self.steps = plan.steps
 
     def sigmas(self, theta: np.ndarray) -> tuple[float, ...]:
-        share = np.exp(theta - theta.max())
+        shares = theta[: self.steps]
+        share = np.exp(shares - shares.max())
         share /= share.sum()
         lams = self.lam_start + (self.lam_end - self.lam_start) * np.cumsum(share)[: self.steps - 1]
-        inner = self.plan.schedule.sigma_of(lams)
-        return (self.top, *(float(s) for s in np.atleast_1d(inner)), self.final)
+        inner = tuple(float(s) for s in np.atleast_1d(self.plan.schedule.sigma_of(lams)))
+        if not self.free_final:
+            return (self.top, *inner, self.final)
+        last = lams[-1] if len(lams) else self.lam_start
+        return (self.top, *inner, float(self.plan.schedule.sigma_of(last + math.exp(float(theta[self.steps])))))
 
     def theta_of(self, plan: Plan) -> np.ndarray | None:
         """The parameters of a stock plan's grid (None where it does not share this grid's ends or count)."""
@@ -181,10 +192,12 @@ class Grid:
         lams = np.clip(np.asarray(plan.lambdas[1: self.steps], dtype=np.float64), self.lam_start, self.lam_end)
         edges = np.concatenate([[self.lam_start], lams, [self.lam_end]])
         shares = np.maximum(np.diff(edges), 1e-6 * (self.lam_end - self.lam_start))
-        return np.log(shares / shares.sum())
+        theta = np.log(shares / shares.sum())
+        return np.append(theta, 0.0) if self.free_final else theta
 
 
-def _search(objective: Objective, grid: Grid, config: SolverConfig, theta: np.ndarray, budget: int, tick: Callable[[], None]):
+def _search(objective: Objective, grid: Grid, config: SolverConfig, theta: np.ndarray, budget: int, tick: Callable[[], None],
+            target: Plan | None = None):
     """Powell's method on theta from a start; returns (best theta, its training error, evaluations used)."""
     from scipy.optimize import minimize
 
@@ -195,7 +208,7 @@ def _search(objective: Objective, grid: Grid, config: SolverConfig, theta: np.nd
         if key not in seen:
             tick()
             try:
-                seen[key] = objective.score(config.with_options(sigmas=grid.sigmas(values)))[0]
+                seen[key] = objective.score(config.with_options(sigmas=grid.sigmas(values)), target)[0]
             except ConfigError:  # a grid a config refuses (a step of zero length)
                 seen[key] = math.inf
         return seen[key]
@@ -204,14 +217,19 @@ def _search(objective: Objective, grid: Grid, config: SolverConfig, theta: np.nd
     return np.asarray(result.x), float(result.fun), len(seen)
 
 
-def final_policies(config: SolverConfig) -> list[SolverConfig]:
-    """The final-step policies worth searching: lower_order_final on and off where the plans differ."""
+def final_policies(config: SolverConfig) -> list[tuple[SolverConfig, bool]]:
+    """The final-step policies worth searching, as (config, whether the final sigma is searched too):
+    lower_order_final on and off where the plans differ; and where the run ends at sigma 0, a searched
+    final sigma reached by a full-order last step (its latent there is the sample, scored at sigma 0)."""
     other = config.with_options(lower_order_final=not config.lower_order_final)
     try:
         differs = [r.b for r in build_plan(config).rows] != [r.b for r in build_plan(other).rows]
     except ConfigError:
         differs = False
-    return [config, other] if differs else [config]
+    policies = [(config, False), (other, False)] if differs else [(config, False)]
+    if config.final_sigma == "zero" and config.method == "multistep":
+        policies.append((config.with_options(lower_order_final=False), True))
+    return policies
 
 
 @dataclass
@@ -280,7 +298,7 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
     finite = sorted((s for s in stock if math.isfinite(s.train_error)), key=lambda s: s.train_error)
     if not finite:
         raise NumericalError("every stock grid of this solver fails on the training x_T (NaN or Inf); nothing to start from")
-    searches = [(policy, s) for s in finite[:STARTS] for policy in final_policies(s.config)]
+    searches = [(policy, s, free) for s in finite[:STARTS] for policy, free in final_policies(s.config)]
     total = spec.evaluations * len(searches)
     done = [0]
 
@@ -289,29 +307,30 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
         if progress is not None:
             progress(min(done[0], total), total)
 
-    best: tuple | None = None
-    for policy, start_point in searches:
-        grid = Grid(build_plan(policy.with_options(spacing=start_point.config.spacing)))
+    best: Scored | None = None
+    for policy, start_point, free in searches:
+        grid = Grid(build_plan(policy.with_options(spacing=start_point.config.spacing)), free_final=free)
         theta = grid.theta_of(grid.plan)
         if theta is None or grid.steps < 2:
             continue
-        theta, error, _ = _search(setup.train, grid, policy, theta, spec.evaluations, tick)
-        if best is None or error < best[0]:
-            best = (error, policy.with_options(sigmas=grid.sigmas(theta)))
+        target = grid.plan if free else None
+        theta, error, _ = _search(setup.train, grid, policy, theta, spec.evaluations, tick, target)
+        if best is None or error < best.train_error:
+            best = Scored("tuned", policy.with_options(sigmas=grid.sigmas(theta)), error, target=target)
     if progress is not None:
         progress(total, total)
-    if best is None or best[0] >= finite[0].train_error:
+    if best is None or best.train_error >= finite[0].train_error:
         # nothing beat the best stock grid on the training set (one step, or a search that found no better point)
         tuned = Scored("tuned", finite[0].config, finite[0].train_error)
         setup.notes.append("the search found no grid better than the best stock grid on the training x_T; the recipe keeps it")
     else:
-        tuned = Scored("tuned", best[1], best[0])
+        tuned = best
     for scored in [*stock, tuned]:
-        scored.held_out_error, scored.quality = setup.held_out.score(scored.config)
+        scored.held_out_error, scored.quality = setup.held_out.score(scored.config, scored.target)
     stock.sort(key=lambda s: s.held_out_error if s.held_out_error is not None else math.inf)
-    default = next((s for s in stock if s.config.spacing == setup.base.spacing), None) or Scored(
-        setup.base.spacing, setup.base, *setup.train.score(setup.base))
-    if default.held_out_error is None:
+    default = next((s for s in stock if s.config.spacing == setup.base.spacing), None)
+    if default is None:  # the typed grid is not a stock one (a custom grid): score it as given
+        default = Scored(setup.base.spacing, setup.base, setup.train.score(setup.base)[0])
         default.held_out_error, default.quality = setup.held_out.score(default.config)
     metric = "mmd2" if setup.base.is_sde and setup.model.mixture is not None else "l2_median"
     recipe = _recipe(spec, setup, tuned, default, stock, metric)
@@ -330,6 +349,7 @@ def _recipe(spec: TuneSpec, setup: _Setup, tuned: Scored, default: Scored, stock
         guidance_scale=spec.guidance_scale,
         conditioning={k: v for k, v in spec.conditioning.items() if v is not None and v is not False},
         metric=metric,
+        target_sigma=float((tuned.target or plan).sigmas[-1]),
         training={"seed": spec.train_seed, "batch": int(setup.train.x_T.shape[0]), "error": tuned.train_error},
         held_out={"seed": spec.seed, "batch": int(setup.held_out.x_T.shape[0]), "error": tuned.held_out_error,
                   **({"quality": tuned.quality} if tuned.quality else {})},

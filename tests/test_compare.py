@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from dpmcli import SolverConfig
 from dpmcli.cli.main import app
-from dpmcli.compare import Sweep, check_gates, expand, run_sweep
+from dpmcli.compare import Sweep, expand, run_sweep
+from dpmcli.gates import check_gates
 
 runner = CliRunner()
 

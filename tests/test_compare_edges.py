@@ -334,7 +334,7 @@ def test_baseline_runs_without_an_error_are_ignored_with_a_note(tmp_path, baseli
 
 
 def test_a_nan_error_never_passes_max_error():
-    from dpmcli.compare import check_gates
+    from dpmcli.gates import check_gates
 
     class Report:
         runs = [{"run": "r", "error": float("nan"), "status": "ok", "error_metric": "l2_median"}]

@@ -11,11 +11,11 @@ from test_cli_edges import invoke, one_line_error
 
 from dpmcli import SolverConfig, build_plan
 from dpmcli.errors import ConfigError
-from dpmcli.experiment import solve
-from dpmcli.models import ring
+from dpmcli.models import MixtureModel, ring
 from dpmcli.noise import initial_latents
 from dpmcli.recipe import RECIPE_FORMAT, load_recipe
 from dpmcli.reference import ode_limit
+from dpmcli.sampler import sample
 from dpmcli.tune import Grid, TuneSpec, steps_for_budget, tune
 
 QUICK = dict(model="ring", batch=512, train_batch=128, evaluations=80)
@@ -31,13 +31,15 @@ def test_tuned_grid_beats_every_stock_grid_on_held_out_inputs(ring5):
     assert ring5.tuned.held_out_error < best.held_out_error / 2, (ring5.tuned.held_out_error, best.label, best.held_out_error)
     assert all(ring5.tuned.held_out_error < s.held_out_error for s in ring5.stock)
     plan = build_plan(ring5.recipe.config)
-    assert plan.nfe == 5 and plan.sigmas[-1] == 0.0 and plan.sigmas[0] == build_plan(SolverConfig(steps=5)).sigmas[0]
+    assert plan.nfe == 5 and plan.sigmas[0] == build_plan(SolverConfig(steps=5)).sigmas[0]
+    assert ring5.recipe.target_sigma == 0.0  # scored at the clean end point, wherever its last step lands
 
 
 def test_held_out_error_is_the_exact_ode_error_on_other_seeds(ring5):
     """Recomputed from scratch: the recipe's grid on seed 0's x_T against DOP853's end point."""
     x = initial_latents(0, (512, 2), "cpu", torch.float32)
-    out, plan = solve(ring(), x.double(), **{k: getattr(ring5.recipe.config, k) for k in ("sigmas", "algo", "order")})
+    plan = build_plan(ring5.recipe.config)
+    out = sample(plan, MixtureModel(ring()).bind(plan), x.double()).samples
     reference = ode_limit(ring(), x.double(), float(plan.lambdas[0]), math.inf, process=plan.schedule)
     error = (out - reference).norm(dim=1).median().item()
     assert error == pytest.approx(ring5.tuned.held_out_error, rel=1e-3)
@@ -54,6 +56,10 @@ def test_grid_parameters_round_trip_a_stock_grid():
     grid = Grid(plan)
     sigmas = grid.sigmas(grid.theta_of(plan))
     assert sigmas == pytest.approx(tuple(plan.sigmas), rel=1e-9)
+    free = Grid(plan, free_final=True)
+    theta = free.theta_of(plan)
+    assert len(theta) == 7 and free.sigmas(theta)[:-1] == pytest.approx(tuple(plan.sigmas[:-1]), rel=1e-9)
+    assert free.sigmas(theta)[-1] == pytest.approx(plan.sigmas[-2] / math.e, rel=1e-9)  # one unit of lambda further
 
 
 def test_recipe_file_round_trips(ring5, tmp_path):
@@ -114,7 +120,6 @@ def test_compare_scores_a_recipe_as_tune_did(ring5, recipe_file, tmp_path):
 def test_dropin_scheduler_runs_the_recipe(recipe_file):
     pytest.importorskip("diffusers")
     from dpmcli.diffusers import DPMSolverScheduler
-    from dpmcli.models import MixtureModel
 
     scheduler = DPMSolverScheduler.from_recipe(recipe_file)
     scheduler.set_timesteps()
@@ -124,7 +129,8 @@ def test_dropin_scheduler_runs_the_recipe(recipe_file):
     a = x.clone()
     for t in scheduler.timesteps:
         a = scheduler.step(model(a, t), t, a).prev_sample
-    b, _ = solve(ring(), x, sigmas=recipe.config.sigmas)
+    plan = build_plan(recipe.config)
+    b = sample(plan, MixtureModel(ring()).bind(plan), x).samples
     assert (a - b).abs().max() < 1e-6  # float32 timesteps of a fractional grid
     with pytest.raises(ConfigError, match="is a 5-step grid"):
         scheduler.set_timesteps(20)

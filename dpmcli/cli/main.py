@@ -48,7 +48,7 @@ def schedule(
     config, beside = solver(), None
     if recipe is not None:
         found, config, _, _ = use_recipe(recipe, config, solver.explicit, None)
-        beside = recipe_beside(config)
+        beside = recipe_beside(found)
         warn([recipe_note(found)], quiet)
     plan = build_plan(config)
     warn(plan.warnings, quiet)

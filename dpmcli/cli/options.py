@@ -16,7 +16,7 @@ from ..config import SolverConfig, option_fields
 from ..plan import build_plan
 from ..errors import ConfigError, option_flag
 from ..processes import with_process_defaults
-from ..recipe import check_recipe_model, load_recipe, recipe_config
+from ..recipe import check_recipe_model, load_recipe, recipe_config, stock_config
 
 # The panels of the options that are the commands' own; the solver options' panels are in config.py
 OUTPUT = "Output"
@@ -155,12 +155,11 @@ def use_recipe(path, config: SolverConfig, explicit, model: str | None, conditio
 BESIDE = ("linspace", "karras", "logsnr")  # the stock grids `schedule --recipe` shows beside a recipe's
 
 
-def recipe_beside(config: SolverConfig) -> dict:
+def recipe_beside(recipe) -> dict:
     """{spacing: sigmas} of stock grids with the recipe's steps and schedule, for its process."""
-    out = {}
-    for spacing in BESIDE if config.process != "edm" else ("karras", "exponential", "logsnr"):
-        out[spacing] = [float(s) for s in build_plan(config.with_options(sigmas=None, spacing=spacing)).sigmas]
-    return out
+    config = stock_config(recipe)
+    return {spacing: [float(s) for s in build_plan(config.with_options(spacing=spacing)).sigmas]
+            for spacing in (BESIDE if config.process != "edm" else ("karras", "exponential", "logsnr"))}
 
 
 def recipe_note(recipe) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..plan import build_plan
-from ..recipe import load_recipe
+from ..recipe import load_recipe, stock_config
 from ..report import OutputFiles, atomic_write
 from .console import warn
 from .options import require_suffix, split_list
@@ -59,7 +59,7 @@ def plot_schedule_command(*, solver, lists: dict, out: Path, dpi: int, title, qu
         config = solver(**typed)
         if found:  # the stock grids on the recipe's schedule, at its steps (what is typed wins)
             keep = {k: getattr(config, k) for k in (*typed, *solver.explicit) if k not in ("sigmas", "steps") or k in typed}
-            config = found[0].config.with_options(sigmas=None, **keep, **({} if "steps" in typed else {"steps": found[0].config.steps}))
+            config = stock_config(found[0]).with_options(**keep, **({} if "steps" in typed else {"steps": found[0].config.steps}))
         plan = build_plan(config)
         warn([f"{grid_label(plan)}: {w}" for w in plan.warnings], quiet)
         plans.append(plan)
