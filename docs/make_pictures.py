@@ -69,6 +69,17 @@ def main() -> None:
                        "--class", "all", "--out", folder, "--quiet"]
         subprocess.run([sys.executable, "-m", "dpmcli", *flow_digits], check=True, stdout=subprocess.DEVNULL)
         shutil.copy(Path(folder) / "samples.png", OUT / "compare-digits-flow.png")
+        tuned_grid(folder)
+
+
+def tuned_grid(folder) -> None:
+    """The README's tuned recipe (ring, 5 model calls, UniC) drawn over three stock grids."""
+    recipe = Path(folder) / "ring5.json"
+    subprocess.run([sys.executable, "-m", "dpmcli", "tune", "--nfe", "5", "--corrector", "unic", "--out", recipe, "--quiet"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "dpmcli", "plot-schedule", "--recipe", recipe, "--spacing", "linspace,karras,logsnr",
+                    "--title", "a tuned 5-call grid (ring, DPM-Solver++(2M) with UniC) beside stock grids", "--out",
+                    OUT / "tuned-grid.png", "--dpi", "100"], check=True, stdout=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

@@ -298,7 +298,9 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
     finite = sorted((s for s in stock if math.isfinite(s.train_error)), key=lambda s: s.train_error)
     if not finite:
         raise NumericalError("every stock grid of this solver fails on the training x_T (NaN or Inf); nothing to start from")
-    searches = [(policy, s, free) for s in finite[:STARTS] for policy, free in final_policies(s.config)]
+    # every final-step policy from the best stock grid; from the next, the last (most free) policy alone
+    searches = [(policy, s, free) for rank, s in enumerate(finite[:STARTS])
+                for policy, free in (final_policies(s.config) if rank == 0 else final_policies(s.config)[-1:])]
     total = spec.evaluations * len(searches)
     done = [0]
 
@@ -316,12 +318,14 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
         target = grid.plan if free else None
         theta, error, _ = _search(setup.train, grid, policy, theta, spec.evaluations, tick, target)
         if best is None or error < best.train_error:
-            best = Scored("tuned", policy.with_options(sigmas=grid.sigmas(theta)), error, target=target)
+            how = "searched final sigma" if free else f"lower-order-final {'on' if policy.lower_order_final else 'off'}"
+            best = Scored(f"tuned (from {start_point.label}, {how})", policy.with_options(sigmas=grid.sigmas(theta)), error,
+                          target=target)
     if progress is not None:
         progress(total, total)
     if best is None or best.train_error >= finite[0].train_error:
         # nothing beat the best stock grid on the training set (one step, or a search that found no better point)
-        tuned = Scored("tuned", finite[0].config, finite[0].train_error)
+        tuned = Scored(f"tuned (kept {finite[0].label})", finite[0].config, finite[0].train_error)
         setup.notes.append("the search found no grid better than the best stock grid on the training x_T; the recipe keeps it")
     else:
         tuned = best

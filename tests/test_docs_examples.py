@@ -85,6 +85,8 @@ USER_FILES = {
     # docs/cli.md: an earlier, narrower run (its ODE runs are gated, the others reported as new;
     # the whole default sweep again would double the cost of the example)
     "old/results.json": "dpmcli compare --algo dpmsolver++ --out old --quiet > /dev/null",
+    # docs/tune.md and the README: the recipe their first command writes (a short search: seconds)
+    "ring5.json": "dpmcli tune --nfe 5 --corrector unic --evaluations 150 --out ring5.json --quiet > /dev/null",
 }
 
 

@@ -77,7 +77,7 @@ def tune_table(result: TuneResult) -> Table:
     )
     for name in ("grid", "train error", "held-out error", "tuned / row", *quality):
         table.add_column(name, justify="left" if name == "grid" else "right")
-    rows = [("tuned", tuned)] + [(f"{s.label}{' (default)' if s is result.default else ''}", s) for s in result.stock]
+    rows = [(tuned.label, tuned)] + [(f"{s.label}{' (default)' if s is result.default else ''}", s) for s in result.stock]
     if result.default not in result.stock:
         rows.append((f"{result.default.label} (default)", result.default))
     for name, scored in rows:
