@@ -193,15 +193,21 @@ def unipc_weights(form: AlgoForm, h: float, alpha_t: float, sigma_t: float, node
     weights[nodes.index(0.0)] = -y_t * math.expm1(z)
     if count == 0:
         return weights
-    if count == 1:
-        rho = np.array([0.5])
-    else:
-        powers = np.array([[r**i for _, r in others] for i in range(count)])
-        rhs = np.array([math.factorial(i + 1) * z * phis[i + 1] / bh for i in range(count)])
-        rho = np.linalg.solve(powers, rhs)
-    for (j, r), rho_k in zip(others, rho):
-        weights[j] -= y_t * bh * rho_k / r
-        weights[nodes.index(0.0)] += y_t * bh * rho_k / r
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # IEEE numbers throughout: a zero-length step of a diffusers grid gives NaN weights, which the plan reports
+        if count == 1:
+            rho = np.array([0.5])
+        else:
+            powers = np.array([[np.float64(r) ** i for _, r in others] for i in range(count)])
+            rhs = np.array([math.factorial(i + 1) * np.float64(z) * phis[i + 1] / np.float64(bh) for i in range(count)])
+            try:
+                rho = np.linalg.solve(powers, rhs)
+            except np.linalg.LinAlgError:  # coinciding nodes
+                rho = np.full(count, np.nan)
+        for (j, r), rho_k in zip(others, rho):
+            share = np.float64(y_t) * np.float64(bh) * rho_k / np.float64(r)
+            weights[j] -= float(share)
+            weights[nodes.index(0.0)] += float(share)
     return weights
 
 

@@ -33,7 +33,7 @@ from .metrics import default_bandwidth
 from .models import Denoiser, load_model
 from .noise import initial_latents
 from .plan import Plan, build_plan
-from .peers import build_scheduler, grid_sigmas, peers_beside, reference_plan, run_peer
+from .peers import build_scheduler, grid_sigmas, peers_beside, peers_identity, reference_plan, run_peer
 from .recipe import check_recipe_identity, check_recipe_model, target_config
 from .sampler import RunResult
 from .reference import CacheDirError, check_cache_dir, default_cache_dir
@@ -106,8 +106,8 @@ class Sweep:
             "bandwidth": self.bandwidth,
             **{k: v for k, v in self.conditioning.items() if v is not None and v is not False},
             **({"guidance_scale": self.guidance} if self.guidance != [None] else {}),
-            **({"recipes": [r.path for r in self.recipes]} if self.recipes else {}),
-            **({"peers": self.peers} if self.peers else {}),
+            **({"recipes": [{"path": r.path, "sha256": r.digest} for r in self.recipes]} if self.recipes else {}),
+            **({"peers": peers_identity(self.peers)} if self.peers else {}),
         }
 
 
@@ -488,7 +488,7 @@ def fit_orders(runs: list[dict]) -> list[dict]:
             "nominal_order": rows[0]["order"],
             # the ODE order the weights reach; an SDE's strong order is what the sweep measures
             "expected_order": rows[0]["convergence_order"] if kind == "ode" else None,
-            "fitted_order": None,
+            "fitted_order": None, **({"peer": rows[0]["peer"]} if rows[0].get("peer") else {}),
         }
         if len(nfes) >= 2:
             x = np.log([n for n, _ in points])

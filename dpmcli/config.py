@@ -124,7 +124,7 @@ class SolverConfig:
         "none, or unic: UniPC's corrector after every multistep step but the last, from the model output the next step "
         "computes anyway (no extra model calls; one order higher). Weights: --coefficients exact, or published in --unic-variant's form.",
     )
-    unic_variant: str = _option("bh2", "unic's published weights: UniPC's B(h) = h (bh1) or e^h - 1 (bh2, diffusers' default).")
+    unic_variant: str = _option("bh2", "unic's published weights: UniPC's B(h) = z (bh1) or e^z - 1 (bh2, diffusers' default), z = -h for ++.")
     lower_order_final: bool = _option(
         True, "Lower the order of the last two steps when there are fewer than 15 (on by default).", FINAL_STEPS
     )

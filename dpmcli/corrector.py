@@ -13,7 +13,7 @@ from __future__ import annotations
 from .errors import ConfigError, bad_choice
 
 CORRECTORS = ("none", "unic")
-UNIC_VARIANTS = ("bh1", "bh2")  # UniPC's B(h) = h and B(h) = e^h - 1 (diffusers' default)
+UNIC_VARIANTS = ("bh1", "bh2")  # UniPC's B(h) = z and e^z - 1, z = -h for the data prediction, h for the noise (bh2: diffusers' default)
 UNIPC_MAX_ORDER = 3  # diffusers' UniPCMultistepScheduler: what --compat diffusers --corrector unic reproduces
 
 
@@ -43,6 +43,11 @@ def check_corrector(cfg) -> None:
     if cfg.compat == "diffusers":
         if cfg.order > UNIPC_MAX_ORDER:
             raise ConfigError(f"--compat diffusers: UniPCMultistepScheduler stops at order {UNIPC_MAX_ORDER}; got --order {cfg.order}")
+        if cfg.thresholding and not cfg.predicts_data:
+            raise ConfigError("--thresholding: UniPCMultistepScheduler thresholds the data prediction only (predict_x0); "
+                              "use --algo dpmsolver++ or drop --thresholding")
+        if cfg.euler_at_final:
+            raise ConfigError("--euler-at-final: UniPCMultistepScheduler has no such option (its last step follows lower_order_final); drop it")
         if cfg.unic_variant == "bh1" and cfg.final_sigma == "zero":
             # B(h) = h is infinite on the step to sigma 0, and diffusers multiplies it by zero there
             raise ConfigError("--unic-variant: bh1 with --final-sigma zero gives NaN in diffusers' UniPCMultistepScheduler; "

@@ -40,7 +40,7 @@ from .config import SolverConfig
 from .errors import ConfigError
 from .brownian import noise_source
 from .plan import Plan, build_plan, snap_integer_timesteps, tail_plan
-from .recipe import Recipe, load_recipe, scheduler_parameters
+from .recipe import SCHEDULE_FIELDS, Recipe, check_recipe_schedule, load_recipe, scheduler_parameters
 from .sampler import StepEvent
 from .schedule import Schedule, make_betas, rescale_to_zero_terminal_snr
 from .stats import StepStatistics
@@ -159,13 +159,11 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_recipe(cls, recipe, **kwargs) -> "DPMSolverScheduler":
-        """A scheduler that runs a ``dpmcli tune`` recipe (its path, or a :class:`~dpmcli.recipe.Recipe`).
-
-        Its schedule and solver become the config; ``set_timesteps()`` (or with the recipe's step
-        count) runs the tuned grid. ``kwargs`` are config parameters on top.
-        """
+        """A scheduler on a ``dpmcli tune`` recipe (a path or a :class:`~dpmcli.recipe.Recipe`): its schedule and solver are
+        the config (``kwargs`` on top, its schedule kept); ``set_timesteps()`` (or its step count) runs the tuned grid."""
         found = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
         scheduler = cls(**{**scheduler_parameters(found.config), **kwargs})
+        check_recipe_schedule(found, {name: getattr(scheduler._base, name) for name in SCHEDULE_FIELDS})  # kwargs keep its schedule
         scheduler._recipe = found
         return scheduler
 
@@ -277,8 +275,8 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         if self._recipe is not None and timesteps is None and sigmas is None:
             steps = self._recipe.config.steps
             if num_inference_steps not in (None, steps):
-                raise ConfigError(f"DPMSolverScheduler.set_timesteps: the recipe {self._recipe.name} is a {steps}-step grid; "
-                                  f"use num_inference_steps={steps}, or pass sigmas or timesteps")
+                raise ConfigError(f"DPMSolverScheduler.set_timesteps: the recipe {self._recipe.name} is a {steps}-step grid; use "
+                                  f"num_inference_steps={steps}, or pass sigmas or timesteps")
             num_inference_steps, sigmas = None, self._recipe.config.sigmas  # its last sigma included: nothing appended
         if sum(arg is not None for arg in (num_inference_steps, timesteps, sigmas)) != 1:
             raise ConfigError("DPMSolverScheduler.set_timesteps: pass exactly one of num_inference_steps, timesteps, sigmas")
@@ -376,7 +374,8 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         try:
             return tail_plan(self._plan, begin, "DPMSolverScheduler")
         except ConfigError as error:
-            raise _option_error(error, f"DPMSolverScheduler: starting at timesteps[{begin}]") if "--" in str(error) else error from None
+            own = str(error).startswith("DPMSolverScheduler")  # tail_plan's own refusals name the scheduler already
+            raise (error if own else _option_error(error, f"DPMSolverScheduler: starting at timesteps[{begin}]")) from None
 
     def step(
         self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor,

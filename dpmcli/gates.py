@@ -23,8 +23,11 @@ def check_gates(report: SweepReport, max_error=None, baseline: dict | None = Non
     """
     failures: list[str] = []
     notes: list[str] = []
+    peers = [row for row in report.runs if row.get("peer")]
+    if peers and (max_error is not None or min_order is not None):
+        notes.append(f"--max-error and --min-order gate dpmcli's runs; the {len(peers)} --peers row(s) are reported, not gated")
     if max_error is not None:
-        for row in report.runs:
+        for row in (r for r in report.runs if not r.get("peer")):
             error = row.get("error")
             if not _finite(error):
                 failures.append(f"{row['run']}: no error value ({row['status']}) against --max-error {max_error:g}")
@@ -69,7 +72,7 @@ def check_gates(report: SweepReport, max_error=None, baseline: dict | None = Non
                 f"error, {len(new)} run(s) now; runs match on their solver options, steps and guidance scale)"
             )
     if min_order is not None:
-        for entry in report.orders:
+        for entry in (e for e in report.orders if not e.get("peer")):
             fitted = entry["fitted_order"]
             if fitted is None:
                 notes.append(f"{entry['solver']}: fewer than two step counts, no fitted order for --min-order")
@@ -82,5 +85,5 @@ def _baseline_key(row: dict) -> tuple:
     """What makes two runs the same run: the swept values (steps as asked) and the guidance scale."""
     values = {**row, "steps": row.get("steps_requested", row.get("steps"))}
     noise = tuple((f, values[f]) for f in NOISE_DEFAULTS if values.get(f, NOISE_DEFAULTS[f]) != NOISE_DEFAULTS[f])
-    extra = tuple((f, values[f]) for f in EXTRA_RUNS if values.get(f) is not None)  # a recipe's or a peer's run
+    extra = tuple((f, values[f]) for f in ("corrector", *EXTRA_RUNS) if values.get(f) not in (None, "none"))  # corrected, a recipe's, a peer's
     return tuple(str(values.get(f)) for f in (*SWEEP_FIELDS, "guidance_scale")) + noise + extra

@@ -322,6 +322,13 @@ def reference_plan(cfg: SolverConfig, sigmas) -> Plan:
     ))
 
 
+def peers_identity(peers: str) -> str:
+    """What ran the peer rows, for a sweep's record (a resumed sweep must run the same library): 'diffusers 0.42.1'."""
+    if peers != "diffusers":
+        return peers
+    return f"diffusers {getattr(_diffusers(), '__version__', '?')}"
+
+
 def peers_beside(configs) -> list[tuple[Peer, SolverConfig]]:
     """compare_peers for every distinct (NFE, order, grid) among dpmcli runs' configs, each peer once."""
     out: dict = {}

@@ -134,8 +134,10 @@ def order_facts(cfg: SolverConfig) -> tuple[int, str]:
     if cfg.corrector == "unic":
         predictor = min(cfg.order, 2) if cfg.coefficients == "published" and cfg.order <= PUBLISHED_MAX_ORDER else cfg.order
         weights = "exact" if cfg.coefficients == "exact" else f"published {cfg.unic_variant}"
-        return predictor + 1, (f"order {cfg.order} predictor with the UniC corrector ({weights} weights): converges at order "
-                               f"{predictor + 1}, one above the predictor's {predictor}, at no extra model call")
+        note = f"order {cfg.order} predictor with the UniC corrector ({weights} weights)"
+        if predictor >= 3:  # the corrected first-order first step has local error O(h^3)
+            return 3, note + ": converges at order 3 at least (the first step caps it there asymptotically; higher at practical step counts)"
+        return predictor + 1, note + f": converges at order {predictor + 1}, one above the predictor's {predictor}, at no extra model call"
     if cfg.ancestral:
         name = "DPM-Solver++ SDE" if cfg.method == "singlestep" else f"DPM-Solver++({'1' if cfg.order == 1 else '2S'}) ancestral"
         return cfg.order, f"{name}, eta {cfg.sde_eta:g}: its ODE part has order {cfg.order}; it follows the SDE at eta {cfg.sde_eta**2:g} (eta squared)"

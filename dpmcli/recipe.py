@@ -9,12 +9,14 @@ and its errors on the training and held-out x_T. It is read by ``sample --recipe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .config import SolverConfig
+from .plan import build_plan
 from .errors import ConfigError, option_flag
 from .vocabulary import scheduler_words
 
@@ -44,13 +46,21 @@ class Recipe:
     path: str | None = None  # where it was read from (not written)
 
     @property
+    def digest(self) -> str:
+        """sha256 of what the recipe says (not where it lies): a run log knows a rewritten recipe."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+    @property
     def name(self) -> str:
         """How a run of this recipe is labelled: its file's stem, else 'recipe'."""
         return Path(self.path).stem if self.path else "recipe"
 
     def to_dict(self) -> dict:
         config = self.config.to_dict()
-        config.pop("timesteps", None)
+        for key in ("timesteps", "sigmas", "steps", "spacing"):  # the grid is written once, under "grid"
+            config.pop(key, None)
+        if self.config.trained_betas is not None:
+            config["trained_betas"] = list(self.config.trained_betas)  # the table itself: a recipe must rebuild its schedule
         return {
             "format": self.format,
             "what": f"a step recipe tuned by dpmcli tune: {self.config.algo} order {self.config.order} on {self.nfe} model calls "
@@ -86,8 +96,6 @@ def _config_from(data: dict, path) -> SolverConfig:
             values[key] = tuple(float(v) for v in values[key])
     if isinstance(values.get("trained_betas"), str):
         raise _fail(path, "config holds a trained-betas table only by its length; a recipe needs the betas themselves")
-    if values.get("sigmas") is None:
-        raise _fail(path, "config has no sigmas: a recipe's grid is its list of sigmas")
     if values.get("lambda_min_clipped", 0.0) is None:
         values["lambda_min_clipped"] = -math.inf  # JSON has no -inf: no clipping is written as null
     values.pop("spacing", None)
@@ -111,19 +119,39 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(data, dict) or data.get("format") != RECIPE_FORMAT:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise _fail(path, f"not a recipe (format {got!r}; dpmcli tune writes {RECIPE_FORMAT!r})")
-    missing = [k for k in ("model", "process", "nfe", "config") if k not in data]
-    if missing or not isinstance(data["config"], dict):
-        raise _fail(path, f"the recipe lacks {', '.join(missing) or 'a config object'}")
-    config = _config_from(data["config"], path)
+    missing = [k for k in ("model", "process", "nfe", "config", "grid") if k not in data]
+    if missing:
+        raise _fail(path, f"the recipe lacks {', '.join(missing)}")
+    wrong = [k for k, kind in SHAPES.items() if k in data and data[k] is not None and not isinstance(data[k], kind)]
+    if wrong:
+        raise _fail(path, f"{wrong[0]} must be {SHAPES[wrong[0]].__name__ if isinstance(SHAPES[wrong[0]], type) else 'a number'}")
+    try:
+        return _recipe_from(data, path)
+    except (TypeError, ValueError) as exc:  # a hand-edited value of the wrong kind (a string among the sigmas)
+        raise _fail(path, f"malformed ({exc})") from None
+
+
+# the JSON type each key of a recipe file must have
+SHAPES = {"model": str, "process": str, "nfe": int, "config": dict, "grid": dict, "conditioning": dict, "training": dict,
+          "held_out": dict, "baselines": dict, "model_identity": dict, "guidance_scale": (int, float), "target_sigma": (int, float)}
+
+
+def _recipe_from(data: dict, path) -> Recipe:
+    grid = data["grid"]
+    if not isinstance(grid.get("sigmas"), list):
+        raise _fail(path, "grid.sigmas must be the list of the grid's sigmas")
+    config = _config_from({**data["config"], "sigmas": grid["sigmas"]}, path)
     if config.process != data["process"]:
         raise _fail(path, f"says process {data['process']!r} but its config is {config.process!r}")
-    nfe = data["nfe"]
-    if not isinstance(nfe, int) or nfe < 1:
-        raise _fail(path, f"nfe {nfe!r} is not a positive integer")
-    grid = data.get("grid", {})
-    timesteps = tuple(float(t) for t in grid.get("timesteps", ())) if isinstance(grid, dict) else ()
+    plan = build_plan(config)
+    if data["nfe"] != plan.nfe:
+        raise _fail(path, f"says nfe {data['nfe']} but its grid and solver make {plan.nfe} model calls")
+    timesteps = tuple(float(t) for t in plan.timesteps)
+    written = [float(t) for t in grid.get("timesteps") or ()]
+    if written and (len(written) != len(timesteps) or any(not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9) for a, b in zip(written, timesteps))):
+        raise _fail(path, "grid.timesteps do not follow from grid.sigmas (the sigmas are the grid; the timesteps are shown for reading)")
     return Recipe(
-        model=str(data["model"]), process=config.process, nfe=nfe, config=config, timesteps=timesteps,
+        model=data["model"], process=config.process, nfe=plan.nfe, config=config, timesteps=timesteps,
         model_identity=data.get("model_identity"), guidance_scale=data.get("guidance_scale"),
         conditioning=dict(data.get("conditioning") or {}), metric=str(data.get("metric", "")),
         target_sigma=_target(data.get("target_sigma", config.sigmas[-1]), config, path),
@@ -148,7 +176,8 @@ def target_config(recipe: Recipe) -> SolverConfig:
 def stock_config(recipe: Recipe) -> SolverConfig:
     """The recipe's solver and schedule on a stock grid of its step count (what it is drawn and listed beside)."""
     final = "zero" if recipe.target_sigma == 0.0 else "sigma-min"
-    return recipe.config.with_options(sigmas=None, timesteps=None, final_sigma=final, spacing="linspace")
+    spacing = "karras" if recipe.process == "edm" else "linspace"  # the process's own default grid
+    return recipe.config.with_options(sigmas=None, timesteps=None, final_sigma=final, spacing=spacing)
 
 
 def _same(a, b) -> bool:
@@ -201,6 +230,9 @@ def check_recipe_schedule(recipe: Recipe, options: dict) -> None:
                               "has another value: it is a recipe for another model; tune again for this one")
 
 
+# what a recipe's training schedule is: the options a model's schedule sets (grid words aside)
+SCHEDULE_FIELDS = ("beta_start", "beta_end", "beta_schedule", "train_steps", "trained_betas", "rescale_zero_snr",
+                   "prediction_type", "process", "flow_shift")
 # SolverConfig options that DPMSolverScheduler takes under dpmcli's own names
 SCHEDULER_OWN = ("algo", "order", "method", "startup", "coefficients", "compat", "rho", "eta", "s_noise", "corrector", "unic_variant")
 
@@ -211,8 +243,7 @@ def scheduler_parameters(config: SolverConfig) -> dict:
     if config.process == "edm":
         raise ConfigError("DPMSolverScheduler.from_recipe: the drop-in scheduler runs VP and flow schedules; this recipe is edm")
     schedule = {name: getattr(config, name) for name in (
-        "beta_start", "beta_end", "beta_schedule", "train_steps", "trained_betas", "rescale_zero_snr", "prediction_type",
-        "process", "flow_shift", "lambda_min_clipped", "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
+        *SCHEDULE_FIELDS, "lambda_min_clipped", "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
         "solver_type", "lower_order_final", "euler_at_final",
     )}
     if config.trained_betas is None:
@@ -229,4 +260,4 @@ def check_recipe_identity(recipe: Recipe, identity: dict | None) -> None:
 
 
 __all__ = ["RECIPE_FORMAT", "Recipe", "check_recipe_identity", "check_recipe_model", "check_recipe_schedule", "load_recipe",
-           "recipe_config", "scheduler_parameters", "stock_config", "target_config"]
+           "recipe_config", "scheduler_parameters", "stock_config", "target_config", "SCHEDULE_FIELDS"]

@@ -25,7 +25,8 @@ class StepState:
 
     ``history``: the model outputs later rows still read (most recent first, in the form and
     scale the plan says); ``anchor``: the latent the update of singlestep stages and start-up
-    sweeps starts from (set by the rows the plan marks ``sets_anchor``).
+    sweeps starts from (set by the rows the plan marks ``sets_anchor``), or with UniC the last
+    corrected latent (set by the rows that carry a ``correction``).
     """
 
     history: tuple[torch.Tensor, ...] = ()

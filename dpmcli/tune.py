@@ -196,7 +196,7 @@ class Grid:
         return np.append(theta, 0.0) if self.free_final else theta
 
 
-def _search(objective: Objective, grid: Grid, config: SolverConfig, theta: np.ndarray, budget: int, tick: Callable[[], None],
+def _search(objective: Objective, grid: Grid, config: SolverConfig, theta: np.ndarray, *, budget: int, tick: Callable[[], None],
             target: Plan | None = None):
     """Powell's method on theta from a start; returns (best theta, its training error, evaluations used)."""
     from scipy.optimize import minimize
@@ -248,6 +248,8 @@ def _setup(spec: TuneSpec) -> _Setup:
     for option, value in (("--batch", spec.batch), ("--train-batch", spec.train_batch)):
         if value is not None and value < 2:
             raise ConfigError(f"{option}: {value} is not allowed; give at least 2 samples")
+    if spec.base.compat != "none":
+        raise ConfigError(f"--compat: {spec.base.compat} reproduces another library's grids, which take no tuned sigmas; tune without --compat")
     if spec.evaluations < 10:
         raise ConfigError(f"--evaluations: {spec.evaluations} is not allowed; give at least 10")
     if spec.reference_steps is not None and spec.reference_steps < 10:
@@ -316,7 +318,7 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
         if theta is None or grid.steps < 2:
             continue
         target = grid.plan if free else None
-        theta, error, _ = _search(setup.train, grid, policy, theta, spec.evaluations, tick, target)
+        theta, error, _ = _search(setup.train, grid, policy, theta, budget=spec.evaluations, tick=tick, target=target)
         if best is None or error < best.train_error:
             how = "searched final sigma" if free else f"lower-order-final {'on' if policy.lower_order_final else 'off'}"
             best = Scored(f"tuned (from {start_point.label}, {how})", policy.with_options(sigmas=grid.sigmas(theta)), error,
@@ -325,7 +327,9 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
         progress(total, total)
     if best is None or best.train_error >= finite[0].train_error:
         # nothing beat the best stock grid on the training set (one step, or a search that found no better point)
-        tuned = Scored(f"tuned (kept {finite[0].label})", finite[0].config, finite[0].train_error)
+        kept = finite[0].config
+        tuned = Scored(f"tuned (kept {finite[0].label})", kept.with_options(sigmas=tuple(float(s) for s in build_plan(kept).sigmas)),
+                       finite[0].train_error)
         setup.notes.append("the search found no grid better than the best stock grid on the training x_T; the recipe keeps it")
     else:
         tuned = best

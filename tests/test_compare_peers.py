@@ -46,3 +46,19 @@ def test_baseline_keys_keep_peers_apart(report, tmp_path):
 
 def test_bad_peers_value_is_one_line():
     one_line_error(invoke("compare", "--peers", "comfyui", "--steps", 5), 2, "--peers: 'comfyui' is not allowed")
+
+
+def test_peers_are_reported_not_gated(tmp_path):
+    result = invoke("compare", "--peers", "diffusers", "--algo", "dpmsolver++", "--order", 2, "--steps", 5, "--batch", 128,
+                    "--max-error", 0.2299, "--cache-dir", tmp_path, "--format", "json")
+    document = json.loads(result.stdout)
+    failures = document["gates"]["failures"]
+    assert all("diffusers" not in f for f in failures)
+    assert any("--peers row(s) are reported, not gated" in n for n in document["gates"]["notes"])
+
+
+def test_corrected_runs_have_their_own_baseline_key():
+    from dpmcli.gates import _baseline_key  # noqa: PLC2701
+
+    row = {"run": "a", "algo": "dpmsolver++", "order": 2, "steps": 5}
+    assert _baseline_key(row) != _baseline_key({**row, "corrector": "unic"})

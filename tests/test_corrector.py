@@ -183,3 +183,17 @@ def test_cli_refusal_is_one_line():
 def test_documents_without_a_corrector_keep_their_keys():
     assert "corrector" not in SolverConfig().to_dict()
     assert SolverConfig(corrector="unic").to_dict()["unic_variant"] == "bh2"
+
+
+def test_more_compat_refusals_and_zero_length_steps():
+    with pytest.raises(ConfigError, match="thresholds the data prediction only"):
+        build_plan(SolverConfig(corrector="unic", compat="diffusers", algo="dpmsolver", thresholding=True, final_sigma="sigma-min"))
+    with pytest.raises(ConfigError, match="--euler-at-final: UniPCMultistepScheduler has no such option"):
+        build_plan(SolverConfig(corrector="unic", compat="diffusers", euler_at_final=True))
+    # a diffusers grid with a repeated timestep: planned, and the rows that divide by h = 0 say why
+    plan = build_plan(SolverConfig(compat="diffusers", corrector="unic", order=3, train_steps=25, steps=25))
+    assert any(row.failure and "zero length" in row.failure for row in plan.rows)
+
+
+def test_higher_order_claims_are_capped():
+    assert build_plan(SolverConfig(order=3, coefficients="exact", corrector="unic")).convergence_order == 3

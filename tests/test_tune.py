@@ -189,3 +189,30 @@ def test_tune_command_writes_a_recipe_and_refuses_shared_seeds(tmp_path):
     one_line_error(invoke("tune", "--train-seed", 0, "--out", tmp_path / "x.json"), 2, "--train-seed: 0 is the held-out --seed")
     assert not (tmp_path / "x.json").exists()
     one_line_error(invoke("tune", "--out", tmp_path / "x.txt"), 2, "--out:", "must end in .json")
+
+
+def test_kept_stock_grid_is_a_loadable_recipe(tmp_path):
+    result = tune(TuneSpec(nfe=1, model="ring", batch=64, train_batch=32, evaluations=20))
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(result.recipe.to_dict()))
+    assert load_recipe(path).nfe == 1 and "kept" in result.tuned.label
+
+
+def test_tune_refuses_compat():
+    with pytest.raises(ConfigError, match="--compat: diffusers reproduces another library's grids"):
+        tune(TuneSpec(base=SolverConfig(compat="diffusers"), nfe=5, **QUICK))
+
+
+def test_hand_edited_recipes_are_one_line(recipe_file, tmp_path):
+    good = json.loads(recipe_file.read_text())
+    sigmas = good["grid"]["sigmas"]
+    cases = [
+        ({**good, "grid": {**good["grid"], "sigmas": ["x", *sigmas[1:]]}}, "malformed"),
+        ({**good, "grid": {**good["grid"], "timesteps": [1.0, 2.0]}}, "grid.timesteps do not follow from grid.sigmas"),
+        ({**good, "nfe": 7}, "says nfe 7 but its grid and solver make 5 model calls"),
+        ({**good, "conditioning": "x"}, "conditioning must be dict"),
+        ({**good, "grid": {"timesteps": None}}, "grid.sigmas must be the list"),
+        ({**good, "target_sigma": 5.0}, "target_sigma 5.0 must be a number from 0"),
+    ]
+    for data, fragment in cases:
+        one_line_error(invoke("sample", "--recipe", write(tmp_path, "edited.json", data)), 2, "--recipe: ", fragment)
