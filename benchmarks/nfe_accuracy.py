@@ -55,7 +55,7 @@ NFES = (5, 10)
 SEED, TRAIN_SEED = 0, 1
 TUNED_SOLVERS = ({}, {"order": 3}, {"corrector": "unic"}, {"order": 3, "corrector": "unic"})
 NETWORK_SOLVER = {"corrector": "unic"}
-NETWORK_EVALUATIONS = 400
+NETWORK_EVALUATIONS = 250
 
 
 def log(message: str) -> None:
@@ -150,6 +150,7 @@ def cell(name: str, guidance: float | None, nfe: int, cache: Path) -> dict:
         tuned.append((f"tuned {describe(result.recipe.config).replace(' custom', '')}", result.tuned.train_error, error, accuracy))
         log(f"  tune {options or 'order 2'}: train {result.tuned.train_error:.4g}, held-out {error:.4g} ({time.perf_counter() - start:.0f} s)")
     chosen = min(tuned, key=lambda item: item[1])  # by training error only
+    log(f"  best diffusers {best(peer_scores)[:2]}, best dpmcli untuned {best(ours)[:2]}, tuned {chosen[0]} {chosen[2]:.4g}")
     return {
         "model": name if guidance is None else f"{name} (guidance {guidance:g})", "nfe": nfe,
         "peer": best(peer_scores), "ours": best(ours), "tuned": (chosen[0], chosen[2], chosen[3]),
