@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from dpmcli import ConfigError, DPMSolver, SolverConfig, build_plan
 from dpmcli.cli.main import app
-from dpmcli.compare import Sweep, check_gates, run_sweep
+from dpmcli.compare import Sweep, run_sweep
+from dpmcli.gates import check_gates
 from dpmcli.experiment import solve
 from dpmcli.models.mixture import GaussianMixture
 
