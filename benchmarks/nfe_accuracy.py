@@ -147,7 +147,9 @@ def cell(name: str, guidance: float | None, nfe: int, cache: Path) -> dict:
                         guidance_scale=guidance, cache_dir=cache, evaluations=NETWORK_EVALUATIONS if network else 1500)
         result = tune(spec)
         error, accuracy = scorer.dpmcli(result.recipe.config)
-        tuned.append((f"tuned {describe(result.recipe.config).replace(' custom', '')}", result.tuned.train_error, error, accuracy))
+        how = result.tuned.label.removeprefix("tuned ")  # which start and final-step policy won, e.g. "(from logsnr, searched final sigma)"
+        tuned.append((f"{describe(result.recipe.config).replace(' custom', '').replace(' final', '')} {how}", result.tuned.train_error,
+                      error, accuracy))
         log(f"  tune {options or 'order 2'}: train {result.tuned.train_error:.4g}, held-out {error:.4g} ({time.perf_counter() - start:.0f} s)")
     chosen = min(tuned, key=lambda item: item[1])  # by training error only
     log(f"  best diffusers {best(peer_scores)[:2]}, best dpmcli untuned {best(ours)[:2]}, tuned {chosen[0]} {chosen[2]:.4g}")
