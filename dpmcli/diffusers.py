@@ -22,7 +22,6 @@ import inspect
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np

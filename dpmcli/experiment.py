@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .models import Denoiser, MixtureModel, is_mixture, load_model
 from .recipe import check_recipe_identity, check_recipe_schedule
 from .noise import ArrayNoise, check_real_finite, initial_latents
+from .processes import trained_process
 from .plan import Plan, build_plan
 from .sampler import RunResult, sample
 from .stats import StepStatistics, tensor_stats
@@ -149,7 +150,7 @@ def apply_model_schedule(config: SolverConfig, options: dict, explicit=frozenset
     if not options:
         return config, []
     # a network is sampled on the process it was trained on: a typed --process cannot change what it predicts
-    trained = options.get("process", "vp" if "beta_schedule" in options or "trained_betas" in options else None)
+    trained = trained_process(options)
     if "process" in explicit and trained is not None and config.process != trained:
         raise ConfigError(f"--process: {config.process!r} is not allowed with --model {model}, which was trained on --process {trained}; drop --process")
     notes = []

@@ -126,3 +126,8 @@ def check_diffusers_process(cfg) -> None:
             raise ConfigError(f"--compat diffusers: EDMDPMSolverMultistepScheduler has no --algo {cfg.algo}; use dpmsolver++ or sde-dpmsolver++")
         if cfg.is_sde and cfg.order == 3:
             raise ConfigError("--compat diffusers: EDMDPMSolverMultistepScheduler has no third-order sde-dpmsolver++; use --order 1 or 2")
+
+
+def trained_process(options: dict) -> str | None:
+    """The process a model's schedule options say it was trained on: named, or vp where it has betas; None for a mixture."""
+    return options.get("process", "vp" if "beta_schedule" in options or "trained_betas" in options else None)

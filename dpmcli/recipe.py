@@ -18,6 +18,7 @@ from pathlib import Path
 from .config import SolverConfig
 from .plan import build_plan
 from .errors import ConfigError, option_flag
+from .processes import trained_process
 from .vocabulary import scheduler_words
 
 RECIPE_FORMAT = "dpmcli-recipe/1"
@@ -216,6 +217,10 @@ GRID_OPTIONS = ("spacing", "steps_offset", "final_sigma", "sigmas", "timesteps",
 
 def check_recipe_schedule(recipe: Recipe, options: dict) -> None:
     """The model's training schedule (its schedule options, grid words aside) must be the one the recipe was tuned on."""
+    trained = trained_process(options)
+    if trained is not None and trained != recipe.process:
+        raise ConfigError(f"--recipe: {recipe.path} is a --process {recipe.process} recipe, but --model {recipe.model} was trained "
+                          f"on --process {trained}: it is a recipe for another model; tune again for this one")
     for name, value in options.items():
         if name in GRID_OPTIONS or not hasattr(recipe.config, name):
             continue

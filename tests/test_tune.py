@@ -216,3 +216,12 @@ def test_hand_edited_recipes_are_one_line(recipe_file, tmp_path):
     ]
     for data, fragment in cases:
         one_line_error(invoke("sample", "--recipe", write(tmp_path, "edited.json", data)), 2, "--recipe: ", fragment)
+
+
+def test_recipe_of_another_process_for_a_network(recipe_file, tmp_path):
+    """A flow recipe under a VP network's name: refused for its process before anything runs."""
+    data = json.loads(recipe_file.read_text())
+    flow = {**data, "model": "digits", "process": "flow", "config": {**data["config"], "process": "flow", "prediction_type": "flow_prediction"}}
+    flow["grid"] = {"sigmas": [0.999, 0.5, 0.2, 0.1, 0.05, 0.0]}
+    one_line_error(invoke("sample", "--recipe", write(tmp_path, "flowdigits.json", flow), "--batch", 4), 2,
+                   "is a --process flow recipe, but --model digits was trained on --process vp")
