@@ -197,3 +197,14 @@ def test_more_compat_refusals_and_zero_length_steps():
 
 def test_higher_order_claims_are_capped():
     assert build_plan(SolverConfig(order=3, coefficients="exact", corrector="unic")).convergence_order == 3
+
+
+def test_network_runs_with_the_corrector_are_scored(tmp_path):
+    """A corrected run on a network is scored against the plain reference run (the reference takes no corrector)."""
+    import json
+
+    result = invoke("compare", "--model", "digits", "--algo", "dpmsolver++", "--order", 2, "--corrector", "none,unic", "--steps", 4,
+                    "--batch", 8, "--reference-steps", 12, "--cache-dir", tmp_path, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    runs = json.loads(result.stdout)["runs"]
+    assert {r.get("corrector", "none") for r in runs} == {"none", "unic"} and all(r["error"] > 0 for r in runs)
