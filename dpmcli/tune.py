@@ -41,7 +41,8 @@ STOCK_SPACINGS = {
 }
 STARTS = 2  # the best stock grids on the training set, each a starting point of the search
 TRAIN_BATCH = {"mixture": 512, "network": 200}
-DEFAULT_EVALUATIONS = 1500  # loss evaluations per search (per start and final-step policy)
+# loss evaluations per search (per start and final-step policy): a network's cost a model call each
+DEFAULT_EVALUATIONS = {"mixture": 1500, "network": 250}
 UNTUNABLE = {"adaptive": "--method adaptive chooses its steps at run time; there is no grid to tune"}
 
 
@@ -63,7 +64,7 @@ class TuneSpec:
     dtype: str = "float32"
     reference_steps: int | None = None
     cache_dir: Path | None = None
-    evaluations: int = DEFAULT_EVALUATIONS
+    evaluations: int | None = None  # None: DEFAULT_EVALUATIONS for the model's kind
 
 
 @dataclass
@@ -250,7 +251,7 @@ def _setup(spec: TuneSpec) -> _Setup:
             raise ConfigError(f"{option}: {value} is not allowed; give at least 2 samples")
     if spec.base.compat != "none":
         raise ConfigError(f"--compat: {spec.base.compat} reproduces another library's grids, which take no tuned sigmas; tune without --compat")
-    if spec.evaluations < 10:
+    if spec.evaluations is not None and spec.evaluations < 10:
         raise ConfigError(f"--evaluations: {spec.evaluations} is not allowed; give at least 10")
     if spec.reference_steps is not None and spec.reference_steps < 10:
         raise ConfigError(f"--reference-steps: {spec.reference_steps} is not allowed; use at least 10")
@@ -303,7 +304,8 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
     # every final-step policy from the best stock grid; from the next, the last (most free) policy alone
     searches = [(policy, s, free) for rank, s in enumerate(finite[:STARTS])
                 for policy, free in (final_policies(s.config) if rank == 0 else final_policies(s.config)[-1:])]
-    total = spec.evaluations * len(searches)
+    budget = spec.evaluations or DEFAULT_EVALUATIONS["mixture" if setup.model.mixture is not None else "network"]
+    total = budget * len(searches)
     done = [0]
 
     def tick() -> None:
@@ -318,7 +320,7 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
         if theta is None or grid.steps < 2:
             continue
         target = grid.plan if free else None
-        theta, error, _ = _search(setup.train, grid, policy, theta, budget=spec.evaluations, tick=tick, target=target)
+        theta, error, _ = _search(setup.train, grid, policy, theta, budget=budget, tick=tick, target=target)
         if best is None or error < best.train_error:
             how = "searched final sigma" if free else f"lower-order-final {'on' if policy.lower_order_final else 'off'}"
             best = Scored(f"tuned (from {start_point.label}, {how})", policy.with_options(sigmas=grid.sigmas(theta)), error,

@@ -356,7 +356,10 @@ def tune(
     train_seed: Annotated[int, typer.Option("--train-seed", help="Seed of the training x_T the grid is fitted on (must differ from --seed).", rich_help_panel=RUN)] = 1,
     batch: Annotated[Optional[int], typer.Option("--batch", "-b", help="Held-out samples.", show_default="4096 for mixtures, the model's for networks", rich_help_panel=RUN)] = None,
     train_batch: Annotated[Optional[int], typer.Option("--train-batch", help="Training samples.", show_default="512 for mixtures, 200 for networks", rich_help_panel=RUN)] = None,
-    evaluations: Annotated[int, typer.Option("--evaluations", help="Most loss evaluations per search (two starts; twice more where the final-step policy matters).", rich_help_panel=RUN)] = 1500,
+    evaluations: Annotated[
+        Optional[int], typer.Option("--evaluations", help="Most loss evaluations per search (each start and final-step policy is one search).",
+                                    show_default="1500 for mixtures, 250 for networks", rich_help_panel=RUN),
+    ] = None,
     class_label: ClassLabel = None,
     guidance_scale: GuidanceScale = None,
     prompt: Prompt = None,
