@@ -23,8 +23,8 @@ The untuned sweeps are smaller here (published weights, orders 2-3) and the tabl
 All in one process, torch on 2 threads. Results go to stdout as Markdown tables (the README quotes
 them), progress and timings to stderr.
 
-    python benchmarks/nfe_accuracy.py              # about 25 minutes on two CPU cores
-    python benchmarks/nfe_accuracy.py --mixtures   # the mixtures only (about 8 minutes)
+    python benchmarks/nfe_accuracy.py              # about 30 minutes on two CPU cores
+    python benchmarks/nfe_accuracy.py --mixtures   # the mixtures only (about 12 minutes)
 """
 
 from __future__ import annotations
