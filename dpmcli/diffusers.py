@@ -38,7 +38,7 @@ from . import solvers
 from .config import SolverConfig
 from .errors import ConfigError
 from .brownian import noise_source
-from .plan import Plan, build_plan, snap_integer_timesteps, tail_plan
+from .plan import Plan, build_plan, same_timestep, snap_integer_timesteps, tail_plan
 from .recipe import SCHEDULE_FIELDS, Recipe, check_recipe_schedule, load_recipe, scheduler_parameters
 from .sampler import StepEvent
 from .schedule import Schedule, make_betas, rescale_to_zero_terminal_snr
@@ -77,10 +77,6 @@ def _timestep_value(timestep) -> tuple[float, float]:
         eps, value = 0.0, float(timestep)
     # float32 timestep tensors of fractional grids hold the plan's float64 values rounded
     return value, max(eps, torch.finfo(torch.float32).eps)
-
-
-def _same_timestep(given: float, tolerance: float, expected: float) -> bool:
-    return abs(given - expected) <= tolerance * max(1.0, abs(expected))
 
 
 class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
@@ -348,7 +344,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
     def _find_row(self, timestep) -> int | None:
         given, tolerance = _timestep_value(timestep)
         for index, expected in enumerate(self._plan.timestep_values):
-            if _same_timestep(given, tolerance, expected):
+            if same_timestep(given, tolerance, expected):
                 return index
         return None
 
@@ -358,7 +354,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         if begin is None:
             # a pipeline that slices `timesteps` without set_begin_index starts where its first timestep is
             given, tolerance = _timestep_value(timestep)
-            found = None if _same_timestep(given, tolerance, self._plan.timestep_values[0]) else self._find_row(timestep)
+            found = None if same_timestep(given, tolerance, self._plan.timestep_values[0]) else self._find_row(timestep)
             begin = 0 if found is None else found
         if not 0 <= begin < self._plan.nfe:
             raise ConfigError(f"DPMSolverScheduler: begin_index {begin} is outside 0..{self._plan.nfe - 1}")
@@ -396,7 +392,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
             )
         expected = plan.timestep_values[index]
         given, tolerance = _timestep_value(timestep)
-        if not _same_timestep(given, tolerance, expected):
+        if not same_timestep(given, tolerance, expected):
             raise ConfigError(
                 f"DPMSolverScheduler.step: got timestep {given:g}, but step {index} of this run is at timestep {expected:g}; "
                 "step through scheduler.timesteps in order"

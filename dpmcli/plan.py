@@ -29,7 +29,7 @@ from .spacing import make_grid
 
 __all__ = [
     "Evaluation", "Plan", "StepCoefficients", "build_plan", "fast_singlestep_orders",
-    "multistep_tail", "order_facts", "snap_integer_timesteps", "step_orders", "tail_plan",
+    "multistep_tail", "order_facts", "same_timestep", "snap_integer_timesteps", "step_orders", "tail_plan",
 ]
 
 
@@ -283,6 +283,11 @@ def multistep_tail(plan: Plan, start: int) -> Plan:
     )
 
 
+def same_timestep(given: float, tolerance: float, expected: float) -> bool:
+    """Whether a timestep is the one expected, to a relative ``tolerance`` (absolute below 1)."""
+    return abs(given - expected) <= tolerance * max(1.0, abs(expected))
+
+
 def tail_plan(plan: Plan, begin: int, where: str) -> Plan:
     """The plan of a run that starts at model call ``begin`` (img2img): the rest of the grid, warming up again.
 
@@ -301,7 +306,7 @@ def tail_plan(plan: Plan, begin: int, where: str) -> Plan:
     tail = build_plan(cfg.with_options(sigmas=tuple(float(s) for s in plan.sigmas[start:]), timesteps=None, nfe=None))
     expected = plan.timestep_values[begin:]
     if len(tail.timestep_values) != len(expected) or not all(
-        abs(a - b) <= 1e-9 * max(1.0, abs(b)) for a, b in zip(tail.timestep_values, expected)
+        same_timestep(a, 1e-9, b) for a, b in zip(tail.timestep_values, expected)
     ):
         raise ConfigError(f"{where}: cannot start at timesteps[{begin}]: a run from there calls the model at other timesteps; "
                           "start at the beginning or use startup 'lower-order'")

@@ -199,7 +199,7 @@ class Grid:
 
 def _search(objective: Objective, grid: Grid, config: SolverConfig, theta: np.ndarray, *, budget: int, tick: Callable[[], None],
             target: Plan | None = None):
-    """Powell's method on theta from a start; returns (best theta, its training error, evaluations used)."""
+    """Powell's method on theta from a start; returns (best theta, its training error)."""
     from scipy.optimize import minimize
 
     seen: dict = {}
@@ -215,7 +215,7 @@ def _search(objective: Objective, grid: Grid, config: SolverConfig, theta: np.nd
         return seen[key]
 
     result = minimize(loss, theta, method="Powell", options={"maxfev": budget, "xtol": 1e-3, "ftol": 1e-6})
-    return np.asarray(result.x), float(result.fun), len(seen)
+    return np.asarray(result.x), float(result.fun)
 
 
 def final_policies(config: SolverConfig) -> list[tuple[SolverConfig, bool]]:
@@ -320,7 +320,7 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
         if theta is None or grid.steps < 2:
             continue
         target = grid.plan if free else None
-        theta, error, _ = _search(setup.train, grid, policy, theta, budget=budget, tick=tick, target=target)
+        theta, error = _search(setup.train, grid, policy, theta, budget=budget, tick=tick, target=target)
         if best is None or error < best.train_error:
             how = "searched final sigma" if free else f"lower-order-final {'on' if policy.lower_order_final else 'off'}"
             best = Scored(f"tuned (from {start_point.label}, {how})", policy.with_options(sigmas=grid.sigmas(theta)), error,
