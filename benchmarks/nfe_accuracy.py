@@ -9,11 +9,12 @@ x_T (DOP853), for every run alike:
   UniPCMultistepScheduler and DEISMultistepScheduler (``dpmcli.peers.sweep_peers``: every order,
   solver type, algorithm, grid flag and final-sigma setting), stepped by diffusers itself; the best;
 * dpmcli untuned: every stock configuration (both algorithms, orders 1-3, published and exact
-  weights, with and without --corrector unic, every stock grid, both final sigmas); the best;
+  weights, with and without --corrector unic, every stock grid, both final sigmas, and on sigma 0
+  --final-decay 0 and 1); the best;
   both bests are picked on the held-out set itself, which flatters them;
-* tuned: ``dpmcli tune`` on training x_T (seed 1, 512 samples) for six solvers (DPM-Solver++ order
-  2 and 3, each with and without the UniC corrector, and DPM-Solver order 2 and 3); the one with the
-  lowest *training* error, scored on the held-out set.
+* tuned: ``dpmcli tune`` on training x_T (seed 1, 512 samples) for seven solvers (DPM-Solver++ order
+  2 and 3, each with and without the UniC corrector, order 4 with it, and DPM-Solver order 2 and 3);
+  the one with the lowest *training* loss, scored on the held-out set.
 
 Networks (digits at guidance 1 and 4, digits-flow at guidance 2; 500 held-out samples, class
 all): the same three, scored by the distance to a 200-step reference run from the same x_T and
@@ -53,7 +54,7 @@ MIXTURES = ("ring", "gmm64", f"gmm:{HERE / 'mixtures' / 'quad4.json'}")
 NETWORKS = (("digits", 1.0), ("digits", 4.0), ("digits-flow", 2.0))
 NFES = (5, 10)
 SEED, TRAIN_SEED = 0, 1
-TUNED_SOLVERS = ({}, {"order": 3}, {"corrector": "unic"}, {"order": 3, "corrector": "unic"},
+TUNED_SOLVERS = ({}, {"order": 3}, {"corrector": "unic"}, {"order": 3, "corrector": "unic"}, {"order": 4, "corrector": "unic"},
                  {"algo": "dpmsolver", "order": 2}, {"algo": "dpmsolver", "order": 3})
 NETWORK_SOLVER = {"corrector": "unic"}
 NETWORK_EVALUATIONS = 250
@@ -68,13 +69,13 @@ def untuned_configs(base: SolverConfig, nfe: int, network: bool) -> list[SolverC
     algos = ("dpmsolver++",) if network else ("dpmsolver++", "dpmsolver")
     orders = (2, 3) if network else (1, 2, 3)
     weights = ("published",) if network else ("published", "exact")
-    finals = ("zero",) if network else ("zero", "sigma-min")
+    finals = (("zero", 0.0), ("zero", 1.0)) if network else (("zero", 0.0), ("zero", 1.0), ("sigma-min", 0.0))
     out = []
-    for algo, order, spacing, coefficients, corrector, final in itertools.product(
+    for algo, order, spacing, coefficients, corrector, (final, decay) in itertools.product(
         algos, orders, STOCK_SPACINGS[base.process], weights, ("none", "unic"), finals,
     ):
         config = base.with_options(algo=algo, order=order, spacing=spacing, coefficients=coefficients, corrector=corrector,
-                                   final_sigma=final, steps=nfe)
+                                   final_sigma=final, final_decay=decay, steps=nfe)
         try:
             if build_plan(config).nfe == nfe:
                 out.append(config)
@@ -91,6 +92,8 @@ def describe(cfg: SolverConfig) -> str:
         parts.append(cfg.corrector)
     if cfg.final_sigma != "zero":
         parts.append(f"final {cfg.final_sigma}")
+    if cfg.final_decay:
+        parts.append(f"final decay {cfg.final_decay:.2g}")
     return " ".join(parts)
 
 

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from .corrector import check_corrector
+from .final_step import check_final_decay
 from .custom_grid import check_custom_sigmas, custom_timesteps
 from .errors import ConfigError, bad_choice
 from .kdiffusion import check_kdiffusion_compat
@@ -129,6 +130,11 @@ class SolverConfig:
         True, "Lower the order of the last two steps when there are fewer than 15 (on by default).", FINAL_STEPS
     )
     euler_at_final: bool = _option(False, "Take the last step with first order.", FINAL_STEPS)
+    final_decay: float = _option(
+        0.0, "The step onto sigma 0 holds the noise prediction as sigma^P over its interval: x0 = x - sigma eps / (P + 1) in "
+        "sigma space. 0 is the usual last step (the data prediction); 1 holds where the data has a smooth density. "
+        "dpmcli tune searches it.", FINAL_STEPS,
+    )
     eta: float | None = _option(
         None,
         "SDE algorithms: how much reverse-SDE noise each step injects, eta >= 0: 0 is the ODE, 1 (the default) the "
@@ -217,6 +223,8 @@ class SolverConfig:
             out["timesteps"] = list(self.timesteps)
         for name in foreign_options(self.process):
             out.pop(name, None)  # another process's options say nothing about this run
+        if self.final_decay == 0:
+            del out["final_decay"]  # documents with the usual last step stay as they were
         if self.corrector == "none":
             del out["corrector"], out["unic_variant"]  # documents without a corrector stay as they were
         if not self.is_sde:
@@ -299,6 +307,7 @@ class SolverConfig:
         _check_method(cfg)
         _check_sde_noise(cfg)
         check_corrector(cfg)
+        check_final_decay(cfg)
         if cfg.compat == "diffusers":
             _check_diffusers_compat(cfg)
         if cfg.compat == "k-diffusion":

@@ -39,7 +39,7 @@ from .config import SolverConfig
 from .errors import ConfigError
 from .brownian import noise_source
 from .plan import Plan, build_plan, same_timestep, snap_integer_timesteps, tail_plan
-from .recipe import SCHEDULE_FIELDS, Recipe, check_recipe_schedule, load_recipe, scheduler_parameters
+from .recipe import SCHEDULE_FIELDS, SCHEDULER_SOLVER, Recipe, check_recipe_schedule, load_recipe, scheduler_parameters
 from .sampler import StepEvent
 from .schedule import Schedule, make_betas, rescale_to_zero_terminal_snr
 from .stats import StepStatistics
@@ -139,6 +139,7 @@ class DPMSolverScheduler(SchedulerMixin, ConfigMixin):
         seed: int = 0,
         corrector: str = "none",
         unic_variant: str = "bh2",
+        final_decay: float = 0.0,
     ):
         parameters = dict(locals())  # every parameter, under diffusers' names and dpmcli's
         del parameters["self"]
@@ -455,7 +456,7 @@ def _options_of(parameters: dict) -> dict:
     options = {
         **solver_options(parameters),
         **schedule_options(parameters, where="DPMSolverScheduler: the config"),
-        **{key: parameters[key] for key in ("method", "startup", "coefficients", "compat", "eta", "s_noise", "corrector", "unic_variant")},
+        **{key: parameters[key] for key in SCHEDULER_SOLVER},
         "rho": float(parameters["rho"]),
         "thresholding": bool(parameters["thresholding"]),
         "dynamic_thresholding_ratio": float(parameters["dynamic_thresholding_ratio"]),

@@ -78,7 +78,7 @@ class MixtureReferences:
         fine_cfg = cfg.with_options(
             order=REFERENCE_ORDER, coefficients="exact", steps=self.reference_steps, spacing="logsnr",
             lower_order_final=False, euler_at_final=False, compat="none", sigmas=None, timesteps=None, method="multistep",
-            startup="lower-order", nfe=None, corrector="none", final_sigma="zero" if plan.sigmas[-1] == 0 else "sigma-min",
+            startup="lower-order", nfe=None, corrector="none", final_decay=0.0, final_sigma="zero" if plan.sigmas[-1] == 0 else "sigma-min",
         )
         if fine_cfg not in self.fine_plans:
             self.fine_plans[fine_cfg] = build_plan(fine_cfg)
@@ -215,7 +215,7 @@ class ReferenceRuns:
         cfg = plan.config.sde_config()
         grid = self._grid(plan)
         common = dict(sigmas=grid, timesteps=None, steps=len(grid) - 1, coefficients="exact", method="multistep", compat="none",
-                      corrector="none",
+                      corrector="none", final_decay=0.0,
                       lower_order_final=False, euler_at_final=False, nfe=None)
         if cfg.is_sde:
             fine = cfg.with_options(order=REFERENCE_ORDER, startup="lower-order", **common)

@@ -318,7 +318,7 @@ def reference_plan(cfg: SolverConfig, sigmas) -> Plan:
     values = (min(float(sigmas[0]), top), *(float(s) for s in sigmas[1:]))
     return build_plan(cfg.with_options(
         sigmas=values, timesteps=None, nfe=None, order=1, algo="dpmsolver++", method="multistep", startup="lower-order",
-        compat="none", corrector="none", coefficients="published", eta=None, s_noise=1.0,
+        compat="none", corrector="none", final_decay=0.0, coefficients="published", eta=None, s_noise=1.0,
     ))
 
 

@@ -178,7 +178,7 @@ def stock_config(recipe: Recipe) -> SolverConfig:
     """The recipe's solver and schedule on a stock grid of its step count (what it is drawn and listed beside)."""
     final = "zero" if recipe.target_sigma == 0.0 else "sigma-min"
     spacing = "karras" if recipe.process == "edm" else "linspace"  # the process's own default grid
-    return recipe.config.with_options(sigmas=None, timesteps=None, final_sigma=final, spacing=spacing)
+    return recipe.config.with_options(sigmas=None, timesteps=None, final_sigma=final, spacing=spacing, final_decay=0.0)
 
 
 def _same(a, b) -> bool:
@@ -212,7 +212,8 @@ def check_recipe_model(recipe: Recipe, model: str, typed_model: bool) -> str:
 
 
 # a model's own grid words: a recipe's grid replaces them
-GRID_OPTIONS = ("spacing", "steps_offset", "final_sigma", "sigmas", "timesteps", "steps", "lower_order_final", "euler_at_final")
+GRID_OPTIONS = ("spacing", "steps_offset", "final_sigma", "sigmas", "timesteps", "steps", "lower_order_final", "euler_at_final",
+                "final_decay")
 
 
 def check_recipe_schedule(recipe: Recipe, options: dict) -> None:
@@ -238,8 +239,9 @@ def check_recipe_schedule(recipe: Recipe, options: dict) -> None:
 # what a recipe's training schedule is: the options a model's schedule sets (grid words aside)
 SCHEDULE_FIELDS = ("beta_start", "beta_end", "beta_schedule", "train_steps", "trained_betas", "rescale_zero_snr",
                    "prediction_type", "process", "flow_shift")
-# SolverConfig options that DPMSolverScheduler takes under dpmcli's own names
-SCHEDULER_OWN = ("algo", "order", "method", "startup", "coefficients", "compat", "rho", "eta", "s_noise", "corrector", "unic_variant")
+# SolverConfig options that DPMSolverScheduler takes under dpmcli's own names, as given (SCHEDULER_SOLVER) or typed
+SCHEDULER_SOLVER = ("method", "startup", "coefficients", "compat", "eta", "s_noise", "corrector", "unic_variant", "final_decay")
+SCHEDULER_OWN = ("algo", "order", "rho", *SCHEDULER_SOLVER)
 
 
 def scheduler_parameters(config: SolverConfig) -> dict:
@@ -265,4 +267,4 @@ def check_recipe_identity(recipe: Recipe, identity: dict | None) -> None:
 
 
 __all__ = ["RECIPE_FORMAT", "Recipe", "check_recipe_identity", "check_recipe_model", "check_recipe_schedule", "load_recipe",
-           "recipe_config", "scheduler_parameters", "stock_config", "target_config", "SCHEDULE_FIELDS"]
+           "recipe_config", "scheduler_parameters", "stock_config", "target_config", "SCHEDULE_FIELDS", "SCHEDULER_SOLVER"]

@@ -24,6 +24,7 @@ from .coefficients import (
 )
 from .compat import alpha_sigma32, diffusers_singlestep_weights, diffusers_step_weights
 from .config import SolverConfig
+from .final_step import kept_latent
 from .schedule import Schedule, alpha_sigma
 
 # Source slots of a row's linear combination (see solvers.step).
@@ -144,23 +145,26 @@ class RowSpec:
 
 
 def update_weights(form: AlgoForm, rule: Rule, lam_s: float, lam_t: float, node_lams, solver_type: str = "midpoint", *,
-                   noise_level=alpha_sigma, variant: str = "bh2"):
+                   noise_level=alpha_sigma, variant: str = "bh2", final_decay: float = 0.0):
     """(a, b, c) of the exponential-integrator update from lambda ``lam_s`` to ``lam_t``.
 
     a weighs the latent at ``lam_s``, b the model outputs evaluated at ``node_lams`` (in that
     order), c is the noise standard deviation. The rules of dpmcli's own arithmetic (not compat).
     ``noise_level(lam) -> (alpha_t, sigma_t)`` is the process's (VP by default): the weights in
-    lambda are the same on every process, only these scales differ. ``variant``: UniPC's B(h) (Rule.UNIPC).
+    lambda are the same on every process, only these scales differ. ``variant``: UniPC's B(h) (Rule.UNIPC);
+    ``final_decay``: --final-decay's P, for a step onto sigma 0.
     """
     alpha_s, sigma_s = noise_level(lam_s)
     alpha_t, sigma_t = noise_level(lam_t)
     if sigma_t == 0.0:
-        # The step to sigma = 0 (h = inf) is the limit of the first-order step: the data prediction.
+        # The step to sigma = 0 (h = inf) is the limit of the first-order step: the data prediction;
+        # with --final-decay P, x~_0 = w x~_s + (1 - w) D_s, w = P / (P + 1) (docs/mathematics.md §14).
+        kept = kept_latent(final_decay)
         if form.data:
             if rule is Rule.INNER:  # all weight on the inner node's prediction (DPM-Solver++ SDE at large eta)
                 return 0.0, tuple(alpha_t if lam != lam_s else 0.0 for lam in node_lams), 0.0
-            return 0.0, (alpha_t,), 0.0
-        return alpha_t / alpha_s, (-alpha_t * sigma_s / alpha_s,), 0.0
+            return kept * alpha_t / alpha_s, ((1.0 - kept) * alpha_t,), 0.0
+        return alpha_t / alpha_s, (-(1.0 - kept) * alpha_t * sigma_s / alpha_s,), 0.0
     h = lam_t - lam_s
     scale = form.scale(alpha_t, sigma_t)
     if h == 0.0:  # only diffusers' grids keep a zero-length step (UniPC's): IEEE numbers, the plan reports them
@@ -200,7 +204,7 @@ def row_weights(cfg: SolverConfig, schedule: Schedule, evaluations, spec: RowSpe
         return ancestral_weights(spec.rule, start.lam, spec.target, node_lams, cfg.sde_eta, schedule.alpha_sigma)
     form = algo_form("dpmsolver++" if cfg.ancestral else cfg.algo, cfg.sde_eta)
     return update_weights(form, spec.rule, start.lam, spec.target, node_lams, cfg.solver_type, noise_level=schedule.alpha_sigma,
-                          variant=cfg.unic_variant)
+                          variant=cfg.unic_variant, final_decay=cfg.final_decay)
 
 
 def correction_weights(cfg: SolverConfig, schedule: Schedule, evaluations, correction: Correction, row: int):

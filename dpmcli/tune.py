@@ -26,6 +26,7 @@ from .config import SolverConfig
 from .devices import check_batch_memory, resolve_device, resolve_dtype
 from .errors import ConfigError, NumericalError
 from .experiment import apply_model_schedule, run_plan
+from .final_step import decay_of, kept_latent
 from .ground_truth import MIXTURE_REFERENCE_STEPS, NETWORK_REFERENCE_STEPS, MixtureReferences, ReferenceRuns
 from .metrics import default_bandwidth
 from .models import Denoiser, load_model
@@ -133,6 +134,25 @@ class Objective:
         return (math.inf if error is None or not math.isfinite(error) else float(error)), quality
 
 
+    def loss(self, config: SolverConfig, target: Plan | None = None) -> float:
+        """What the search minimises: the mean per-sample L2 distance to the ground truth (smoother in the
+        grid than the median, and measured to generalise better, docs/tune.md); MMD^2 for an SDE on a mixture."""
+        plan = build_plan(config)
+        if plan.config.is_sde and self.model.mixture is not None:
+            return self.score(config, target)[0]
+        try:
+            samples = self.run(plan).detach().double().cpu()
+        except NumericalError:
+            return math.inf
+        over = target or plan
+        if self.model.mixture is not None:
+            reference = self.references.ode(over)
+        else:
+            reference = self.references.reference(over, self.noise_for, self.scale)
+        error = float((samples - reference).reshape(samples.shape[0], -1).norm(dim=1).mean())
+        return error if math.isfinite(error) else math.inf
+
+
 def steps_for_budget(base: SolverConfig, nfe: int) -> SolverConfig:
     """The config with the most grid steps whose plan makes at most ``nfe`` model calls (ConfigError if none fits)."""
     if base.method in UNTUNABLE:
@@ -158,15 +178,20 @@ def steps_for_budget(base: SolverConfig, nfe: int) -> SolverConfig:
     return best.config
 
 
+FREE_FINAL_SIGMA, FREE_FINAL_DECAY = "searched final sigma", "searched final decay"
+
+
 class Grid:
     """The searched grid: N - 1 lambda points between the fixed ends, as softmax shares of the lambda range.
 
-    ``free_final``: the last sigma is searched too (one more parameter, its lambda gap after the last
-    model call, exp(theta[N])); the run's samples are its latent there, scored against the clean end point.
+    ``free``, one more parameter theta[N]: FREE_FINAL_SIGMA, the last sigma is searched too (its lambda
+    gap after the last model call, exp(theta[N])); the run's samples are its latent there, scored against
+    the clean end point. FREE_FINAL_DECAY: --final-decay is searched, its kept weight P / (P + 1) being
+    (1 + tanh(theta[N])) / 2 (P = 1 at theta[N] = 0).
     """
 
-    def __init__(self, plan: Plan, free_final: bool = False):
-        self.plan, self.free_final = plan, free_final
+    def __init__(self, plan: Plan, free: str | None = None):
+        self.plan, self.free, self.free_final = plan, free, free == FREE_FINAL_SIGMA
         schedule = plan.schedule
         self.top = float(plan.sigmas[0])
         self.final = float(plan.sigmas[-1])
@@ -186,6 +211,13 @@ class Grid:
         last = lams[-1] if len(lams) else self.lam_start
         return (self.top, *inner, float(self.plan.schedule.sigma_of(last + math.exp(float(theta[self.steps])))))
 
+    def config(self, base: SolverConfig, theta: np.ndarray) -> SolverConfig:
+        """base on the grid theta gives (and its final decay, where that is searched)."""
+        config = base.with_options(sigmas=self.sigmas(theta))
+        if self.free == FREE_FINAL_DECAY:
+            config = config.with_options(final_decay=decay_of(0.5 + 0.5 * math.tanh(float(theta[self.steps]))))
+        return config
+
     def theta_of(self, plan: Plan) -> np.ndarray | None:
         """The parameters of a stock plan's grid (None where it does not share this grid's ends or count)."""
         if plan.steps != self.steps or not math.isclose(float(plan.sigmas[-1]), self.final, abs_tol=0.0):
@@ -194,6 +226,8 @@ class Grid:
         edges = np.concatenate([[self.lam_start], lams, [self.lam_end]])
         shares = np.maximum(np.diff(edges), 1e-6 * (self.lam_end - self.lam_start))
         theta = np.log(shares / shares.sum())
+        if self.free == FREE_FINAL_DECAY:
+            return np.append(theta, math.atanh(2.0 * kept_latent(plan.config.final_decay or 1.0) - 1.0))
         return np.append(theta, 0.0) if self.free_final else theta
 
 
@@ -209,7 +243,7 @@ def _search(objective: Objective, grid: Grid, config: SolverConfig, theta: np.nd
         if key not in seen:
             tick()
             try:
-                seen[key] = objective.score(config.with_options(sigmas=grid.sigmas(values)), target)[0]
+                seen[key] = objective.loss(grid.config(config, values), target)
             except ConfigError:  # a grid a config refuses (a step of zero length)
                 seen[key] = math.inf
         return seen[key]
@@ -218,18 +252,21 @@ def _search(objective: Objective, grid: Grid, config: SolverConfig, theta: np.nd
     return np.asarray(result.x), float(result.fun)
 
 
-def final_policies(config: SolverConfig) -> list[tuple[SolverConfig, bool]]:
-    """The final-step policies worth searching, as (config, whether the final sigma is searched too):
-    lower_order_final on and off where the plans differ; and where the run ends at sigma 0, a searched
-    final sigma reached by a full-order last step (its latent there is the sample, scored at sigma 0)."""
+def final_policies(config: SolverConfig) -> list[tuple[SolverConfig, str | None]]:
+    """The final-step policies worth searching, as (config, what is searched besides the grid):
+    lower_order_final on and off where the plans differ; and where the run ends at sigma 0 on the ODE,
+    a searched --final-decay, and a searched final sigma reached by a full-order last step (its latent
+    there is the sample, scored at sigma 0)."""
     other = config.with_options(lower_order_final=not config.lower_order_final)
     try:
         differs = [r.b for r in build_plan(config).rows] != [r.b for r in build_plan(other).rows]
     except ConfigError:
         differs = False
-    policies = [(config, False), (other, False)] if differs else [(config, False)]
+    policies = [(config, None), (other, None)] if differs else [(config, None)]
+    if config.final_sigma == "zero" and not (config.is_sde or config.ancestral):
+        policies.append((config, FREE_FINAL_DECAY))
     if config.final_sigma == "zero" and config.method == "multistep":
-        policies.append((config.with_options(lower_order_final=False), True))
+        policies.append((config.with_options(lower_order_final=False, final_decay=0.0), FREE_FINAL_SIGMA))
     return policies
 
 
@@ -297,13 +334,13 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
     """
     start = time.perf_counter()
     setup = _setup(spec)
-    stock = [Scored(spacing, config, setup.train.score(config)[0]) for spacing, config in stock_configs(setup.base)]
+    stock = [Scored(spacing, config, setup.train.loss(config)) for spacing, config in stock_configs(setup.base)]
     finite = sorted((s for s in stock if math.isfinite(s.train_error)), key=lambda s: s.train_error)
     if not finite:
         raise NumericalError("every stock grid of this solver fails on the training x_T (NaN or Inf); nothing to start from")
-    # every final-step policy from the best stock grid; from the next, the last (most free) policy alone
+    # every final-step policy from the best stock grid; from the next, those that search more than the grid
     searches = [(policy, s, free) for rank, s in enumerate(finite[:STARTS])
-                for policy, free in (final_policies(s.config) if rank == 0 else final_policies(s.config)[-1:])]
+                for policy, free in final_policies(s.config) if rank == 0 or free is not None]
     budget = spec.evaluations or DEFAULT_EVALUATIONS["mixture" if setup.model.mixture is not None else "network"]
     total = budget * len(searches)
     done = [0]
@@ -315,16 +352,15 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
 
     best: Scored | None = None
     for policy, start_point, free in searches:
-        grid = Grid(build_plan(policy.with_options(spacing=start_point.config.spacing)), free_final=free)
+        grid = Grid(build_plan(policy.with_options(spacing=start_point.config.spacing)), free=free)
         theta = grid.theta_of(grid.plan)
         if theta is None or grid.steps < 2:
             continue
-        target = grid.plan if free else None
+        target = grid.plan if grid.free_final else None
         theta, error = _search(setup.train, grid, policy, theta, budget=budget, tick=tick, target=target)
         if best is None or error < best.train_error:
-            how = "searched final sigma" if free else f"lower-order-final {'on' if policy.lower_order_final else 'off'}"
-            best = Scored(f"tuned (from {start_point.label}, {how})", policy.with_options(sigmas=grid.sigmas(theta)), error,
-                          target=target)
+            how = free or f"lower-order-final {'on' if policy.lower_order_final else 'off'}"
+            best = Scored(f"tuned (from {start_point.label}, {how})", grid.config(policy, theta), error, target=target)
     if progress is not None:
         progress(total, total)
     if best is None or best.train_error >= finite[0].train_error:
@@ -340,7 +376,7 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
     stock.sort(key=lambda s: s.held_out_error if s.held_out_error is not None else math.inf)
     default = next((s for s in stock if s.config.spacing == setup.base.spacing), None)
     if default is None:  # the typed grid is not a stock one (a custom grid): score it as given
-        default = Scored(setup.base.spacing, setup.base, setup.train.score(setup.base)[0])
+        default = Scored(setup.base.spacing, setup.base, setup.train.loss(setup.base))
         default.held_out_error, default.quality = setup.held_out.score(default.config)
     metric = "mmd2" if setup.base.is_sde and setup.model.mixture is not None else "l2_median"
     recipe = _recipe(spec, setup, tuned, default, stock, metric)

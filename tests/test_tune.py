@@ -16,7 +16,7 @@ from dpmcli.noise import initial_latents
 from dpmcli.recipe import RECIPE_FORMAT, load_recipe
 from dpmcli.reference import ode_limit
 from dpmcli.sampler import sample
-from dpmcli.tune import Grid, TuneSpec, steps_for_budget, tune
+from dpmcli.tune import FREE_FINAL_SIGMA, Grid, TuneSpec, steps_for_budget, tune
 
 QUICK = dict(model="ring", batch=512, train_batch=128, evaluations=80)
 
@@ -56,7 +56,7 @@ def test_grid_parameters_round_trip_a_stock_grid():
     grid = Grid(plan)
     sigmas = grid.sigmas(grid.theta_of(plan))
     assert sigmas == pytest.approx(tuple(plan.sigmas), rel=1e-9)
-    free = Grid(plan, free_final=True)
+    free = Grid(plan, free=FREE_FINAL_SIGMA)
     theta = free.theta_of(plan)
     assert len(theta) == 7 and free.sigmas(theta)[:-1] == pytest.approx(tuple(plan.sigmas[:-1]), rel=1e-9)
     assert free.sigmas(theta)[-1] == pytest.approx(plan.sigmas[-2] / math.e, rel=1e-9)  # one unit of lambda further

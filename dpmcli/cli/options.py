@@ -26,10 +26,11 @@ RUN = "Model and run"
 # list instead of the tuple it holds; --steps is None until typed (so --sigmas can set the count)
 COMMAND_LINE_TYPES = {"steps": Optional[int], "trained_betas": Optional[Path], "sigmas": Optional[str]}
 UNSET_UNTIL_TYPED = ("steps",)
-# Switches with long names: no type column, and --lower-order-final can be turned off
+# The last-steps panel: switches with long names (no type column; --lower-order-final can be turned off) and --final-decay P
 SWITCHES = {
     "lower_order_final": dict(flag="--lower-order-final/--no-lower-order-final", show_default=False, metavar=""),
     "euler_at_final": dict(metavar=""),
+    "final_decay": dict(metavar="P"),  # a short type column keeps the panel's switch names whole
 }
 # SolverConfig fields the command line does not take, and why
 NOT_OPTIONS = {
