@@ -75,7 +75,7 @@ def tune_table(result: TuneResult) -> Table:
         "tuned grid's held-out error is",
         header_style="bold",
     )
-    for name in ("grid", "train error", "held-out error", "tuned / row", *quality):
+    for name in ("grid", f"train loss ({recipe.training['loss']})", f"held-out error ({result.metric})", "tuned / row", *quality):
         table.add_column(name, justify="left" if name == "grid" else "right")
     rows = [(tuned.label, tuned)] + [(f"{s.label}{' (default)' if s is result.default else ''}", s) for s in result.stock]
     if result.default not in result.stock:
