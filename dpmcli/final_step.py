@@ -22,11 +22,6 @@ def kept_latent(decay: float) -> float:
     return decay / (decay + 1.0)
 
 
-def decay_of(kept: float) -> float:
-    """P from the kept weight w in [0, 1): the inverse of :func:`kept_latent`."""
-    return kept / (1.0 - kept)
-
-
 def check_final_decay(cfg) -> None:
     """--final-decay: a finite P >= 0; P > 0 only where the run ends at sigma 0 along the ODE in dpmcli's own arithmetic."""
     decay = cfg.final_decay

@@ -2,11 +2,12 @@
 
 The solver (algorithm, order, weights, corrector, process) is the user's; what is learned is its
 grid: the N - 1 evaluation points between the top of the schedule and the last step, as lambda
-positions, and the final-step policy (``lower_order_final``) where it changes the plan. The loss is
-``compare``'s error on a training set of x_T (ground_truth: the exact ODE end point of a mixture,
-MMD^2 for an SDE on a mixture, a many-step reference run of a network); the result is then scored
-on held-out x_T from another seed, next to every stock grid for the same solver. How the grid is
-parametrised and searched: docs/tune.md.
+positions, and the final-step policy (``lower_order_final``, a searched ``--final-decay`` or a searched
+final sigma) where it changes the plan. The loss is the interquartile mean of the distances that
+``compare``'s error is the median of, on a training set of x_T (ground_truth: the exact ODE end point
+of a mixture, a many-step reference run of a network; MMD^2 for an SDE on a mixture); the result is
+then scored on held-out x_T from another seed, next to every stock grid for the same solver. How the
+grid is parametrised and searched: docs/tune.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from .config import SolverConfig
 from .devices import check_batch_memory, resolve_device, resolve_dtype
 from .errors import ConfigError, NumericalError
 from .experiment import apply_model_schedule, run_plan
-from .final_step import decay_of, kept_latent
 from .ground_truth import MIXTURE_REFERENCE_STEPS, NETWORK_REFERENCE_STEPS, MixtureReferences, ReferenceRuns
 from .metrics import default_bandwidth
 from .models import Denoiser, load_model
@@ -70,7 +70,8 @@ class TuneSpec:
 
 @dataclass
 class Scored:
-    """One configuration's errors: on the training x_T and on the held-out x_T (with the model's quality numbers)."""
+    """One configuration's scores: the search's loss on the training x_T (``train_error``) and compare's error on
+    the held-out x_T (with the model's quality numbers)."""
 
     label: str
     config: SolverConfig
@@ -133,7 +134,6 @@ class Objective:
         quality = {} if self.model.mixture is not None else scalar_quality(self.model.quality(samples))
         return (math.inf if error is None or not math.isfinite(error) else float(error)), quality
 
-
     def loss(self, config: SolverConfig, target: Plan | None = None) -> float:
         """What the search minimises: the interquartile mean of the per-sample L2 distances to the ground truth
         (the mean of the middle half: the median's sample, smoother in the grid; measured in docs/tune.md);
@@ -187,6 +187,7 @@ def steps_for_budget(base: SolverConfig, nfe: int) -> SolverConfig:
 
 
 FREE_FINAL_SIGMA, FREE_FINAL_DECAY = "searched final sigma", "searched final decay"
+MAX_LOG_DECAY = 30.0  # P = e^30: the latent's weight P / (P + 1) is 1 to double precision
 
 
 class Grid:
@@ -194,8 +195,8 @@ class Grid:
 
     ``free``, one more parameter theta[N]: FREE_FINAL_SIGMA, the last sigma is searched too (its lambda
     gap after the last model call, exp(theta[N])); the run's samples are its latent there, scored against
-    the clean end point. FREE_FINAL_DECAY: --final-decay is searched, its kept weight P / (P + 1) being
-    (1 + tanh(theta[N])) / 2 (P = 1 at theta[N] = 0).
+    the clean end point. FREE_FINAL_DECAY: --final-decay is searched, P = exp(theta[N]) (P = 1, smooth
+    data, at theta[N] = 0).
     """
 
     def __init__(self, plan: Plan, free: str | None = None):
@@ -223,7 +224,7 @@ class Grid:
         """base on the grid theta gives (and its final decay, where that is searched)."""
         config = base.with_options(sigmas=self.sigmas(theta))
         if self.free == FREE_FINAL_DECAY:
-            config = config.with_options(final_decay=decay_of(0.5 + 0.5 * math.tanh(float(theta[self.steps]))))
+            config = config.with_options(final_decay=math.exp(min(float(theta[self.steps]), MAX_LOG_DECAY)))
         return config
 
     def theta_of(self, plan: Plan) -> np.ndarray | None:
@@ -235,7 +236,7 @@ class Grid:
         shares = np.maximum(np.diff(edges), 1e-6 * (self.lam_end - self.lam_start))
         theta = np.log(shares / shares.sum())
         if self.free == FREE_FINAL_DECAY:
-            return np.append(theta, math.atanh(2.0 * kept_latent(plan.config.final_decay or 1.0) - 1.0))
+            return np.append(theta, math.log(plan.config.final_decay or 1.0))
         return np.append(theta, 0.0) if self.free_final else theta
 
 
@@ -276,6 +277,13 @@ def final_policies(config: SolverConfig) -> list[tuple[SolverConfig, str | None]
     if config.final_sigma == "zero" and config.method == "multistep":
         policies.append((config.with_options(lower_order_final=False, final_decay=0.0), FREE_FINAL_SIGMA))
     return policies
+
+
+def _policies_from(config: SolverConfig, rank: int) -> list[tuple[SolverConfig, str | None]]:
+    """The policies searched from the rank-th best stock grid: all from the best; from the others those
+    that search more than the grid (or, where there is none, the last)."""
+    policies = final_policies(config)
+    return policies if rank == 0 else [p for p in policies if p[1] is not None] or policies[-1:]
 
 
 @dataclass
@@ -347,8 +355,7 @@ def tune(spec: TuneSpec, progress: Callable[[int, int], None] | None = None) -> 
     if not finite:
         raise NumericalError("every stock grid of this solver fails on the training x_T (NaN or Inf); nothing to start from")
     # every final-step policy from the best stock grid; from the next, those that search more than the grid
-    searches = [(policy, s, free) for rank, s in enumerate(finite[:STARTS])
-                for policy, free in final_policies(s.config) if rank == 0 or free is not None]
+    searches = [(policy, s, free) for rank, s in enumerate(finite[:STARTS]) for policy, free in _policies_from(s.config, rank)]
     budget = spec.evaluations or DEFAULT_EVALUATIONS["mixture" if setup.model.mixture is not None else "network"]
     total = budget * len(searches)
     done = [0]

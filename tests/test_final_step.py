@@ -65,8 +65,10 @@ def test_tune_searches_the_decay_on_ode_runs_that_end_at_zero():
     config = grid.config(plan.config, theta)
     assert len(theta) == 7 and config.final_decay == pytest.approx(1.0, rel=1e-12)  # the search starts from smooth data
     assert config.sigmas == pytest.approx(tuple(plan.sigmas), rel=1e-9)
-    theta[-1] = math.atanh(2 * 0.75 - 1)  # kept weight 3/4: P = 3
+    theta[-1] = math.log(3.0)
     assert grid.config(plan.config, theta).final_decay == pytest.approx(3.0, rel=1e-12)
+    theta[-1] = 1e6  # far out on the search's line: the last step keeps the latent, and stays finite
+    assert build_plan(grid.config(plan.config, theta)).rows[-1].b[0] < 1e-12
 
 
 @pytest.fixture

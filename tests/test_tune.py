@@ -16,7 +16,7 @@ from dpmcli.noise import initial_latents
 from dpmcli.recipe import RECIPE_FORMAT, load_recipe
 from dpmcli.reference import ode_limit
 from dpmcli.sampler import sample
-from dpmcli.tune import FREE_FINAL_SIGMA, Grid, TuneSpec, steps_for_budget, tune
+from dpmcli.tune import FREE_FINAL_SIGMA, Grid, TuneSpec, interquartile_mean, steps_for_budget, tune
 
 QUICK = dict(model="ring", batch=512, train_batch=128, evaluations=80)
 
@@ -49,6 +49,13 @@ def test_held_out_error_is_the_exact_ode_error_on_other_seeds(ring5):
 def test_search_is_deterministic(ring5):
     again = tune(TuneSpec(nfe=5, **QUICK))
     assert again.recipe.config.sigmas == ring5.recipe.config.sigmas
+
+
+def test_the_loss_is_the_mean_of_the_middle_half():
+    values = torch.tensor([8.0, 1.0, 7.0, 2.0, 6.0, 3.0, 5.0, 4.0])
+    assert interquartile_mean(values) == 4.5  # 3, 4, 5, 6
+    values[0] = 1e9  # an outlier moves a mean, not this loss
+    assert interquartile_mean(values) == 4.5
 
 
 def test_grid_parameters_round_trip_a_stock_grid():
