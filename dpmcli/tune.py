@@ -25,7 +25,7 @@ from .brownian import BrownianNoise
 from .compare import scalar_quality
 from .config import SolverConfig
 from .devices import check_batch_memory, resolve_device, resolve_dtype
-from .errors import ConfigError, NumericalError
+from .errors import ConfigError, NumericalError, bad_choice
 from .experiment import apply_model_schedule, run_plan
 from .ground_truth import MIXTURE_REFERENCE_STEPS, NETWORK_REFERENCE_STEPS, MixtureReferences, ReferenceRuns
 from .metrics import default_bandwidth
@@ -66,6 +66,7 @@ class TuneSpec:
     reference_steps: int | None = None
     cache_dir: Path | None = None
     evaluations: int | None = None  # None: DEFAULT_EVALUATIONS for the model's kind
+    loss: str = "iqm"  # the statistic of the per-sample distances the search minimises (LOSSES)
 
 
 @dataclass
@@ -105,7 +106,7 @@ class Objective:
     """compare's error of a config's final samples on one set of x_T, against that set's ground truth."""
 
     def __init__(self, model: Denoiser, x_T: torch.Tensor, seed: int, spec: TuneSpec, reference_steps: int):
-        self.model, self.x_T, self.seed, self.scale = model, x_T, seed, spec.guidance_scale
+        self.model, self.x_T, self.seed, self.scale, self.loss_name = model, x_T, seed, spec.guidance_scale, spec.loss
         self.trees: dict = {}
         if model.mixture is not None:
             self.references = MixtureReferences(model.mixture, x_T, seed=seed, bandwidth=default_bandwidth(model.mixture),
@@ -135,9 +136,9 @@ class Objective:
         return (math.inf if error is None or not math.isfinite(error) else float(error)), quality
 
     def loss(self, config: SolverConfig, target: Plan | None = None) -> float:
-        """What the search minimises: the interquartile mean of the per-sample L2 distances to the ground truth
-        (the mean of the middle half: the median's sample, smoother in the grid; measured in docs/tune.md);
-        MMD^2 for an SDE on a mixture."""
+        """What the search minimises: a statistic (TuneSpec.loss, LOSSES) of the per-sample L2 distances to the
+        ground truth, by default their interquartile mean (the middle half: the median's sample, smoother in
+        the grid; measured in docs/tune.md); MMD^2 for an SDE on a mixture."""
         plan = build_plan(config)
         if plan.config.is_sde and self.model.mixture is not None:
             return self.score(config, target)[0]
@@ -150,7 +151,7 @@ class Objective:
             reference = self.references.ode(over)
         else:
             reference = self.references.reference(over, self.noise_for, self.scale)
-        error = interquartile_mean((samples - reference).reshape(samples.shape[0], -1).norm(dim=1))
+        error = LOSSES[self.loss_name]((samples - reference).reshape(samples.shape[0], -1).norm(dim=1))
         return error if math.isfinite(error) else math.inf
 
 
@@ -159,6 +160,15 @@ def interquartile_mean(values: torch.Tensor) -> float:
     ordered = values.sort().values
     n = ordered.shape[0]
     return float(ordered[n // 4: n - n // 4].mean())
+
+
+# what the search can minimise over the per-sample distances (docs/tune.md measures them side by side)
+LOSSES = {
+    "iqm": interquartile_mean,
+    "mean": lambda d: float(d.mean()),
+    "median": lambda d: float(d.median()),
+    "geometric-mean": lambda d: float(d.clamp_min(1e-300).log().mean().exp()),
+}
 
 
 def steps_for_budget(base: SolverConfig, nfe: int) -> SolverConfig:
@@ -304,6 +314,8 @@ def _setup(spec: TuneSpec) -> _Setup:
             raise ConfigError(f"{option}: {value} is not allowed; give at least 2 samples")
     if spec.base.compat != "none":
         raise ConfigError(f"--compat: {spec.base.compat} reproduces another library's grids, which take no tuned sigmas; tune without --compat")
+    if spec.loss not in LOSSES:
+        raise bad_choice("loss", spec.loss, tuple(LOSSES))
     if spec.evaluations is not None and spec.evaluations < 10:
         raise ConfigError(f"--evaluations: {spec.evaluations} is not allowed; give at least 10")
     if spec.reference_steps is not None and spec.reference_steps < 10:
@@ -415,7 +427,7 @@ def _recipe(spec: TuneSpec, setup: _Setup, tuned: Scored, default: Scored, stock
         metric=metric,
         target_sigma=float((tuned.target or plan).sigmas[-1]),
         training={"seed": spec.train_seed, "batch": int(setup.train.x_T.shape[0]), "error": tuned.train_error,
-                  "loss": "mmd2" if metric == "mmd2" else "l2_iqm"},
+                  "loss": "mmd2" if metric == "mmd2" else f"l2_{spec.loss}"},
         held_out={"seed": spec.seed, "batch": int(setup.held_out.x_T.shape[0]), "error": tuned.held_out_error,
                   **({"quality": tuned.quality} if tuned.quality else {})},
         baselines={"default": default.to_dict(), "best_stock": stock[0].to_dict()},

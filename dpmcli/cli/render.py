@@ -52,7 +52,7 @@ def config_line(cfg) -> str:
         f"{cfg.coefficients} weights",
         f"{cfg.spacing} spacing",
         describe_process(cfg),
-        f"final sigma {cfg.final_sigma}",
+        f"final sigma {cfg.final_sigma}" + (f" (final decay {cfg.final_decay:.3g})" if cfg.final_decay else ""),
         f"{cfg.prediction_type} prediction",
         f"compat {cfg.compat}" if cfg.compat != "none" else None,
     ]
