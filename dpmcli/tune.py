@@ -26,13 +26,14 @@ from .compare import scalar_quality
 from .config import SolverConfig
 from .devices import check_batch_memory, resolve_device, resolve_dtype
 from .errors import ConfigError, NumericalError, bad_choice
-from .experiment import apply_model_schedule, run_plan
+from .experiment import apply_model_schedule
 from .ground_truth import MIXTURE_REFERENCE_STEPS, NETWORK_REFERENCE_STEPS, MixtureReferences, ReferenceRuns
 from .metrics import default_bandwidth
 from .models import Denoiser, load_model
 from .noise import initial_latents
 from .plan import Plan, build_plan
 from .recipe import RECIPE_FORMAT, Recipe
+from .sampler import sample
 
 # The stock grids a tuned grid is compared with (and started from), per process; those a config refuses are skipped.
 STOCK_SPACINGS = {
@@ -117,9 +118,11 @@ class Objective:
     def noise_for(self, plan: Plan):
         return BrownianNoise.shared(self.seed, plan, tuple(self.x_T.shape), self.trees)
 
-    def run(self, plan: Plan) -> torch.Tensor:
+    def run(self, plan: Plan, check_finite: bool = True) -> torch.Tensor:
+        """The run's final samples; ``check_finite`` False skips the per-step NaN checks (the caller checks the end)."""
         denoise = self.model.bind(plan, self.scale)
-        return run_plan(plan, denoise, self.x_T.clone(), self.noise_for(plan) if plan.config.is_sde else None).samples
+        noise = self.noise_for(plan) if plan.config.is_sde else None
+        return sample(plan, denoise, self.x_T.clone(), noise, check_finite=check_finite).samples
 
     def score(self, config: SolverConfig, target: Plan | None = None) -> tuple[float, dict]:
         """(error, the model's quality numbers) of config's run against the ground truth over ``target``'s
@@ -143,8 +146,10 @@ class Objective:
         if plan.config.is_sde and self.model.mixture is not None:
             return self.score(config, target)[0]
         try:
-            samples = self.run(plan).detach().double().cpu()
-        except NumericalError:
+            samples = self.run(plan, check_finite=False).detach().double().cpu()  # a search's thousands of runs: checked once, here
+        except NumericalError:  # a row whose weights are not finite
+            return math.inf
+        if not bool(torch.isfinite(samples).all()):
             return math.inf
         over = target or plan
         if self.model.mixture is not None:
