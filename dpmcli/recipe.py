@@ -212,8 +212,7 @@ def check_recipe_model(recipe: Recipe, model: str, typed_model: bool) -> str:
 
 
 # a model's own grid words: a recipe's grid replaces them
-GRID_OPTIONS = ("spacing", "steps_offset", "final_sigma", "sigmas", "timesteps", "steps", "lower_order_final", "euler_at_final",
-                "final_decay")
+GRID_OPTIONS = ("spacing", "steps_offset", "final_sigma", "sigmas", "timesteps", "steps", "lower_order_final", "euler_at_final")
 
 
 def check_recipe_schedule(recipe: Recipe, options: dict) -> None:
@@ -239,7 +238,8 @@ def check_recipe_schedule(recipe: Recipe, options: dict) -> None:
 # what a recipe's training schedule is: the options a model's schedule sets (grid words aside)
 SCHEDULE_FIELDS = ("beta_start", "beta_end", "beta_schedule", "train_steps", "trained_betas", "rescale_zero_snr",
                    "prediction_type", "process", "flow_shift")
-# SolverConfig options that DPMSolverScheduler takes under dpmcli's own names, as given (SCHEDULER_SOLVER) or typed
+# SolverConfig options that DPMSolverScheduler takes under dpmcli's own names: SCHEDULER_SOLVER passed through as
+# given, algo and order beside diffusers' words for them, rho read as a float
 SCHEDULER_SOLVER = ("method", "startup", "coefficients", "compat", "eta", "s_noise", "corrector", "unic_variant", "final_decay")
 SCHEDULER_OWN = ("algo", "order", "rho", *SCHEDULER_SOLVER)
 
