@@ -215,7 +215,7 @@ class Grid:
     """
 
     def __init__(self, plan: Plan, free: str | None = None):
-        self.plan, self.free, self.free_final = plan, free, free == FREE_FINAL_SIGMA
+        self.plan, self.free = plan, free
         schedule = plan.schedule
         self.top = float(plan.sigmas[0])
         self.final = float(plan.sigmas[-1])
@@ -223,6 +223,10 @@ class Grid:
         # the cleanest lambda the network was trained at; with a finite final sigma, that sigma
         self.lam_end = schedule.trained_limits[1] if self.final == 0.0 else float(plan.lambdas[-1])
         self.steps = plan.steps
+
+    @property
+    def free_final(self) -> bool:
+        return self.free == FREE_FINAL_SIGMA
 
     def sigmas(self, theta: np.ndarray) -> tuple[float, ...]:
         shares = theta[: self.steps]
